@@ -1,0 +1,30 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import URLPattern, URLResolver, include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from departments import views as department_views
+from exchange.apis import HealthApi
+
+api_v1: list[URLPattern | URLResolver] = [
+    path("", include("departments.urls")),
+    path("", include("exchange.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+]
+
+urlpatterns = [
+    path("", department_views.home, name="home"),
+    path("healthz", HealthApi.as_view(), name="healthz"),
+    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("departments/", department_views.department_list, name="ui-department-list"),
+    path("departments/<slug:slug>/", department_views.department_detail, name="ui-department-detail"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+]
+
+handler403 = "departments.views.error_403"
+handler404 = "departments.views.error_404"
+handler500 = "departments.views.error_500"

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from hmac import compare_digest
+from typing import Any
+
+from django.utils import timezone
+from knox.auth import TokenAuthentication
+from knox.crypto import hash_token
+from knox.models import get_token_model
+from knox.settings import CONSTANTS
+from rest_framework import exceptions
+
+
+class ExpiringTokenAuthentication(TokenAuthentication):
+    """API tokens from django-rest-knox: stored only as SHA-512 digests, each with an expiry,
+    revocable one by one. Unlike knox's own check, a malformed token is a clean 401 rather
+    than a decoding error, and an expired token says so instead of "invalid"."""
+
+    def authenticate_credentials(self, token: bytes) -> Any:
+        try:
+            text = token.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token") from exc
+        if not text.isalnum() or not CONSTANTS.TOKEN_KEY_LENGTH <= len(text) <= 128:
+            raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token")
+        digest = hash_token(text)
+        candidates = get_token_model().objects.filter(token_key=text[: CONSTANTS.TOKEN_KEY_LENGTH])
+        for auth_token in candidates.select_related("user"):
+            if not compare_digest(digest, auth_token.digest):
+                continue
+            if auth_token.expiry is not None and auth_token.expiry < timezone.now():
+                raise exceptions.AuthenticationFailed(
+                    "This token has expired; sign in again to get a new one.", code="token_expired"
+                )
+            return self.validate_user(auth_token)
+        raise exceptions.AuthenticationFailed("Invalid token.", code="invalid_token")

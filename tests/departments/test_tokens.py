@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from knox.models import AuthToken
+from rest_framework.test import APIClient
+
+from exchange.models import AuditEvent
+from tests.departments.test_api import assert_error
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def user():
+    return UserFactory(username="tina")
+
+
+def login(client: APIClient, username: str = "tina", password: str = "pw-for-tests"):
+    return client.post("/api/v1/auth/login/", {"username": username, "password": password}, format="json")
+
+
+def test_login_issues_a_token_that_is_stored_hashed(api, user):
+    response = login(api)
+    assert response.status_code == 201, response.content
+    token = response.json()["token"]
+    stored = AuthToken.objects.get(user=user)
+    assert token not in (stored.digest, stored.token_key)
+    assert len(stored.digest) == 128  # SHA-512 hex
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert api.get("/api/v1/me/").json()["username"] == "tina"
+
+
+def test_wrong_password_is_refused_and_audited(api, user):
+    assert_error(login(api, password="nope"), 400, "authentication_failed")
+    event = AuditEvent.objects.get(action="auth.login_failed")
+    assert event.outcome == "denied" and event.details["username"] == "tina"
+    assert not AuthToken.objects.exists()
+
+
+def test_expired_token_is_refused_with_a_clear_message(api, user):
+    token = login(api).json()["token"]
+    AuthToken.objects.filter(user=user).update(expiry=timezone.now() - timedelta(seconds=1))
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    error = assert_error(api.get("/api/v1/me/"), 401, "token_expired")
+    assert "expired" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Token", "Token a b", "Token ünïcode-token", "Token ;DROP TABLE", "Token " + "a" * 300, "Token short"],
+)
+def test_malformed_tokens_get_401(api, user, header):
+    api.credentials(HTTP_AUTHORIZATION=header.encode("utf-8").decode("latin-1"))
+    response = api.get("/api/v1/me/")
+    assert_error(response, 401)
+    assert response["WWW-Authenticate"] == "Token"
+
+
+def test_unknown_well_formed_token_gets_401(api, user):
+    api.credentials(HTTP_AUTHORIZATION="Token " + "a" * 64)
+    assert_error(api.get("/api/v1/me/"), 401, "invalid_token")
+
+
+def test_tokens_are_listed_and_revocable(api, user):
+    first = login(api).json()
+    second = login(api).json()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {second['token']}")
+    keys = {t["token_key"] for t in api.get("/api/v1/auth/tokens/").json()}
+    assert keys == {first["token_key"], second["token_key"]}
+    assert api.delete(f"/api/v1/auth/tokens/{first['token_key']}/").status_code == 204
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Token {first['token']}")
+    assert_error(other.get("/api/v1/me/"), 401)
+    assert api.post("/api/v1/auth/logout/").status_code == 204
+    assert_error(api.get("/api/v1/me/"), 401)
+    assert AuditEvent.objects.filter(action="auth.token_revoked").count() == 2
+
+
+def test_a_user_cannot_revoke_someone_elses_token(api, user):
+    theirs = login(api).json()
+    intruder = UserFactory()
+    api.credentials()
+    api.force_authenticate(intruder)
+    assert_error(api.delete(f"/api/v1/auth/tokens/{theirs['token_key']}/"), 404)
+    assert AuthToken.objects.filter(token_key=theirs["token_key"]).exists()
+
+
+def test_purge_expired_tokens(user):
+    from exchange.services import purge_expired_tokens
+
+    AuthToken.objects.create(user=user, expiry=timedelta(seconds=-5))
+    AuthToken.objects.create(user=user)
+    assert purge_expired_tokens() == 1
+    assert AuthToken.objects.count() == 1
