@@ -1,4 +1,18 @@
+from exchange.models.access import (
+    AccessForm,
+    AccessRequest,
+    FieldDecision,
+    Grant,
+    GrantField,
+    GrantStatus,
+    PrincipalKind,
+    RequestEvent,
+    RequestStatus,
+)
 from exchange.models.audit import AuditEvent
 from exchange.models.ops import WorkerHeartbeat
 
-__all__ = ["AuditEvent", "WorkerHeartbeat"]
+__all__ = [
+    "AccessForm", "AccessRequest", "AuditEvent", "FieldDecision", "Grant", "GrantField", "GrantStatus",
+    "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
+]
