@@ -50,5 +50,6 @@ app.conf.beat_schedule = {
     # Static housekeeping. Per-job schedules (ingest, delivery) are rows that stewards edit.
     "worker-heartbeat": {"task": "exchange.tasks.housekeeping_heartbeat", "schedule": 60.0},
     "purge-expired-tokens": {"task": "exchange.tasks.housekeeping_purge_expired_tokens", "schedule": 3600.0},
+    "reap-orphaned-runs": {"task": "exchange.tasks.housekeeping_reaper", "schedule": 60.0},
 }
 app.autodiscover_tasks()

@@ -247,6 +247,29 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # How long a heartbeat from a worker counts as "alive" on the health endpoint.
 WORKER_HEARTBEAT_STALE_AFTER = timedelta(seconds=env.int("WORKER_HEARTBEAT_STALE_SECONDS", default=180))
 
+# --- Sync engine (ingest and delivery jobs) ---------------------------------------------------
+# Fernet key(s) encrypting connection secrets at rest, comma-separated: the first encrypts,
+# all decrypt (rotation). Unset, a key is derived from SECRET_KEY, so a deployment works out
+# of the box; set it in production so that rotating SECRET_KEY does not make every stored
+# DSN unreadable (and so that the two secrets can be held by different people).
+FIELD_ENCRYPTION_KEYS: list[str] = env.list("FIELD_ENCRYPTION_KEY", default=[])
+# Rows per batch when reading sources and writing staging / targets (bounds worker memory).
+SYNC_BATCH_SIZE = env.int("SYNC_BATCH_SIZE", default=5000)
+# A running run whose heartbeat is older than this is orphaned (its worker died): the reaper
+# marks it failed and queues a re-run. Heartbeats are written after every batch.
+SYNC_RUN_STALE_AFTER = timedelta(seconds=env.int("SYNC_RUN_STALE_SECONDS", default=300))
+# Transient errors (source unreachable, timeouts) are retried with exponential backoff.
+SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=4)
+SYNC_RETRY_BACKOFF_SECONDS = env.int("SYNC_RETRY_BACKOFF_SECONDS", default=30)
+SYNC_SOFT_TIME_LIMIT = env.int("SYNC_SOFT_TIME_LIMIT_SECONDS", default=3 * 3600)
+# SQLite source/target files may only live below these directories (a steward must not be
+# able to point a connection at the exchange's own database or any other file).
+SYNC_SQLITE_DIRS: list[str] = env.list(
+    "SYNC_SQLITE_DIRS", default=[str(VAR_DIR / "demo-sources"), str(VAR_DIR / "sqlite")]
+)
+SYNC_HTTP_TIMEOUT = env.int("SYNC_HTTP_TIMEOUT_SECONDS", default=60)
+SYNC_UPLOAD_MAX_BYTES = env.int("SYNC_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
 
 from exchange import services
 
@@ -16,3 +16,46 @@ def housekeeping_heartbeat(self) -> None:  # type: ignore[no-untyped-def]
 @shared_task(name="exchange.tasks.housekeeping_purge_expired_tokens", ignore_result=True)
 def housekeeping_purge_expired_tokens() -> int:
     return services.purge_expired_tokens()
+
+
+# --- Sync jobs ------------------------------------------------------------------------------
+# Each takes a run id and hands it to exchange.sync.runs.execute, which claims the run with a
+# conditional update (a duplicate or redelivered message finds it claimed and returns), runs
+# it, and records every way it can end. Transient errors are re-queued there with
+# exponential backoff as a new message on the run's queue; nothing is retried here.
+
+from django.conf import settings  # noqa: E402
+
+from exchange.sync import runs  # noqa: E402
+
+
+class _RunTask(Task):  # type: ignore[misc]
+    def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
+        # Reached only if something escaped execute() (e.g. the database went away while
+        # recording); make sure the run does not stay "running" for the reaper to find.
+        from exchange.models import Run
+
+        run = Run.objects.filter(pk=args[0]).first() if args else None
+        if run is not None:
+            runs.run_fail(run=run, error=f"The job crashed: {exc}")
+
+
+_RUN_TASK_OPTIONS = dict(
+    base=_RunTask, ignore_result=True, soft_time_limit=settings.SYNC_SOFT_TIME_LIMIT,
+    time_limit=settings.SYNC_SOFT_TIME_LIMIT + 300,
+)
+
+
+@shared_task(name="exchange.tasks.ingest_run", **_RUN_TASK_OPTIONS)
+def ingest_run(run_id: int) -> str:
+    return runs.execute(run_id=run_id).value
+
+
+@shared_task(name="exchange.tasks.deliver_run", **_RUN_TASK_OPTIONS)
+def deliver_run(run_id: int) -> str:
+    return runs.execute(run_id=run_id).value
+
+
+@shared_task(name="exchange.tasks.housekeeping_reaper", ignore_result=True)
+def housekeeping_reaper() -> int:
+    return len(runs.runs_reap())

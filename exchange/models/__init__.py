@@ -11,8 +11,24 @@ from exchange.models.access import (
 )
 from exchange.models.audit import AuditEvent
 from exchange.models.ops import WorkerHeartbeat
+from exchange.models.sync import (
+    Connection,
+    ConnectionKind,
+    FileFormat,
+    QuarantinedRow,
+    Run,
+    RunKind,
+    RunMode,
+    RunStatus,
+    RunTrigger,
+    Source,
+    Subscription,
+    SubscriptionStatus,
+)
 
 __all__ = [
     "AccessForm", "AccessRequest", "AuditEvent", "FieldDecision", "Grant", "GrantField", "GrantStatus",
     "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
+    "Connection", "ConnectionKind", "FileFormat", "QuarantinedRow", "Run", "RunKind", "RunMode", "RunStatus",
+    "RunTrigger", "Source", "Subscription", "SubscriptionStatus",
 ]

@@ -1,0 +1,231 @@
+"""Moving data: connections to department systems, a dataset's source, subscriptions of
+departments to granted fields, the runs of ingest and delivery jobs, and quarantined rows.
+
+A connection's DSN or URL is kept only encrypted (Fernet, ``exchange.sync.secrets``); what
+any API or page shows is ``redacted``, computed when the secret is set.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from catalog.models import Dataset
+from departments.models import Department
+
+
+class ConnectionKind(models.TextChoices):
+    POSTGRESQL = "postgresql", "PostgreSQL database"
+    SQLITE = "sqlite", "SQLite database file"
+    URL = "url", "HTTP(S) URL serving CSV, JSON or NDJSON"
+
+
+class Connection(models.Model):
+    department = models.ForeignKey(Department, on_delete=models.PROTECT, related_name="connections")
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=16, choices=ConnectionKind.choices)
+    secret_encrypted = models.TextField(help_text="The DSN, path or URL, Fernet-encrypted. Never shown.")
+    redacted = models.CharField(max_length=500, help_text="The DSN or URL with credentials replaced by ***.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["department", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["department", "name"], name="connection_name_unique_in_department"),
+            models.CheckConstraint(condition=Q(kind__in=ConnectionKind.values), name="connection_kind_known"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.redacted})"
+
+
+class FileFormat(models.TextChoices):
+    CSV = "csv", "CSV (UTF-8, header row)"
+    JSON = "json", "JSON array of objects"
+    NDJSON = "ndjson", "Newline-delimited JSON"
+
+
+class Source(models.Model):
+    """Where a dataset's records come from: a table or a read-only query on a database
+    connection, a URL on an HTTP connection, or an uploaded file."""
+
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="source")
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, null=True, blank=True,
+                                   related_name="sources")
+    table = models.CharField(max_length=200, blank=True, help_text="Table name, optionally schema.table.")
+    query = models.TextField(blank=True, help_text="A single read-only SELECT / WITH statement.")
+    upload = models.CharField(max_length=300, blank=True, help_text="Path of the uploaded file under MEDIA_ROOT.")
+    file_format = models.CharField(max_length=8, choices=FileFormat.choices, default=FileFormat.CSV)
+    encoding = models.CharField(max_length=32, default="utf-8")
+    # source column -> field name
+    mapping = models.JSONField(default=dict, blank=True)
+    watermark_column = models.CharField(max_length=200, blank=True,
+                                        help_text="Source column that grows on every change (e.g. updated_at).")
+    watermark_value = models.TextField(blank=True, help_text="Highest watermark ingested so far.")
+    schedule = models.CharField(max_length=120, blank=True, help_text="Cron expression (m h dom mon dow).")
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True,
+                                         blank=True, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"source of dataset {self.dataset_id}"
+
+    @property
+    def kind(self) -> str:
+        if self.connection_id is None:
+            return "upload"
+        return self.connection.kind if self.connection else ""
+
+
+class SubscriptionStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    PAUSED = "paused", "Paused"
+    ENDED = "ended", "Ended (no active grant)"
+
+
+class Subscription(models.Model):
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="subscriptions")
+    department = models.ForeignKey(Department, on_delete=models.PROTECT, related_name="subscriptions")
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="subscriptions")
+    target_table = models.CharField(max_length=63)
+    status = models.CharField(max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.ACTIVE)
+    last_seq = models.BigIntegerField(default=0, help_text="The highest store change number delivered.")
+    # The columns (name, form) of the last delivery; a change of the view means a rebuild.
+    delivered_columns = models.JSONField(default=list, blank=True)
+    purge_on_end = models.BooleanField(default=False)
+    schedule = models.CharField(max_length=120, blank=True)
+    periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True,
+                                         blank=True, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["dataset", "department"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "target_table"], name="subscription_target_unique"),
+            models.CheckConstraint(condition=Q(status__in=SubscriptionStatus.values),
+                                   name="subscription_status_known"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.department_id} ← dataset {self.dataset_id} into {self.target_table}"
+
+
+class RunKind(models.TextChoices):
+    INGEST = "ingest", "Ingest"
+    DELIVERY = "delivery", "Delivery"
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    SKIPPED = "skipped", "Skipped (another run of the same job was running)"
+
+
+FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED)
+
+
+class RunMode(models.TextChoices):
+    FULL = "full", "Full"
+    INCREMENTAL = "incremental", "Incremental"
+
+
+class RunTrigger(models.TextChoices):
+    MANUAL = "manual", "Run now"
+    SCHEDULE = "schedule", "Schedule"
+    UPLOAD = "upload", "New file uploaded"
+    REAPER = "reaper", "Re-run of an orphaned run"
+    RETRY = "retry", "Retry"
+
+
+class Run(models.Model):
+    kind = models.CharField(max_length=16, choices=RunKind.choices)
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, null=True, blank=True, related_name="runs")
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, null=True, blank=True,
+                                     related_name="runs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    mode = models.CharField(max_length=16, choices=RunMode.choices, default=RunMode.FULL)
+    trigger = models.CharField(max_length=16, choices=RunTrigger.choices, default=RunTrigger.MANUAL)
+    triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    rerun_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns")
+    rows_read = models.BigIntegerField(default=0)
+    rows_inserted = models.BigIntegerField(default=0)
+    rows_updated = models.BigIntegerField(default=0)
+    rows_deleted = models.BigIntegerField(default=0)
+    rows_unchanged = models.BigIntegerField(default=0)
+    rows_quarantined = models.BigIntegerField(default=0)
+    rows_done = models.BigIntegerField(default=0)
+    rows_total_estimate = models.BigIntegerField(null=True, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, help_text="What went wrong, written for a steward.")
+    cancel_requested = models.BooleanField(default=False)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    queue = models.CharField(max_length=100, blank=True, help_text="Queue the task was sent to (blank: routed).")
+    # Lineage: the store change numbers (_seq) this run wrote (ingest) or delivered (delivery),
+    # and where to.
+    seq_from = models.BigIntegerField(null=True, blank=True)
+    seq_to = models.BigIntegerField(null=True, blank=True)
+    target = models.CharField(max_length=300, blank=True)
+    schema_version = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=RunStatus.values), name="run_status_known"),
+            models.CheckConstraint(
+                condition=(Q(kind=RunKind.INGEST, source__isnull=False, subscription__isnull=True)
+                           | Q(kind=RunKind.DELIVERY, subscription__isnull=False, source__isnull=True)),
+                name="run_has_its_job",
+            ),
+            # The lock against overlap: at most one running run per job, enforced by the
+            # database whatever the number of workers.
+            models.UniqueConstraint(fields=["source"], condition=Q(status="running"),
+                                    name="one_running_run_per_source"),
+            models.UniqueConstraint(fields=["subscription"], condition=Q(status="running"),
+                                    name="one_running_run_per_subscription"),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} run #{self.pk} ({self.status})"
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or self.heartbeat_at or self.started_at) - self.started_at
+
+
+class QuarantinedRow(models.Model):
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="quarantined")
+    row_number = models.BigIntegerField(help_text="1-based number of the record in the source (header excluded).")
+    raw = models.JSONField()
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["run", "row_number"]
+        indexes = [models.Index(fields=["run", "row_number"], name="quarantine_run_row")]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} row {self.row_number}: {self.reason}"

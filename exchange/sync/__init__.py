@@ -1,0 +1,1 @@
+"""The sync engine: reading sources, writing targets, and the ingest and delivery services."""

@@ -1,0 +1,402 @@
+"""Ingest: source → store, for one claimed run.
+
+The run reads the source as a stream in batches, converts every value to its field type,
+quarantines bad rows, and stages good ones in a temporary table (PostgreSQL: ``COPY``;
+SQLite: ``executemany``). Progress, heartbeat and the cancel flag are handled between
+batches in short transactions of their own. Only then is the staging table merged into the
+store in ONE transaction, together with the run's final state, the watermark and the audit
+event: a reader sees the store before the run or after it, never half of it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from catalog.models import Dataset, DatasetStatus, Field
+from exchange.audit import audit_record
+from exchange.models import QuarantinedRow, Run, RunMode, RunStatus
+from exchange.store import StoreTable, column_type, ident, is_postgres, store_ensure_table
+from exchange.sync.convert import CONVERTERS, SOURCE_KINDS, BadValue, content_hash, for_sqlite
+from exchange.sync.readers import RawRow, Reader, SourceError, open_source
+
+# Quarantined rows kept with their data per run; beyond this they are only counted.
+QUARANTINE_KEEP = 10_000
+PROGRESS_EVERY_SECONDS = 2.0
+
+
+class SchemaMismatch(SourceError):
+    """The source no longer matches the mapping: the dataset's contract is broken."""
+
+
+class RunCancelled(Exception):
+    pass
+
+
+@dataclass
+class Plan:
+    table: StoreTable
+    fields: list[Field]
+    # field name -> source column (None: not mapped, stays empty)
+    columns: dict[str, str | None]
+    key_fields: list[str]
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    quarantined: int = 0
+    staged: int = 0
+    watermark: Any = None
+    quarantine_buffer: list[QuarantinedRow] = field(default_factory=list)
+
+
+def plan_for(dataset: Dataset, mapping: dict[str, str]) -> Plan:
+    if dataset.status != DatasetStatus.PUBLISHED or dataset.current_schema_id is None:
+        raise SourceError("The dataset has no published schema to load into.")
+    table = store_ensure_table(dataset)
+    fields = list(Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position"))
+    names = {f.name for f in fields}
+    unknown = sorted(set(mapping.values()) - names)
+    if unknown:
+        raise SchemaMismatch(f"The mapping names fields that are not in the published schema: {', '.join(unknown)}.")
+    by_field = {f: c for c, f in mapping.items()}
+    columns = {f.name: by_field.get(f.name) for f in fields}
+    unmapped_required = [f.name for f in fields if columns[f.name] is None and (f.is_key or not f.nullable)]
+    if unmapped_required:
+        raise SchemaMismatch(f"Key or required fields are not mapped to a source column: "
+                             f"{', '.join(unmapped_required)}.")
+    return Plan(table=table, fields=fields, columns=columns, key_fields=[f.name for f in fields if f.is_key])
+
+
+def check_source_shape(plan: Plan, reader: Reader) -> None:
+    available = set(reader.columns)
+    missing = sorted({c for c in plan.columns.values() if c is not None} - available)
+    if missing and reader.columns:
+        raise SchemaMismatch(
+            f"Mapped source columns are missing: {', '.join(missing)}. "
+            f"The source has: {', '.join(reader.columns[:40])}."
+        )
+    retyped = []
+    for f in plan.fields:
+        column = plan.columns[f.name]
+        kind = reader.kinds.get(column) if column else None
+        if kind is not None and kind not in SOURCE_KINDS[f.type]:
+            retyped.append(f"{column} is {kind} at the source, field {f.name} is {f.type}")
+    if retyped:
+        raise SchemaMismatch("Source columns changed type: " + "; ".join(retyped) + ".")
+
+
+def convert_row(plan: Plan, raw: RawRow) -> tuple[list[Any] | None, str]:
+    """The row's values in field order, or None and the reason it goes to quarantine."""
+    if raw.problem:
+        return None, raw.problem
+    values: list[Any] = []
+    problems: list[str] = []
+    for f in plan.fields:
+        column = plan.columns[f.name]
+        value = raw.values.get(column) if column is not None else None
+        if isinstance(value, str) and value == "":
+            value = None
+        if value is None:
+            if f.is_key:
+                problems.append(f"missing key {f.name}")
+            elif not f.nullable:
+                problems.append(f"missing required {f.name}")
+            values.append(None)
+            continue
+        try:
+            values.append(CONVERTERS[f.type](value))
+        except BadValue as exc:
+            problems.append(f"{f.name}: {exc}")
+            values.append(None)
+    if problems:
+        return None, "; ".join(problems)
+    return values, ""
+
+
+# --- Staging --------------------------------------------------------------------------------
+
+def _stage_name(run: Run) -> str:
+    return f"exchange_stage_{run.pk}"
+
+
+@contextmanager
+def staging_table(run: Run, plan: Plan) -> Iterator[str]:
+    """A temporary table of the connection (gone with it if the worker dies)."""
+    name = ident(_stage_name(run))
+    columns = [f"{ident(f.name)} {column_type(f.type)}" for f in plan.fields]
+    columns += [f"{ident('_hash')} text", f"{ident('_rn')} bigint NOT NULL", f"{ident('_bad')} boolean NOT NULL"]
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {name} ({', '.join(columns)})")
+    try:
+        yield name
+    finally:
+        if connection.connection is not None and not connection.needs_rollback:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            except Exception:  # noqa: BLE001, S110 - the connection may be gone; temp tables go with it
+                pass
+
+
+def _stage_columns(plan: Plan) -> list[str]:
+    return [f.name for f in plan.fields] + ["_hash", "_rn", "_bad"]
+
+
+def stage_rows(stage: str, plan: Plan, rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        return
+    names = ", ".join(ident(c) for c in _stage_columns(plan))
+    with connection.cursor() as cursor:
+        if is_postgres():
+            with cursor.cursor.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:  # type: ignore[union-attr]
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            marks = ", ".join(["%s"] * len(_stage_columns(plan)))
+            cursor.executemany(f"INSERT INTO {stage} ({names}) VALUES ({marks})",  # noqa: S608 - quoted names
+                               [[for_sqlite(v) for v in row] for row in rows])
+
+
+def _key_only(plan: Plan, raw: RawRow) -> list[Any] | None:
+    """The converted key of a quarantined row, if it has one: a full run must not take a
+    record that exists but arrived malformed this time for a deletion."""
+    key = []
+    for f in plan.fields:
+        if not f.is_key:
+            continue
+        column = plan.columns[f.name]
+        value = raw.values.get(column) if column and not raw.problem.startswith("ragged") else None
+        if value in (None, ""):
+            return None
+        try:
+            key.append(CONVERTERS[f.type](value))
+        except BadValue:
+            return None
+    keys = iter(key)
+    return [next(keys) if f.is_key else None for f in plan.fields]
+
+
+def _quarantine(run: Run, counts: Counts, number: int, raw: dict[str, Any], reason: str) -> None:
+    counts.quarantined += 1
+    if counts.quarantined <= QUARANTINE_KEEP:
+        counts.quarantine_buffer.append(QuarantinedRow(run=run, row_number=number, raw=_jsonable(raw),
+                                                       reason=reason[:2000]))
+
+
+def _jsonable(raw: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        out[str(k)] = v if isinstance(v, (str, int, float, bool, list, dict)) or v is None else str(v)
+    return out
+
+
+def _progress(run: Run, counts: Counts) -> None:
+    QuarantinedRow.objects.bulk_create(counts.quarantine_buffer)
+    counts.quarantine_buffer.clear()
+    updated = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        rows_read=counts.read, rows_done=counts.read, rows_quarantined=counts.quarantined,
+        heartbeat_at=timezone.now(), rows_total_estimate=run.rows_total_estimate,
+    )
+    if not updated or Run.objects.filter(pk=run.pk, cancel_requested=True).exists():
+        raise RunCancelled()
+
+
+def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
+                    watermark_column: str | None) -> None:
+    batch_size = settings.SYNC_BATCH_SIZE
+    buffer: list[list[Any]] = []
+    last_progress = time.monotonic()
+    for raw in reader.rows:
+        counts.read += 1
+        if watermark_column and not raw.problem:
+            mark = raw.values.get(watermark_column)
+            if mark is not None and (counts.watermark is None or mark > counts.watermark):
+                counts.watermark = mark
+        values, reason = convert_row(plan, raw)
+        if values is None:
+            _quarantine(run, counts, raw.number, raw.values, reason)
+            key_only = _key_only(plan, raw)
+            if key_only is not None:
+                buffer.append([*key_only, None, raw.number, True])
+        else:
+            buffer.append([*values, content_hash(values), raw.number, False])
+            counts.staged += 1
+        if len(buffer) >= batch_size or time.monotonic() - last_progress > PROGRESS_EVERY_SECONDS:
+            stage_rows(stage, plan, buffer)
+            buffer.clear()
+            if run.rows_total_estimate is not None and counts.read > run.rows_total_estimate:
+                run.rows_total_estimate = None
+            _progress(run, counts)
+            last_progress = time.monotonic()
+    stage_rows(stage, plan, buffer)
+    _progress(run, counts)
+
+
+def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts) -> None:
+    """Of several rows with one key, the first is kept; the others go to quarantine."""
+    keys = ", ".join(ident(k) for k in plan.key_fields)
+    names = [f.name for f in plan.fields]
+    cols = ", ".join(ident(n) for n in names)
+    sql = (
+        f"SELECT {ident('_rn')}, first_rn, {cols} FROM (SELECT *, min({ident('_rn')}) OVER (PARTITION BY {keys}) "  # noqa: S608
+        f"AS first_rn FROM {stage} WHERE NOT {ident('_bad')}) d WHERE {ident('_rn')} <> first_rn"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        dupes = cursor.fetchall()
+        for rn, first, *values in dupes:
+            key = ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=True) if k in plan.key_fields)
+            _quarantine(run, counts, rn, dict(zip(names, values, strict=True)),
+                        f"duplicate key ({key}) within the run; the record at row {first} was kept")
+        if dupes:
+            cursor.execute(
+                f"DELETE FROM {stage} WHERE {ident('_rn')} IN (SELECT {ident('_rn')} FROM ({sql}) x)"  # noqa: S608
+            )
+            counts.staged -= len(dupes)
+        if is_postgres():
+            cursor.execute(f"ANALYZE {stage}")
+    QuarantinedRow.objects.bulk_create(counts.quarantine_buffer)
+    counts.quarantine_buffer.clear()
+
+
+@dataclass
+class MergeResult:
+    inserted: int
+    updated: int
+    deleted: int
+    unchanged: int
+    seq_from: int | None
+    seq_to: int | None
+
+
+def _ts(value: datetime) -> Any:
+    return value if is_postgres() else value.isoformat()
+
+
+def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: bool) -> MergeResult:
+    """Merge the staging table into the store. Precondition: inside the run's one
+    transaction (the caller's ``transaction.atomic``); no other run of this dataset runs."""
+    store = plan.table.qualified
+    names = [f.name for f in plan.fields]
+    key_match = " AND ".join(f"s.{ident(k)} = st.{ident(k)}" for k in plan.key_fields)
+    now = _ts(timezone.now())
+    seq, h, dele, rn, bad = ident("_seq"), ident("_hash"), ident("_deleted"), ident("_rn"), ident("_bad")
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT coalesce(max({seq}), 0) FROM {store}")  # noqa: S608
+        base = int(cursor.fetchone()[0])
+        cursor.execute(f"SELECT coalesce(max({rn}), 0) FROM {stage}")  # noqa: S608
+        last_rn = int(cursor.fetchone()[0])
+        sets = ", ".join(f"{ident(n)} = st.{ident(n)}" for n in names)
+        cursor.execute(
+            f"UPDATE {store} AS s SET {sets}, {h} = st.{h}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
+            f"{ident('_last_seen')} = %s, {ident('_last_run')} = %s "
+            f"FROM {stage} AS st WHERE {key_match} AND NOT st.{bad} AND (s.{h} <> st.{h} OR s.{dele})",
+            [base, now, run.pk],
+        )
+        updated = cursor.rowcount
+        cols = ", ".join(ident(n) for n in names)
+        st_cols = ", ".join(f"st.{ident(n)}" for n in names)
+        system = ", ".join(ident(c) for c in ("_seq", "_hash", "_deleted", "_first_seen", "_last_seen",
+                                               "_first_run", "_last_run"))
+        cursor.execute(
+            f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, st.{h}, false, %s, %s, %s, %s "  # noqa: S608
+            f"FROM {stage} AS st WHERE NOT st.{bad} AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
+            [base, now, now, run.pk, run.pk],
+        )
+        inserted = cursor.rowcount
+        deleted = 0
+        if detect_deletes:
+            deleted = merge_deletes(plan, stage, seq=base + last_rn + 1, run_id=run.pk)
+        cursor.execute(f"SELECT max({seq}) FROM {store} WHERE {seq} > %s", [base])  # noqa: S608
+        top = cursor.fetchone()[0]
+    changed = inserted + updated + deleted
+    return MergeResult(
+        inserted=inserted, updated=updated, deleted=deleted, unchanged=counts.staged - inserted - updated,
+        seq_from=base + 1 if changed else None, seq_to=int(top) if changed and top is not None else None,
+    )
+
+
+def merge_deletes(plan: Plan, stage: str, *, seq: int, run_id: int) -> int:
+    """Records the full run did not see become tombstones, numbered after its upserts."""
+    key_match = " AND ".join(f"s.{ident(k)} = st.{ident(k)}" for k in plan.key_fields)
+    store = plan.table.qualified
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {store} AS s SET {ident('_deleted')} = true, {ident('_seq')} = %s, "  # noqa: S608
+            f"{ident('_last_run')} = %s WHERE NOT s.{ident('_deleted')} "
+            f"AND NOT EXISTS (SELECT 1 FROM {stage} AS st WHERE {key_match})",
+            [seq, run_id],
+        )
+        return cursor.rowcount
+
+
+def ingest_execute(*, run: Run) -> None:
+    """Do the work of a claimed ingest run and record its success.
+
+    Precondition: ``run`` is RUNNING and claimed by the caller. Raises SourceError (and
+    subclasses), RunCancelled or any unexpected error, with the store left unchanged;
+    recording failures is the caller's job.
+    """
+    source = run.source
+    assert source is not None
+    dataset = source.dataset
+    plan = plan_for(dataset, source.mapping)
+    incremental = run.mode == RunMode.INCREMENTAL
+    since = source.watermark_value if incremental and source.watermark_column and source.watermark_value else None
+    counts = Counts()
+    with open_source(source, since=since) as reader:
+        check_source_shape(plan, reader)
+        if source.watermark_column and reader.columns and source.watermark_column not in reader.columns:
+            raise SchemaMismatch(f"The watermark column {source.watermark_column} is missing at the source.")
+        run.rows_total_estimate = reader.estimate
+        with staging_table(run, plan) as stage:
+            read_into_stage(run, plan, reader, stage, counts, watermark_column=source.watermark_column or None)
+            quarantine_duplicates(run, plan, stage, counts)
+            with transaction.atomic():
+                # Re-check the claim inside the merge transaction: a reaper may have given up on
+                # this run (and queued another) while it was reading.
+                locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
+                if locked is None or locked.cancel_requested:
+                    raise RunCancelled()
+                result = merge(run, plan, stage, counts, detect_deletes=not incremental)
+                finish_ingest(run, plan, counts, result)
+
+
+def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult) -> None:
+    source = run.source
+    assert source is not None
+    now = timezone.now()
+    if counts.watermark is not None:
+        mark = counts.watermark
+        source.watermark_value = mark.isoformat() if isinstance(mark, datetime) else str(mark)
+        source.save(update_fields=["watermark_value", "updated_at"])
+    fields = dict(
+        status=RunStatus.SUCCEEDED, rows_read=counts.read, rows_done=counts.read, rows_inserted=result.inserted,
+        rows_updated=result.updated, rows_deleted=result.deleted, rows_unchanged=result.unchanged,
+        rows_quarantined=counts.quarantined, finished_at=now, heartbeat_at=now, seq_from=result.seq_from,
+        seq_to=result.seq_to, target=plan.table.name, error="",
+        schema_version=source.dataset.version,
+    )
+    Run.objects.filter(pk=run.pk).update(**fields)
+    for k, v in fields.items():
+        setattr(run, k, v)
+    audit_record(
+        actor=None, actor_label="job:ingest", action="ingest.run", obj=run,
+        dataset_id=source.dataset_id, department_id=source.dataset.department_id,
+        row_count=result.inserted + result.updated + result.deleted,
+        fields=[f.name for f in plan.fields],
+        details={"run": run.pk, "mode": run.mode, "read": counts.read, "inserted": result.inserted,
+                 "updated": result.updated, "deleted": result.deleted, "unchanged": result.unchanged,
+                 "quarantined": counts.quarantined, "seq_from": result.seq_from, "seq_to": result.seq_to},
+    )

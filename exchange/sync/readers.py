@@ -1,0 +1,424 @@
+"""Streaming readers of sources: a PostgreSQL or SQLite table or read-only query, an HTTP(S)
+URL, an uploaded file. Each yields :class:`RawRow` one at a time, never the whole source.
+
+Errors are sorted into two kinds the job treats differently: :class:`TransientSourceError`
+(worth retrying: the source is unreachable or the connection dropped) and
+:class:`SourceError` (fix something first: bad query, missing table, wrong encoding).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import sqlite3
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import sqlparse
+from django.conf import settings
+
+from exchange.models import Connection, ConnectionKind, FileFormat, Source
+from exchange.sync import secrets
+from exchange.sync.convert import PG_KINDS
+
+
+class SourceError(Exception):
+    """The source cannot be read as configured; retrying will not help."""
+
+
+class TransientSourceError(SourceError):
+    """The source could not be reached or went away; a later attempt may succeed."""
+
+
+@dataclass
+class RawRow:
+    number: int  # 1-based record number, header excluded
+    values: dict[str, Any]
+    problem: str = ""
+
+
+@dataclass
+class Reader:
+    columns: list[str]
+    # normalised type of each column where the source declares it (databases), else absent
+    kinds: dict[str, str] = field(default_factory=dict)
+    estimate: int | None = None
+    rows: Iterator[RawRow] = field(default_factory=lambda: iter(()))
+    description: str = ""
+
+
+def check_read_only_query(query: str) -> str:
+    """A single SELECT or WITH statement, without a trailing semicolon, or SourceError."""
+    statements = [s for s in sqlparse.parse(query) if s.value.strip().strip(";").strip()]
+    if len(statements) != 1:
+        raise SourceError("The query must be exactly one SELECT (or WITH … SELECT) statement.")
+    statement = statements[0]
+    first = statement.token_first(skip_cm=True, skip_ws=True)
+    if first is None or first.normalized.upper() not in ("SELECT", "WITH") or statement.get_type() != "SELECT":
+        raise SourceError("Only a read-only SELECT (or WITH … SELECT) query may be a source.")
+    return str(statement).strip().rstrip(";").strip()
+
+
+def sqlite_path(secret: str) -> Path:
+    path = Path(secret.removeprefix("sqlite:///")).resolve()
+    allowed = [Path(d).resolve() for d in settings.SYNC_SQLITE_DIRS]
+    if not any(path.is_relative_to(d) for d in allowed):
+        raise SourceError("SQLite files must live in one of the directories configured in SYNC_SQLITE_DIRS.")
+    return path
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+def pg_connect(dsn: str, *, read_only: bool) -> Any:
+    import psycopg
+
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-sync")
+    except psycopg.OperationalError as exc:
+        raise TransientSourceError(f"Cannot connect to the database: {_first_line(exc)}") from exc
+    if read_only:
+        conn.read_only = True
+    return conn
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _pg_relation(source: Source) -> tuple[Any, list[Any]]:
+    from psycopg import sql
+
+    if source.query:
+        return sql.SQL("({}) AS q").format(sql.SQL(check_read_only_query(source.query).replace("%", "%%"))), []
+    if not source.table:
+        raise SourceError("The source names neither a table nor a query.")
+    return sql.Identifier(*source.table.split(".", 1)), []
+
+
+@contextmanager
+def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> Iterator[Reader]:
+    import psycopg
+    from psycopg import sql
+
+    conn = pg_connect(dsn, read_only=True)
+    try:
+        relation, _ = _pg_relation(source)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(relation))
+                desc = cur.description or []
+                columns = [d.name for d in desc]
+                kinds = {}
+                for d in desc:
+                    info = conn.adapters.types.get(d.type_code)
+                    kinds[d.name] = PG_KINDS.get(info.name if info else "", "other")
+                estimate = None
+                if source.table and not source.query:
+                    cur.execute(
+                        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
+                        [sql.Identifier(*source.table.split(".", 1)).as_string(conn)],
+                    )
+                    got = cur.fetchone()
+                    estimate = int(got[0]) if got and got[0] else None
+        except psycopg.errors.UndefinedTable as exc:
+            raise SourceError(f"The source table {source.table!r} does not exist (any more).") from exc
+        except psycopg.OperationalError as exc:
+            raise TransientSourceError(f"The source database went away: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise SourceError(f"The source query failed: {_first_line(exc)}") from exc
+
+        wanted = [c for c in source.mapping if c in columns]
+        if source.watermark_column and source.watermark_column in columns and source.watermark_column not in wanted:
+            wanted.append(source.watermark_column)
+        select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, wanted)), relation)
+        params: list[Any] = []
+        if since is not None and source.watermark_column:
+            select += sql.SQL(" WHERE {} > %s").format(sql.Identifier(source.watermark_column))
+            params.append(since)
+
+        def rows() -> Iterator[RawRow]:
+            n = 0
+            try:
+                with conn.cursor(name="exchange_sync_read") as cur:
+                    cur.itersize = batch
+                    cur.execute(select, params or None)
+                    for record in cur:
+                        n += 1
+                        yield RawRow(n, dict(zip(wanted, record, strict=True)))
+            except psycopg.OperationalError as exc:
+                raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
+            except psycopg.Error as exc:
+                raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
+
+        yield Reader(columns=columns, kinds=kinds, estimate=estimate, rows=rows(),
+                     description=source.table or "query")
+    finally:
+        conn.close()
+
+
+# --- SQLite ---------------------------------------------------------------------------------
+
+@contextmanager
+def _sqlite_reader(source: Source, secret: str, *, since: str | None, batch: int) -> Iterator[Reader]:
+    path = sqlite_path(secret)
+    if not path.exists():
+        raise SourceError(f"The SQLite file {path.name} does not exist.")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        q = lambda name: '"' + name.replace('"', '""') + '"'  # noqa: E731 - SQLite's own quoting
+        relation = f"({check_read_only_query(source.query)})" if source.query else ".".join(
+            q(p) for p in source.table.split(".", 1))
+        try:
+            cur = conn.execute(f"SELECT * FROM {relation} LIMIT 0")  # noqa: S608 - quoted identifiers
+        except sqlite3.Error as exc:
+            raise SourceError(f"The source cannot be read: {exc}") from exc
+        columns = [d[0] for d in cur.description]
+        wanted = [c for c in source.mapping if c in columns]
+        if source.watermark_column and source.watermark_column in columns and source.watermark_column not in wanted:
+            wanted.append(source.watermark_column)
+        select = f"SELECT {', '.join(q(c) for c in wanted)} FROM {relation}"  # noqa: S608
+        params: list[Any] = []
+        if since is not None and source.watermark_column:
+            select += f" WHERE {q(source.watermark_column)} > ?"
+            params.append(since)
+
+        def rows() -> Iterator[RawRow]:
+            n = 0
+            try:
+                cur = conn.execute(select, params)
+                while chunk := cur.fetchmany(batch):
+                    for record in chunk:
+                        n += 1
+                        yield RawRow(n, dict(zip(wanted, record, strict=True)))
+            except sqlite3.Error as exc:
+                raise SourceError(f"Reading the source failed: {exc}") from exc
+
+        # SQLite declares types loosely (dates are text); values are checked one by one.
+        yield Reader(columns=columns, rows=rows(), description=source.table or "query")
+    finally:
+        conn.close()
+
+
+# --- Files and URLs -------------------------------------------------------------------------
+
+_ENCODING_HINT = ("Is the file in another encoding (e.g. Windows-1252 / Latin-1)? Re-export it as UTF-8, "
+                  "or set the source's encoding.")
+
+
+def _undecodable(values: list[str]) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for v in values for ch in v)
+
+
+def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[RawRow]]:
+    enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    # surrogateescape keeps undecodable bytes visible per row, so one bad row is quarantined
+    # with its number instead of the whole file failing at an unknown place.
+    text = io.TextIOWrapper(stream, encoding=enc, errors="surrogateescape", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise SourceError("The file is empty: no header row.") from None
+    except csv.Error as exc:
+        raise SourceError(f"The header row cannot be parsed as CSV: {exc}") from exc
+    if _undecodable(header):
+        raise SourceError(f"The header row is not valid {encoding}. {_ENCODING_HINT}")
+    header = [h.strip() for h in header]
+
+    def rows() -> Iterator[RawRow]:
+        n = 0
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                n += 1
+                yield RawRow(n, {}, f"cannot be parsed as CSV: {exc}")
+                continue
+            if not record:
+                continue  # blank line
+            n += 1
+            raw = dict(zip(header, record, strict=False))
+            if _undecodable(record):
+                yield RawRow(n, {k: v.encode("utf-8", "surrogateescape").decode("latin-1") for k, v in raw.items()},
+                             f"not valid {encoding}. {_ENCODING_HINT}")
+            elif len(record) != len(header):
+                yield RawRow(n, raw | {"_extra": record[len(header):]} if len(record) > len(header) else raw,
+                             f"ragged row: {len(record)} values, the header has {len(header)}")
+            else:
+                yield RawRow(n, raw)
+
+    return header, rows()
+
+
+def _ndjson_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
+    n = 0
+    for line in stream:
+        if not line.strip():
+            continue
+        n += 1
+        try:
+            obj = json.loads(line.decode(encoding))
+        except UnicodeDecodeError:
+            yield RawRow(n, {"line": line.decode("latin-1")[:2000]}, f"not valid {encoding}. {_ENCODING_HINT}")
+            continue
+        except ValueError as exc:
+            yield RawRow(n, {"line": line.decode(encoding, "replace")[:2000]}, f"not valid JSON: {exc}")
+            continue
+        if not isinstance(obj, dict):
+            yield RawRow(n, {"value": obj}, "not a JSON object")
+            continue
+        yield RawRow(n, obj)
+
+
+def _json_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
+    # A JSON array must be parsed whole; large sources should use NDJSON or CSV instead.
+    try:
+        data = json.loads(stream.read().decode(encoding))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SourceError(f"The file is not valid JSON ({exc}).") from exc
+    if isinstance(data, dict):
+        data = next((v for v in data.values() if isinstance(v, list)), None)
+    if not isinstance(data, list):
+        raise SourceError("The JSON document must be an array of objects (or an object holding one).")
+    for n, obj in enumerate(data, start=1):
+        yield RawRow(n, obj) if isinstance(obj, dict) else RawRow(n, {"value": obj}, "not a JSON object")
+
+
+def _peek_columns(rows: Iterator[RawRow]) -> tuple[list[str], Iterator[RawRow]]:
+    first = next(rows, None)
+    if first is None:
+        return [], iter(())
+
+    def chained() -> Iterator[RawRow]:
+        yield first
+        yield from rows
+
+    return ([] if first.problem else list(first.values)), chained()
+
+
+@contextmanager
+def _stream_reader(source: Source, stream: IO[bytes], *, size: int | None, description: str) -> Iterator[Reader]:
+    fmt = source.file_format
+    if fmt == FileFormat.CSV:
+        header, rows = _csv_rows(stream, source.encoding or "utf-8")
+        estimate = None
+        if size:
+            estimate = max(1, size // 100)  # refined as rows arrive; only for the progress bar
+        yield Reader(columns=header, rows=rows, estimate=estimate, description=description)
+        return
+    raw_rows = (_ndjson_rows if fmt == FileFormat.NDJSON else _json_rows)(stream, source.encoding or "utf-8")
+    columns, rows = _peek_columns(raw_rows)
+    yield Reader(columns=columns or list(source.mapping), rows=rows, description=description)
+
+
+@contextmanager
+def _file_reader(source: Source) -> Iterator[Reader]:
+    path = Path(settings.MEDIA_ROOT) / source.upload
+    if not source.upload or not path.is_file():
+        raise SourceError("No file has been uploaded for this source.")
+    with path.open("rb") as stream, _stream_reader(source, stream, size=path.stat().st_size,
+                                                   description=path.name) as reader:
+        yield reader
+
+
+@contextmanager
+def _url_reader(source: Source, url: str) -> Iterator[Reader]:
+    if not url.lower().startswith(("http://", "https://")):
+        raise SourceError("Only http:// and https:// URLs can be sources.")
+    request = urllib.request.Request(url, headers={"User-Agent": "city-data-exchange/1"})  # noqa: S310
+    try:
+        response = urllib.request.urlopen(request, timeout=settings.SYNC_HTTP_TIMEOUT)  # noqa: S310
+    except urllib.error.HTTPError as exc:
+        error = f"The URL answered {exc.code} {exc.reason}."
+        raise (TransientSourceError(error) if exc.code >= 500 or exc.code == 429 else SourceError(error)) from exc
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
+    with response:
+        length = response.headers.get("Content-Length")
+        with _stream_reader(source, io.BufferedReader(_GuardedStream(response)), size=int(length) if length else None,
+                            description=secrets.redact(url)) as reader:
+            yield reader
+
+
+class _GuardedStream(io.RawIOBase):
+    """Turns a connection dropped mid-download into a TransientSourceError."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._response.read(len(buffer))
+        except (OSError, ValueError) as exc:  # http.client.IncompleteRead is an HTTPException
+            raise TransientSourceError(f"The download broke off mid-file: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - IncompleteRead and friends
+            raise TransientSourceError(f"The download broke off mid-file: {exc}") from exc
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@contextmanager
+def open_source(source: Source, *, since: str | None = None, batch: int | None = None) -> Iterator[Reader]:
+    """Open ``source`` for reading; with ``since``, only rows whose watermark is above it."""
+    batch = batch or settings.SYNC_BATCH_SIZE
+    connection: Connection | None = source.connection
+    if connection is None:
+        with _file_reader(source) as reader:
+            yield reader
+        return
+    secret = secrets.decrypt(connection.secret_encrypted)
+    if connection.kind == ConnectionKind.POSTGRESQL:
+        with _pg_reader(source, secret, since=since, batch=batch) as reader:
+            yield reader
+    elif connection.kind == ConnectionKind.SQLITE:
+        with _sqlite_reader(source, secret, since=since, batch=batch) as reader:
+            yield reader
+    else:
+        with _url_reader(source, secret) as reader:
+            yield reader
+
+
+def test_connection(connection: Connection) -> str:
+    """Try the connection; return what was found, or raise SourceError with a useful message."""
+    secret = secrets.decrypt(connection.secret_encrypted)
+    if connection.kind == ConnectionKind.POSTGRESQL:
+        conn = pg_connect(secret, read_only=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_database(), current_user, version()")
+                db, user, version = cur.fetchone()  # type: ignore[misc]
+            return f"Connected to database {db} as {user} ({version.split(',')[0]})."
+        finally:
+            conn.close()
+    if connection.kind == ConnectionKind.SQLITE:
+        path = sqlite_path(secret)
+        if not path.exists():
+            raise SourceError(f"The SQLite file {path.name} does not exist.")
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn2:
+                tables = conn2.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise SourceError(f"Not a readable SQLite database: {exc}") from exc
+        return f"Opened {path.name}: {tables} tables."
+    request = urllib.request.Request(secret, method="HEAD", headers={"User-Agent": "city-data-exchange/1"})  # noqa: S310
+    if not secret.lower().startswith(("http://", "https://")):
+        raise SourceError("Only http:// and https:// URLs can be sources.")
+    try:
+        with urllib.request.urlopen(request, timeout=settings.SYNC_HTTP_TIMEOUT) as response:  # noqa: S310
+            return f"The URL answered {response.status} ({response.headers.get('Content-Type', 'no content type')})."
+    except urllib.error.HTTPError as exc:
+        raise SourceError(f"The URL answered {exc.code} {exc.reason}.") from exc
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc

@@ -1,0 +1,200 @@
+"""The life of a run: queue it, claim it (the lock against overlap), execute it with its
+errors sorted into retry / fail / cancel, reap runs whose worker died.
+
+State changes of a run go through these functions only. The lock against two runs of one
+job at a time is the database's: a partial unique index allows one ``running`` run per
+source and per subscription, so a claim is a conditional UPDATE that either wins the row
+or hits the index and records the run as skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+from enum import Enum
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from departments.models import Role
+from departments.notifications import notify
+from exchange.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
+from exchange.sync.readers import SourceError, TransientSourceError
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    DONE = "done"
+    RETRY = "retry"
+    SKIPPED = "skipped"
+
+
+def _send(run: Run, countdown: float | None = None) -> None:
+    from exchange import tasks
+
+    task = tasks.ingest_run if run.kind == RunKind.INGEST else tasks.deliver_run
+    options: dict[str, object] = {"task_id": run.celery_task_id}
+    if run.queue:
+        options["queue"] = run.queue
+    if countdown:
+        options["countdown"] = countdown
+    task.apply_async(args=[run.pk], **options)  # type: ignore[arg-type]
+
+
+def run_enqueue(
+    *, source: Source | None = None, subscription: Subscription | None = None, mode: str = RunMode.FULL,
+    trigger: str = RunTrigger.MANUAL, user: User | None = None, queue: str = "", rerun_of: Run | None = None,
+) -> Run:
+    """Create a queued run and send its task once the transaction commits."""
+    if (source is None) == (subscription is None):
+        raise ValueError("a run belongs to exactly one source or subscription")
+    dataset_id = source.dataset_id if source is not None else subscription.dataset_id  # type: ignore[union-attr]
+    run = Run.objects.create(
+        kind=RunKind.INGEST if source is not None else RunKind.DELIVERY, source=source, subscription=subscription,
+        dataset_id=dataset_id, mode=mode, trigger=trigger, triggered_by=user, queue=queue, rerun_of=rerun_of,
+        celery_task_id=uuid.uuid4().hex,
+    )
+    transaction.on_commit(lambda: _send(run))
+    return run
+
+
+def run_claim(*, run_id: int) -> Run | None:
+    """Take a queued run for this worker. None if it is gone, not queued any more (a
+    duplicate delivery of the task), or another run of the same job is running (then it is
+    recorded as skipped)."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            claimed = Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+                status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
+                cancel_requested=False,
+            )
+    except IntegrityError:
+        busy = Run.objects.filter(pk=run_id).values_list("source_id", "subscription_id").first()
+        other = Run.objects.filter(status=RunStatus.RUNNING).filter(
+            source_id=busy[0], subscription_id=busy[1]).values_list("pk", flat=True).first() if busy else None
+        Run.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.SKIPPED, finished_at=now,
+            error=f"Skipped: run #{other} of the same job was still running." if other
+            else "Skipped: another run of the same job was still running.",
+        )
+        return None
+    if not claimed:
+        return None
+    return Run.objects.select_related(
+        "source__dataset__department", "source__connection", "subscription__dataset__department",
+        "subscription__connection", "subscription__department",
+    ).get(pk=run_id)
+
+
+def stewards_of(department_ids: set[int]) -> list[User]:
+    return list(User.objects.filter(memberships__department_id__in=department_ids,
+                                    memberships__role=Role.STEWARD, is_active=True).distinct())
+
+
+def _notify_failure(run: Run, error: str, *, schema: bool) -> None:
+    dataset = run.dataset
+    departments = {dataset.department_id}
+    if schema:
+        # The schema is the subscribers' contract too.
+        departments |= set(Subscription.objects.filter(dataset=dataset, status="active")
+                           .values_list("department_id", flat=True))
+    elif run.kind == RunKind.DELIVERY and run.subscription is not None:
+        departments = {run.subscription.department_id}
+    what = "no longer matches its schema" if schema else f"{run.kind} run failed"
+    notify(recipients=stewards_of(departments), kind=f"sync.{run.kind}.failed",
+           subject=f"{dataset.title}: {what}", body=error, link=f"/api/v1/runs/{run.pk}/", obj=run)
+
+
+def run_fail(*, run: Run, error: str, schema: bool = False) -> None:
+    with transaction.atomic():
+        now = timezone.now()
+        changed = Run.objects.filter(pk=run.pk, status__in=[RunStatus.RUNNING, RunStatus.QUEUED]).update(
+            status=RunStatus.FAILED, error=error[:5000], finished_at=now, heartbeat_at=now)
+        if changed:
+            run.status, run.error = RunStatus.FAILED, error
+            _notify_failure(run, error, schema=schema)
+
+
+def run_cancelled(*, run: Run) -> None:
+    now = timezone.now()
+    Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        status=RunStatus.CANCELLED, finished_at=now, heartbeat_at=now,
+        error="Cancelled on request; nothing was written.")
+
+
+def run_requeue(*, run: Run, error: str, countdown: float) -> None:
+    """Hand a run that hit a transient error back to the queue (and release its lock)."""
+    with transaction.atomic():
+        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            status=RunStatus.QUEUED, error=f"Attempt {run.attempts} failed, retrying in {int(countdown)} s: {error}",
+            heartbeat_at=timezone.now())
+        transaction.on_commit(lambda: _send(run, countdown=countdown))
+
+
+def execute(*, run_id: int) -> Outcome:
+    """Claim and execute one run; every way it can end is recorded on the run."""
+    from exchange.sync import delivery, ingest
+
+    run = run_claim(run_id=run_id)
+    if run is None:
+        return Outcome.SKIPPED
+    try:
+        if run.kind == RunKind.INGEST:
+            ingest.ingest_execute(run=run)
+        else:
+            delivery.delivery_execute(run=run)
+    except ingest.RunCancelled:
+        run_cancelled(run=run)
+    except TransientSourceError as exc:
+        if run.attempts <= settings.SYNC_MAX_RETRIES:
+            run_requeue(run=run, error=str(exc),
+                        countdown=settings.SYNC_RETRY_BACKOFF_SECONDS * 2 ** (run.attempts - 1))
+            return Outcome.RETRY
+        run_fail(run=run, error=f"{exc} (gave up after {run.attempts} attempts)")
+    except ingest.SchemaMismatch as exc:
+        run_fail(run=run, error=f"Schema mismatch: {exc}", schema=True)
+    except (SourceError, delivery.TargetError) as exc:
+        run_fail(run=run, error=str(exc))
+    except SoftTimeLimitExceeded:
+        run_fail(run=run, error="The run took longer than its time limit and was stopped; nothing was written.")
+    except Exception as exc:
+        log.exception("run %s failed", run.pk)
+        run_fail(run=run, error=f"Unexpected error ({type(exc).__name__}): {exc}")
+    return Outcome.DONE
+
+
+def run_cancel(*, run: Run) -> Run:
+    """A queued run is cancelled at once; a running one at its next batch."""
+    now = timezone.now()
+    if Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+            status=RunStatus.CANCELLED, finished_at=now, error="Cancelled before it started."):
+        pass
+    else:
+        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(cancel_requested=True)
+    run.refresh_from_db()
+    return run
+
+
+def runs_reap(*, stale_after: timedelta | None = None) -> list[Run]:
+    """Fail runs whose worker stopped sending heartbeats, and queue a re-run of each."""
+    cutoff = timezone.now() - (stale_after or settings.SYNC_RUN_STALE_AFTER)
+    reruns = []
+    for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).select_related(
+            "source", "subscription"):
+        with transaction.atomic():
+            if not Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).update(
+                    status=RunStatus.FAILED, finished_at=timezone.now(),
+                    error=f"Orphaned: its worker stopped responding (last heartbeat "
+                          f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}). Nothing it did was kept; a new run was queued."):
+                continue
+            rerun = run_enqueue(source=run.source, subscription=run.subscription, mode=run.mode,
+                                trigger=RunTrigger.REAPER, queue=run.queue, rerun_of=run)
+            reruns.append(rerun)
+    return reruns
