@@ -360,7 +360,8 @@ class _GuardedStream(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         try:
-            data = self._response.read(len(buffer))
+            # read1: what has arrived, so rows flow (and progress shows) as the file trickles in
+            data = self._response.read1(len(buffer))
         except (OSError, ValueError) as exc:  # http.client.IncompleteRead is an HTTPException
             raise TransientSourceError(f"The download broke off mid-file: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - IncompleteRead and friends

@@ -1,0 +1,169 @@
+"""The sync jobs through real Celery worker processes (Redis when REDIS_URL is set), against
+the test database: a run end to end, the lock against overlap, retries of transient errors,
+cancel, and a worker killed with SIGKILL mid-run."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+
+from config.celery import app as celery_app
+from exchange.models import Run, RunStatus, Source
+from exchange.sync import runs
+from exchange.tasks import housekeeping_reaper
+from tests.exchange.sync_helpers import store_rows
+from tests.exchange.sync_worker import serve_files, start_worker, wait_for
+from tests.sync_factories import (
+    PERMIT_FIELDS,
+    connection,
+    csv_bytes,
+    identity_mapping,
+    permit_rows,
+    published_dataset,
+    upload_source,
+)
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+HEADER = [f[0] for f in PERMIT_FIELDS]
+
+
+@pytest.fixture
+def env(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    was_eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False
+    yield {"MEDIA_ROOT": str(tmp_path), "SYNC_BATCH_SIZE": "20", "SYNC_RETRY_BACKOFF_SECONDS": "1",
+           "SYNC_RUN_STALE_SECONDS": "3"}
+    celery_app.conf.task_always_eager = was_eager
+
+
+@pytest.fixture
+def queue():
+    return f"test-sync-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def workers():
+    started = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+@pytest.fixture
+def files():
+    server = serve_files()
+    yield server
+    server.close()
+
+
+def finished(run: Run) -> Run | None:
+    run.refresh_from_db()
+    return run if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING) else None
+
+
+def url_source(dataset, url: str) -> Source:
+    conn = connection(department=dataset.department, kind="url", secret=url)
+    return Source.objects.create(dataset=dataset, connection=conn, mapping=identity_mapping())
+
+
+def test_upload_ingest_through_a_worker(department, env, queue, workers):
+    workers.append(worker := start_worker(queue, env=env))
+    dataset = published_dataset(department=department)
+    source = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(150)))
+    run = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: finished(run), what="the run", worker=worker)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.rows_inserted == 150 and run.rows_done == 150 and run.attempts == 1
+    assert len(store_rows(dataset)) == 150
+
+
+def test_a_second_run_of_the_same_source_is_skipped_while_one_runs(department, env, queue, workers, files):
+    workers.append(worker := start_worker(queue, env=env, concurrency=2))
+    dataset = published_dataset(department=department)
+    from tests.exchange.sync_worker import Served
+
+    files.files["/permits.csv"] = served = Served(csv_bytes(HEADER, permit_rows(60)), chunk_delay=0.05,
+                                                   slow_requests=1)
+    source = url_source(dataset, files.url("/permits.csv"))
+    first = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: Run.objects.filter(pk=first.pk, status=RunStatus.RUNNING).exists(), what="first run starts")
+    second = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: finished(second), what="second run", worker=worker)
+    assert second.status == RunStatus.SKIPPED and f"run #{first.pk}" in second.error
+    wait_for(lambda: finished(first), what="first run", worker=worker)
+    assert first.status == RunStatus.SUCCEEDED and len(store_rows(dataset)) == 60
+    assert served.requests == 1
+
+
+def test_transient_errors_are_retried_with_backoff(department, env, queue, workers, files):
+    workers.append(worker := start_worker(queue, env=env))
+    dataset = published_dataset(department=department)
+    from tests.exchange.sync_worker import Served
+
+    files.files["/flaky.csv"] = served = Served(csv_bytes(HEADER, permit_rows(10)), fail_first=2)
+    source = url_source(dataset, files.url("/flaky.csv"))
+    run = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: finished(run), what="the run", worker=worker)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.attempts == 3 and served.requests == 3
+    assert len(store_rows(dataset)) == 10
+
+
+def test_an_unreachable_source_fails_after_bounded_retries(department, env, queue, workers):
+    workers.append(worker := start_worker(queue, env={**env, "SYNC_MAX_RETRIES": "1"}))
+    dataset = published_dataset(department=department)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    source = url_source(dataset, f"http://127.0.0.1:{port}/gone.csv")
+    run = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: finished(run), what="the run", worker=worker)
+    assert run.status == RunStatus.FAILED and run.attempts == 2
+    assert "cannot be reached" in run.error and "gave up after 2 attempts" in run.error
+
+
+def test_cancel_a_running_run(department, env, queue, workers, files):
+    workers.append(worker := start_worker(queue, env=env))
+    dataset = published_dataset(department=department)
+    from tests.exchange.sync_worker import Served
+
+    files.files["/slow.csv"] = Served(csv_bytes(HEADER, permit_rows(200)), chunk_delay=0.05, slow_requests=9)
+    run = runs.run_enqueue(source=url_source(dataset, files.url("/slow.csv")), queue=queue)
+    wait_for(lambda: Run.objects.filter(pk=run.pk, rows_done__gt=0).exists(), what="progress", worker=worker)
+    runs.run_cancel(run=run)
+    wait_for(lambda: finished(run), what="the run", worker=worker)
+    assert run.status == RunStatus.CANCELLED
+    assert store_rows(dataset) == []
+
+
+def test_worker_killed_mid_run_is_reaped_and_the_rerun_loads_exactly_once(department, env, queue, workers, files):
+    workers.append(worker := start_worker(queue, env=env))
+    dataset = published_dataset(department=department)
+    source0 = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(30)))
+    runs.execute(run_id=runs.run_enqueue(source=source0, queue="nowhere").pk)  # a first load, in-process
+    Source.objects.filter(pk=source0.pk).delete()
+    from tests.exchange.sync_worker import Served
+
+    rows = permit_rows(80, fee_bump=3)  # 30 updated, 50 new
+    files.files["/big.csv"] = Served(csv_bytes(HEADER, rows), chunk_delay=0.1, slow_requests=1)
+    source = url_source(dataset, files.url("/big.csv"))
+    run = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: Run.objects.filter(pk=run.pk, rows_done__gt=0).exists(), what="progress", worker=worker)
+    worker.kill()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING  # nobody was left to record anything
+
+    workers.append(second := start_worker(queue, env=env))
+    wait_for(lambda: housekeeping_reaper.apply_async(queue=queue) and finished(run), timeout=60,
+             what="the reaper", worker=second)
+    assert run.status == RunStatus.FAILED and "Orphaned" in run.error
+    rerun = Run.objects.get(rerun_of=run)
+    wait_for(lambda: finished(rerun), what="the re-run", worker=second)
+    assert rerun.status == RunStatus.SUCCEEDED, rerun.error
+    assert (rerun.rows_inserted, rerun.rows_updated) == (50, 30)
+    stored = store_rows(dataset, include_deleted=True)
+    assert [r["permit_id"] for r in stored] == list(range(1, 81))
+    assert {str(r["fee"]).rstrip("0").rstrip(".") for r in stored[:1]} == {"104.5"}
