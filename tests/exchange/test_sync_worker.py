@@ -14,7 +14,7 @@ from exchange.models import Run, RunStatus, Source
 from exchange.sync import runs
 from exchange.tasks import housekeeping_reaper
 from tests.exchange.sync_helpers import store_rows
-from tests.exchange.sync_worker import serve_files, start_worker, wait_for
+from tests.exchange.sync_worker import Worker, serve_files, start_worker, wait_for
 from tests.sync_factories import (
     PERMIT_FIELDS,
     connection,
@@ -46,7 +46,7 @@ def queue():
 
 @pytest.fixture
 def workers():
-    started = []
+    started: list[Worker] = []
     yield started
     for w in started:
         w.stop()
