@@ -1,0 +1,96 @@
+"""Ingest from a real PostgreSQL source database (skipped on the SQLite run)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection as django_connection
+
+from exchange.models import Run, RunMode, RunStatus, Source
+from exchange.sync import runs
+from tests.exchange.sync_helpers import extra_pg_database, pg_execute, run_ingest, store_rows
+from tests.sync_factories import connection, identity_mapping, permit_rows, published_dataset
+
+pytestmark = pytest.mark.django_db
+
+CREATE = ("CREATE TABLE permits (permit_id bigint PRIMARY KEY, address text, applicant text, fee numeric, "
+          "approved boolean, issued_on date, updated_at timestamptz)")
+INSERT = "INSERT INTO permits VALUES (%s, %s, %s, %s, %s, %s, %s)"
+
+
+@pytest.fixture
+def source_db():
+    if django_connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL sources are tested on the PostgreSQL run")
+    with extra_pg_database("wt_sync_src") as dsn:
+        pg_execute(dsn, CREATE)
+        pg_execute(dsn, INSERT, many=permit_rows(100))
+        yield dsn
+
+
+@pytest.fixture
+def source(department, source_db):
+    dataset = published_dataset(department=department)
+    conn = connection(department=department, kind="postgresql", secret=source_db)
+    return Source.objects.create(dataset=dataset, connection=conn, table="permits", mapping=identity_mapping(),
+                                 watermark_column="updated_at")
+
+
+def test_full_then_incremental_by_watermark(source, source_db):
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.rows_inserted == 100 and run.rows_total_estimate is not None or run.rows_total_estimate is None
+    source.refresh_from_db()
+    assert source.watermark_value.startswith("2024-02-01")
+    pg_execute(source_db, "UPDATE permits SET fee = 1, updated_at = now() WHERE permit_id <= 3")
+    pg_execute(source_db, "DELETE FROM permits WHERE permit_id = 50")
+    run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_read, run.rows_updated, run.rows_inserted, run.rows_deleted) == (3, 3, 0, 0)
+    run = run_ingest(source)  # a full run notices the deletion
+    assert (run.rows_read, run.rows_updated, run.rows_deleted, run.rows_unchanged) == (99, 0, 1, 99)
+    assert 50 not in {r["permit_id"] for r in store_rows(source.dataset)}
+
+
+def test_retyped_source_column_fails_with_a_clear_message(source, source_db, people):
+    pg_execute(source_db, "ALTER TABLE permits ALTER COLUMN fee TYPE text")
+    run = run_ingest(source)
+    assert run.status == RunStatus.FAILED
+    assert "fee is text at the source, field fee is decimal" in run.error
+    assert people["steward"].notifications.filter(subject__contains="no longer matches its schema").exists()
+
+
+def test_missing_source_table(source, source_db):
+    pg_execute(source_db, "DROP TABLE permits")
+    run = run_ingest(source)
+    assert run.status == RunStatus.FAILED and "'permits' does not exist" in run.error
+
+
+def test_query_sources_are_read_only(source, source_db):
+    source.table = ""
+    source.query = "SELECT * FROM permits WHERE permit_id <= 10"
+    source.save()
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED and run.rows_inserted == 10
+    source.query = "DELETE FROM permits RETURNING *"
+    source.save()
+    assert "read-only SELECT" in run_ingest(source).error
+    source.query = "SELECT 1; DROP TABLE permits"
+    source.save()
+    assert "exactly one SELECT" in run_ingest(source).error
+    # A data-modifying CTE passes the parser but not the READ ONLY transaction.
+    source.query = "WITH d AS (DELETE FROM permits RETURNING *) SELECT * FROM d"
+    source.save()
+    run = run_ingest(source)
+    assert run.status == RunStatus.FAILED
+    pg_execute(source_db, "SELECT 1")
+    import psycopg
+
+    with psycopg.connect(source_db) as conn:
+        assert conn.execute("SELECT count(*) FROM permits").fetchone() == (100,)
+
+
+def test_overlapping_run_is_skipped(source):
+    running = Run.objects.create(kind="ingest", source=source, dataset=source.dataset, status=RunStatus.RUNNING)
+    run = run_ingest(source)
+    assert run.status == RunStatus.SKIPPED and f"run #{running.pk}" in run.error
+    assert store_rows(source.dataset) == []
+    assert runs.run_claim(run_id=run.pk) is None
