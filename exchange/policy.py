@@ -61,6 +61,23 @@ class FieldAccess:
         return min((r.form for r in self.rules), key=lambda form: FORM_ORDER.index(AccessForm(form)))
 
     @property
+    def effective_forms(self) -> tuple[str, ...]:
+        """The forms that can apply, most revealing first, up to the first one that covers
+        every row (the less revealing ones after it never apply)."""
+        forms: list[str] = []
+        for form in sorted({r.form for r in self.rules}, key=lambda f: FORM_ORDER.index(AccessForm(f))):
+            forms.append(form)
+            if any(not r.row_filter for r in self.rules if r.form == form):
+                break
+        return tuple(forms)
+
+    @property
+    def output_type(self) -> str:
+        """The type of the values shown: the field's own in clear, text when masked or
+        pseudonymised on some rows."""
+        return self.type if self.effective_forms == (AccessForm.CLEAR,) else "text"
+
+    @property
     def grant_ids(self) -> tuple[int, ...]:
         return tuple(sorted({r.grant_id for r in self.rules if r.grant_id is not None}))
 
