@@ -1,13 +1,449 @@
-"""Delivery: store → a subscribing department's target."""
+"""Delivery: store → a subscribing department's target table, for one claimed run.
+
+What is written is exactly the subscriber's effective view (``exchange.policy``), projected
+in SQL by ``exchange.records.build_select``: visible fields only, masked or pseudonymised as
+granted, rows outside the grants' row filters left out. The target table is the exchange's:
+it is created (and rebuilt when the view changes) from the view's columns, and a table found
+changed by hand fails the run rather than being overwritten.
+
+Runs are incremental from the last delivered store change (``_seq``), deletions included,
+upserting by key, when the key is visible unconditionally and in one form and every row is
+covered. Otherwise (a row filter, a masked key) each run rebuilds the copy, so that a record
+leaving the view also leaves the target. Either way the target is written in ONE transaction
+of the target database; the subscription's bookmark moves only after it committed, so a
+crash in between re-delivers the same changes, which the upsert absorbs.
+"""
 
 from __future__ import annotations
 
-from exchange.models import Run
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from exchange.audit import audit_record
+from exchange.models import AccessForm, ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus
+from exchange.policy import EffectiveView, effective_view
+from exchange.records import Select, build_select
+from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
+from exchange.sync import secrets
+from exchange.sync.convert import for_sqlite
+from exchange.sync.readers import TransientSourceError, sqlite_path
+
+PG_TYPES = {"text": "text", "integer": "bigint", "decimal": "numeric", "boolean": "boolean", "date": "date",
+            "timestamp": "timestamptz", "geopoint": "text", "json": "jsonb"}
+PG_UDT = {"text": "text", "bigint": "int8", "numeric": "numeric", "boolean": "bool", "date": "date",
+          "timestamptz": "timestamptz", "jsonb": "jsonb"}
+SQLITE_TYPES = {"text": "text", "integer": "integer", "decimal": "numeric", "boolean": "integer", "date": "text",
+                "timestamp": "text", "geopoint": "text", "json": "text"}
+BATCH = 5000
 
 
 class TargetError(Exception):
     """The target cannot be written as configured; retrying will not help."""
 
 
+class SubscriptionEnded(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    view: EffectiveView
+    table: StoreTable
+    columns: list[tuple[str, str]]  # (name, projected field type)
+    key: list[str]  # upsert key in the target; empty = rebuild every run
+
+
+def _key_for(view: EffectiveView, table: StoreTable) -> list[str]:
+    if not view.all_rows:
+        return []
+    for k in table.key_columns:
+        access = view.fields.get(k)
+        if access is None or len(access.effective_forms) != 1 or access.effective_forms[0] == AccessForm.MASKED:
+            return []
+        if not any(not r.row_filter for r in access.rules):
+            return []
+    return list(table.key_columns)
+
+
+def _bounded(select: Select, names: Sequence[str], *, system: bool) -> str:
+    """The projected rows up to the change number ``top`` (the last placeholder)."""
+    cols = [ident(n) for n in names] + ([ident("_deleted")] if system else [])
+    return f"SELECT {', '.join(cols)} FROM ({select.sql}) AS {ident('_d')} WHERE {ident('_seq')} <= %s"  # noqa: S608
+
+
+# --- Targets --------------------------------------------------------------------------------
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PgTarget:
+    def __init__(self, dsn: str, table: str) -> None:
+        import psycopg
+
+        try:
+            self.conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-delivery")
+        except psycopg.OperationalError as exc:
+            raise TransientSourceError(f"Cannot connect to the target database: {exc}".splitlines()[0]) from exc
+        self.table = table
+        schema, _, name = table.rpartition(".")
+        self.schema, self.name = schema or None, name
+        self.qualified = ".".join(self._q(p) for p in table.split(".", 1))
+
+    def _q(self, name: str) -> str:
+        from psycopg import sql
+
+        return sql.Identifier(name).as_string(self.conn)
+
+    def existing(self) -> dict[str, str] | None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                "SELECT column_name, udt_name FROM information_schema.columns WHERE table_name = %s "
+                "AND table_schema = coalesce(%s, current_schema()) ORDER BY ordinal_position",
+                [self.name, self.schema])
+            rows = cur.fetchall()
+        return {r[0]: r[1] for r in rows} or None
+
+    @staticmethod
+    def expected(columns: Sequence[Sequence[str]]) -> dict[str, str]:
+        return {name: PG_UDT[PG_TYPES[t]] for name, t in columns}
+
+    def create(self, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> None:
+        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns]
+        if key:
+            ddl.append(f"PRIMARY KEY ({', '.join(self._q(k) for k in key)})")
+        self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
+
+    def drop(self) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.qualified}")
+
+    def copy_in(self, table: str, names: Sequence[str], chunks: Iterator[bytes]) -> None:
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(map(self._q, names))}) FROM STDIN") as copy:
+            for chunk in chunks:
+                copy.write(chunk)
+
+    def rows_in(self, table: str, names: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(map(self._q, names))}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def stage(self, columns: Sequence[tuple[str, str]]) -> str:
+        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns] + ['"_deleted" boolean']
+        self.conn.execute(f"CREATE TEMP TABLE \"_exchange_stage\" ({', '.join(ddl)}) ON COMMIT DROP")
+        return '"_exchange_stage"'
+
+    def apply(self, stage: str, names: Sequence[str], key: Sequence[str]) -> tuple[int, int, int]:
+        match = " AND ".join(f"t.{self._q(k)} = s.{self._q(k)}" for k in key)
+        cols = ", ".join(map(self._q, names))
+        sets = (", ".join(f"{self._q(n)} = excluded.{self._q(n)}" for n in names if n not in key)
+                or f"{self._q(key[0])} = excluded.{self._q(key[0])}")
+        with self.conn.cursor() as cur:
+            cur.execute(f'DELETE FROM {self.qualified} AS t USING {stage} AS s WHERE {match} AND s."_deleted"')  # noqa: S608
+            deleted = cur.rowcount
+            cur.execute(
+                f"WITH u AS (INSERT INTO {self.qualified} ({cols}) SELECT {cols} FROM {stage} "  # noqa: S608
+                f'WHERE NOT "_deleted" ON CONFLICT ({", ".join(map(self._q, key))}) DO UPDATE SET {sets} '
+                "RETURNING (xmax = 0) AS ins) "
+                "SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM u"
+            )
+            inserted, updated = cur.fetchone()  # type: ignore[misc]
+        return inserted, updated, deleted
+
+    def clear(self) -> None:
+        self.conn.execute(f"DELETE FROM {self.qualified}")  # noqa: S608
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SqliteTarget:
+    def __init__(self, path: str, table: str) -> None:
+        self.conn = sqlite3.connect(sqlite_path(path), isolation_level=None)
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.name = table
+        self.qualified = _q(table)
+
+    def existing(self) -> dict[str, str] | None:
+        rows = self.conn.execute("SELECT name, type FROM pragma_table_info(?)", [self.name]).fetchall()
+        return {r[0]: r[1].lower() for r in rows} or None
+
+    @staticmethod
+    def expected(columns: Sequence[Sequence[str]]) -> dict[str, str]:
+        return {name: SQLITE_TYPES[t] for name, t in columns}
+
+    def create(self, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> None:
+        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns]
+        if key:
+            ddl.append(f"PRIMARY KEY ({', '.join(_q(k) for k in key)})")
+        self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
+
+    def drop(self) -> None:
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.qualified}")
+
+    def rows_in(self, table: str, names: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
+        marks = ", ".join("?" * len(names))
+        sql = f"INSERT INTO {table} ({', '.join(map(_q, names))}) VALUES ({marks})"  # noqa: S608
+        batch: list[list[Any]] = []
+        for row in rows:
+            batch.append([for_sqlite(v) for v in row])
+            if len(batch) >= BATCH:
+                self.conn.executemany(sql, batch)
+                batch.clear()
+        self.conn.executemany(sql, batch)
+
+    def stage(self, columns: Sequence[tuple[str, str]]) -> str:
+        self.conn.execute('DROP TABLE IF EXISTS temp."_exchange_stage"')
+        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns] + ['"_deleted" integer']
+        self.conn.execute(f"CREATE TEMP TABLE \"_exchange_stage\" ({', '.join(ddl)})")
+        return '"_exchange_stage"'
+
+    def apply(self, stage: str, names: Sequence[str], key: Sequence[str]) -> tuple[int, int, int]:
+        match = " AND ".join(f"{self.qualified}.{_q(k)} = s.{_q(k)}" for k in key)
+        cols = ", ".join(map(_q, names))
+        exists = f"EXISTS (SELECT 1 FROM {stage} AS s WHERE {match} AND s.\"_deleted\")"  # noqa: S608
+        deleted = self.conn.execute(f"DELETE FROM {self.qualified} WHERE {exists}").rowcount  # noqa: S608
+        before = self.conn.execute(f"SELECT count(*) FROM {self.qualified}").fetchone()[0]  # noqa: S608
+        sets = (", ".join(f"{_q(n)} = excluded.{_q(n)}" for n in names if n not in key)
+                or f"{_q(key[0])} = excluded.{_q(key[0])}")
+        written = self.conn.execute(
+            f"INSERT INTO {self.qualified} ({cols}) SELECT {cols} FROM {stage} WHERE NOT \"_deleted\" AND true "  # noqa: S608
+            f"ON CONFLICT ({', '.join(map(_q, key))}) DO UPDATE SET {sets}").rowcount
+        after = self.conn.execute(f"SELECT count(*) FROM {self.qualified}").fetchone()[0]  # noqa: S608
+        return after - before, written - (after - before), deleted
+
+    def clear(self) -> None:
+        self.conn.execute(f"DELETE FROM {self.qualified}")  # noqa: S608
+
+    def commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+Target = PgTarget | SqliteTarget
+
+
+def open_target(subscription: Subscription) -> Target:
+    secret = secrets.decrypt(subscription.connection.secret_encrypted)
+    if subscription.connection.kind == ConnectionKind.POSTGRESQL:
+        return PgTarget(secret, subscription.target_table)
+    if subscription.connection.kind == ConnectionKind.SQLITE:
+        return SqliteTarget(secret, subscription.target_table)
+    raise TargetError("Deliveries go to a PostgreSQL or SQLite connection.")
+
+
+# --- Reading the store through the view -----------------------------------------------------
+
+def _store_reader_pg() -> Any:
+    """A connection of its own, so the read is one consistent snapshot and progress can be
+    recorded on Django's connection meanwhile."""
+    import psycopg
+
+    s = connection.settings_dict
+    params = {"dbname": s["NAME"], "user": s.get("USER") or None, "password": s.get("PASSWORD") or None,
+              "host": s.get("HOST") or None, "port": s.get("PORT") or None}
+    conn = psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=False)
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    return conn
+
+
+def _copy_chunks(reader: Any, sql: str, params: Sequence[Any], progress: Any) -> Iterator[bytes]:
+    import psycopg
+
+    query = psycopg.ClientCursor(reader).mogrify(sql, params)
+    with reader.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT") as copy:
+        for chunk in copy:
+            progress(bytes(chunk).count(b"\n"))
+            yield bytes(chunk)
+
+
+def _row_iter(reader: Any, sql: str, params: Sequence[Any], progress: Any) -> Iterator[Sequence[Any]]:
+    if reader is not None:
+        with reader.cursor(name="exchange_delivery") as cur:
+            cur.itersize = BATCH
+            cur.execute(sql, params)
+            n = 0
+            for row in cur:
+                n += 1
+                if n % BATCH == 0:
+                    progress(BATCH)
+                yield row
+            progress(n % BATCH)
+        return
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        while batch := cur.fetchmany(BATCH):
+            progress(len(batch))
+            yield from batch
+
+
+class _Progress:
+    def __init__(self, run: Run) -> None:
+        self.run, self.done, self.last = run, 0, time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last > 2:
+            self.last = time.monotonic()
+            if not Run.objects.filter(pk=self.run.pk, status=RunStatus.RUNNING).update(
+                    rows_done=self.done, heartbeat_at=timezone.now()) or \
+                    Run.objects.filter(pk=self.run.pk, cancel_requested=True).exists():
+                from exchange.sync.ingest import RunCancelled
+
+                raise RunCancelled()
+
+
+# --- The service ----------------------------------------------------------------------------
+
+def subscription_end(*, subscription: Subscription, reason: str) -> None:
+    """Stop a subscription whose grant ended; purge the copy if the steward asked for it."""
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(status=SubscriptionStatus.ENDED,
+                                                               ended_at=timezone.now())
+        if subscription.periodic_task_id:
+            from django_celery_beat.models import PeriodicTask
+
+            PeriodicTask.objects.filter(pk=subscription.periodic_task_id).update(enabled=False)
+        audit_record(actor=None, actor_label="job:delivery", action="subscription.ended", obj=subscription,
+                     dataset_id=subscription.dataset_id, department_id=subscription.department_id,
+                     details={"reason": reason})
+    if subscription.purge_on_end:
+        subscription_purge_target(subscription=subscription)
+
+
+def subscription_purge_target(*, subscription: Subscription) -> None:
+    target = open_target(subscription)
+    try:
+        target.drop()
+        target.commit()
+    finally:
+        target.close()
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(purged_at=timezone.now(), last_seq=0,
+                                                               delivered_columns=[])
+        audit_record(actor=None, actor_label="job:delivery", action="subscription.purged", obj=subscription,
+                     dataset_id=subscription.dataset_id, department_id=subscription.department_id)
+
+
 def delivery_execute(*, run: Run) -> None:
-    raise TargetError("Delivery is not available yet.")
+    """Do the work of a claimed delivery run and record its success. Precondition: ``run`` is
+    RUNNING and claimed by the caller; raises on failure with the target unchanged."""
+    subscription = run.subscription
+    assert subscription is not None
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        raise SubscriptionEnded(f"The subscription is {subscription.status}.")
+    dataset = subscription.dataset
+    view = effective_view(dataset=dataset, department=subscription.department)
+    if not view.can_read:
+        subscription_end(subscription=subscription, reason="no active grant")
+        raise SubscriptionEnded("The department's grant on this dataset has ended; the subscription was stopped"
+                                + (" and the delivered copy purged." if subscription.purge_on_end else "."))
+    if not store_exists(dataset):
+        raise TargetError("Nothing has been ingested into this dataset yet.")
+    table = store_table(dataset)
+    names = [n for n in view.fields]
+    select = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
+                          paginate=False, ordered=False)
+    columns = [(c.name, c.field_type) for c in select.columns]
+    key = _key_for(view, table)
+    reader = _store_reader_pg() if is_postgres() else None
+    target = open_target(subscription)
+    progress = _Progress(run)
+    try:
+        if reader is not None:
+            top = reader.execute(f"SELECT coalesce(max({ident('_seq')}), 0) FROM {table.qualified}").fetchone()[0]  # noqa: S608
+        else:
+            with connection.cursor() as cur:
+                cur.execute(f"SELECT coalesce(max({ident('_seq')}), 0) FROM {table.qualified}")  # noqa: S608
+                top = cur.fetchone()[0]
+        existing = target.existing()
+        if existing is not None and existing != target.expected(subscription.delivered_columns):
+            if subscription.delivered_columns:
+                raise TargetError(
+                    f"The target table {subscription.target_table} was changed by hand: it has columns "
+                    f"{_describe(existing)}, the exchange created "
+                    f"{_describe(target.expected(subscription.delivered_columns))}. "
+                    f"Restore it, or drop it to let the next run recreate it."
+                )
+            raise TargetError(f"A table {subscription.target_table} already exists in the target and was not created "
+                              f"by the exchange; choose another table name.")
+        rebuild = (existing is None or not key or subscription.last_seq == 0
+                   or subscription.delivered_columns != [list(c) for c in columns])
+        since = None if rebuild else subscription.last_seq
+        select = build_select(view, table, since_seq=since, include_deleted=not rebuild, with_system=True,
+                              paginate=False, ordered=False)
+        sql = _bounded(select, names, system=not rebuild)
+        params = [*select.params, top]
+        inserted = updated = deleted = 0
+        if rebuild:
+            target.drop()
+            target.create(columns, key)
+            if reader is not None and isinstance(target, PgTarget):
+                target.copy_in(target.qualified, names, _copy_chunks(reader, sql, params, progress))
+            else:
+                target.rows_in(target.qualified, names, _row_iter(reader, sql, params, progress))
+            inserted = progress.done
+        else:
+            stage = target.stage(columns)
+            if reader is not None and isinstance(target, PgTarget):
+                target.copy_in(stage, [*names, "_deleted"], _copy_chunks(reader, sql, params, progress))
+            else:
+                target.rows_in(stage, [*names, "_deleted"], _row_iter(reader, sql, params, progress))
+            inserted, updated, deleted = target.apply(stage, names, key)
+        target.commit()
+    except sqlite3.Error as exc:
+        raise TargetError(f"Writing the target failed: {exc}") from exc
+    except Exception as exc:
+        import psycopg
+
+        if isinstance(exc, psycopg.OperationalError):
+            raise TransientSourceError(f"The target database went away: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, psycopg.Error):
+            raise TargetError(f"Writing the target failed: {str(exc).splitlines()[0]}") from exc
+        raise
+    finally:
+        target.close()
+        if reader is not None:
+            reader.close()
+    finish_delivery(run, subscription, view, columns, progress.done, inserted, updated, deleted,
+                    seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild)
+
+
+def _describe(columns: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in columns.items())
+
+
+def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, columns: list[tuple[str, str]],
+                    read: int, inserted: int, updated: int, deleted: int, *, seq_from: int, top: int,
+                    rebuild: bool) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        Subscription.objects.filter(pk=subscription.pk).update(last_seq=top, delivered_columns=columns)
+        fields = dict(status=RunStatus.SUCCEEDED, mode="full" if rebuild else "incremental", rows_read=read,
+                      rows_done=read, rows_inserted=inserted, rows_updated=updated, rows_deleted=deleted,
+                      finished_at=now, heartbeat_at=now, seq_from=seq_from if top >= seq_from else None,
+                      seq_to=top if top >= seq_from else None, error="",
+                      target=f"{subscription.connection.redacted} → {subscription.target_table}")
+        Run.objects.filter(pk=run.pk).update(**fields)
+        for k, v in fields.items():
+            setattr(run, k, v)
+        audit_record(
+            actor=None, actor_label="job:delivery", action="delivery.run", obj=run,
+            dataset_id=subscription.dataset_id, department_id=subscription.department_id,
+            row_count=inserted + updated + deleted, fields=[name for name, _ in columns],
+            details={"run": run.pk, "subscription": subscription.pk, "rebuild": rebuild,
+                     "forms": {n: view.fields[n].form for n, _ in columns}, "seq_from": seq_from, "seq_to": top,
+                     "grants": sorted({g for n, _ in columns for g in view.fields[n].grant_ids})},
+        )

@@ -122,11 +122,10 @@ def run_fail(*, run: Run, error: str, schema: bool = False) -> None:
             _notify_failure(run, error, schema=schema)
 
 
-def run_cancelled(*, run: Run) -> None:
+def run_cancelled(*, run: Run, error: str = "Cancelled on request; nothing was written.") -> None:
     now = timezone.now()
     Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-        status=RunStatus.CANCELLED, finished_at=now, heartbeat_at=now,
-        error="Cancelled on request; nothing was written.")
+        status=RunStatus.CANCELLED, finished_at=now, heartbeat_at=now, error=error)
 
 
 def run_requeue(*, run: Run, error: str, countdown: float) -> None:
@@ -152,6 +151,8 @@ def execute(*, run_id: int) -> Outcome:
             delivery.delivery_execute(run=run)
     except ingest.RunCancelled:
         run_cancelled(run=run)
+    except delivery.SubscriptionEnded as exc:
+        run_cancelled(run=run, error=str(exc))
     except TransientSourceError as exc:
         if run.attempts <= settings.SYNC_MAX_RETRIES:
             run_requeue(run=run, error=str(exc),

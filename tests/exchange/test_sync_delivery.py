@@ -1,0 +1,187 @@
+"""Delivery of granted fields to a subscribing department's SQLite or PostgreSQL target."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection as django_connection
+from django.utils import timezone
+
+from exchange.models import AuditEvent, Run, RunStatus, Subscription, SubscriptionStatus
+from exchange.sync import runs
+from tests.exchange.sync_helpers import extra_pg_database, run_ingest
+from tests.records_support import grant
+from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, permit_rows, published_dataset, upload_source
+
+# transaction=True: on PostgreSQL the delivery reads the store through a connection of its own
+# (one consistent snapshot), which sees only committed rows.
+pytestmark = pytest.mark.django_db(transaction=True)
+HEADER = [f[0] for f in PERMIT_FIELDS]
+CANARY = "CANARY-7f3a"
+
+
+@pytest.fixture(autouse=True)
+def dirs(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.SYNC_SQLITE_DIRS = [str(tmp_path)]
+
+
+def _rows(n: int = 40, *, fee_bump: int = 0) -> list[list[object]]:
+    rows = permit_rows(n, fee_bump=fee_bump)
+    for r in rows:
+        r[2] = f"{CANARY} {r[2]}"  # applicant: never granted
+    return rows
+
+
+@pytest.fixture
+def setup(department, other_department, people):
+    dataset = published_dataset(department=department)
+    source = upload_source(dataset=dataset, content=csv_bytes(HEADER, _rows()))
+    assert run_ingest(source).status == RunStatus.SUCCEEDED
+    g = grant(dataset, department=other_department, approved_by=people["admin"],
+              fields={"permit_id": "clear", "address": "masked", "fee": "pseudonymised", "approved": "clear"})
+    return dataset, source, g
+
+
+def sqlite_target(tmp_path: Path, department) -> tuple[Path, object]:
+    path = tmp_path / "health.sqlite3"
+    sqlite3.connect(path).close()
+    return path, connection(department=department, kind="sqlite", secret=str(path), name="health warehouse")
+
+
+def deliver(subscription: Subscription) -> Run:
+    run = Run.objects.create(kind="delivery", subscription=subscription, dataset=subscription.dataset)
+    runs.execute(run_id=run.pk)
+    run.refresh_from_db()
+    return run
+
+
+def rewrite(source, rows) -> None:
+    (Path(django_settings.MEDIA_ROOT) / source.upload).write_bytes(csv_bytes(HEADER, rows))
+
+
+def read_sqlite(path: Path, table: str = "permits") -> tuple[list[str], list[tuple]]:
+    db = sqlite3.connect(path)
+    cur = db.execute(f'SELECT * FROM "{table}" ORDER BY 1')
+    return [d[0] for d in cur.description], cur.fetchall()
+
+
+def test_exactly_the_granted_fields_in_the_granted_form(setup, other_department, tmp_path):
+    dataset, source, _ = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    run = deliver(sub)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    names, rows = read_sqlite(path)
+    assert names == ["permit_id", "address", "fee", "approved"]
+    assert len(rows) == 40 and run.rows_inserted == 40
+    assert not any(CANARY in str(v) for row in rows for v in row)
+    first = rows[0]
+    assert first[0] == 1 and first[3] == 1
+    assert first[1] != "1 Main Street" and first[1].endswith("reet")  # masked: last 4 characters kept
+    assert len(first[2]) == 32 and "101" not in first[2]  # pseudonymised fee
+    assert AuditEvent.objects.filter(action="delivery.run", department_id=other_department.pk,
+                                     fields=["permit_id", "address", "fee", "approved"]).exists()
+    assert run.seq_from == 1 and run.seq_to == 40 and "permits" in run.target
+
+
+def test_incremental_delivery_carries_updates_and_deletions(setup, other_department, tmp_path):
+    dataset, source, _ = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    deliver(sub)
+    rows = _rows(30)
+    rows[0][4] = "false"
+    rewrite(source, rows + _rows(2, fee_bump=0)[:0])
+    assert run_ingest(source).rows_deleted == 10
+    sub.refresh_from_db()
+    run = deliver(sub)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.mode == "incremental" and (run.rows_updated, run.rows_deleted, run.rows_inserted) == (1, 10, 0)
+    _, delivered = read_sqlite(path)
+    assert [r[0] for r in delivered] == list(range(1, 31)) and delivered[0][3] == 0
+    sub.refresh_from_db()
+    assert deliver(sub).rows_read == 0  # nothing changed since
+
+
+def test_row_filters_are_honoured(department, other_department, people, tmp_path):
+    dataset = published_dataset(department=department)
+    run_ingest(upload_source(dataset=dataset, content=csv_bytes(HEADER, _rows())))
+    grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"},
+          row_filter=[{"field": "approved", "op": "eq", "value": True}])
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="approved_permits")
+    assert deliver(sub).status == RunStatus.SUCCEEDED
+    _, rows = read_sqlite(path, "approved_permits")
+    assert [r[0] for r in rows] == list(range(1, 41, 2))
+
+
+def test_grant_expiry_stops_the_subscription_and_purges_on_request(setup, other_department, tmp_path):
+    dataset, source, g = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits", purge_on_end=True)
+    deliver(sub)
+    g.valid_until = timezone.now() - dt.timedelta(minutes=1)
+    g.save()
+    sub.refresh_from_db()
+    run = deliver(sub)
+    assert run.status == RunStatus.CANCELLED and "grant on this dataset has ended" in run.error
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is not None
+    tables = sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    assert tables == []
+
+
+def test_target_altered_by_hand_fails_clearly(setup, other_department, tmp_path):
+    dataset, source, _ = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    deliver(sub)
+    db = sqlite3.connect(path)
+    db.execute('ALTER TABLE permits ADD COLUMN "comment" text')
+    db.commit()
+    sub.refresh_from_db()
+    run = deliver(sub)
+    assert run.status == RunStatus.FAILED and "changed by hand" in run.error and "comment text" in run.error
+
+
+def test_postgresql_target_through_the_copy_pipe(setup, other_department):
+    if django_connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL targets are tested on the PostgreSQL run")
+    import psycopg
+
+    dataset, source, _ = setup
+    with extra_pg_database("wt_sync_tgt") as dsn:
+        conn = connection(department=other_department, kind="postgresql", secret=dsn)
+        sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                          target_table="permits")
+        run = deliver(sub)
+        assert run.status == RunStatus.SUCCEEDED, run.error
+        with psycopg.connect(dsn) as tgt:
+            cols = [r[0] for r in tgt.execute("SELECT column_name FROM information_schema.columns WHERE "
+                                              "table_name = 'permits' ORDER BY ordinal_position")]
+            assert cols == ["permit_id", "address", "fee", "approved"]
+            dump = str(tgt.execute("SELECT string_agg(p::text, '|') FROM permits p").fetchone())
+            assert CANARY not in dump and tgt.execute("SELECT count(*) FROM permits").fetchone() == (40,)
+        rows = _rows(35, fee_bump=1)
+        rewrite(source, rows)
+        run_ingest(source)
+        sub.refresh_from_db()
+        run = deliver(sub)
+        assert (run.mode, run.rows_updated, run.rows_deleted) == ("incremental", 35, 5), run.error
+        with psycopg.connect(dsn) as tgt:
+            assert tgt.execute("SELECT count(*), min(permit_id), max(permit_id) FROM permits").fetchone() == (35, 1, 35)
+            tgt.execute("ALTER TABLE permits ALTER COLUMN approved TYPE text")
+            tgt.commit()
+        sub.refresh_from_db()
+        run = deliver(sub)
+        assert run.status == RunStatus.FAILED and "approved text" in run.error
