@@ -59,3 +59,26 @@ def deliver_run(run_id: int) -> str:
 @shared_task(name="exchange.tasks.housekeeping_reaper", ignore_result=True)
 def housekeeping_reaper() -> int:
     return len(runs.runs_reap())
+
+
+@shared_task(name="exchange.tasks.ingest_scheduled", ignore_result=True)
+def ingest_scheduled(source_id: int) -> None:
+    """Fired by beat from the source's PeriodicTask row: queue a run (never a second one
+    behind a queued run)."""
+    from exchange.models import RunTrigger, Source
+    from exchange.sync import services as sync_services
+
+    source = Source.objects.filter(pk=source_id).first()
+    if source is not None:
+        sync_services.run_now(actor=None, source=source, trigger=RunTrigger.SCHEDULE,
+                              mode="incremental" if source.watermark_column else "full")
+
+
+@shared_task(name="exchange.tasks.deliver_scheduled", ignore_result=True)
+def deliver_scheduled(subscription_id: int) -> None:
+    from exchange.models import RunTrigger, Subscription, SubscriptionStatus
+    from exchange.sync import services as sync_services
+
+    subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ACTIVE).first()
+    if subscription is not None:
+        sync_services.run_now(actor=None, subscription=subscription, trigger=RunTrigger.SCHEDULE)

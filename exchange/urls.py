@@ -8,3 +8,27 @@ urlpatterns = [
     path("datasets/<int:dataset_id>/export/", record_apis.RecordExportApi.as_view(), name="dataset-export"),
     path("datasets/<int:dataset_id>/preview/", record_apis.RecordPreviewApi.as_view(), name="dataset-preview"),
 ]
+
+from exchange import sync_apis  # noqa: E402
+
+urlpatterns += [
+    path("sync/connections/", sync_apis.ConnectionListApi.as_view(), name="sync-connections"),
+    path("sync/connections/<int:connection_id>/", sync_apis.ConnectionDetailApi.as_view(), name="sync-connection"),
+    path("sync/connections/<int:connection_id>/test/", sync_apis.ConnectionTestApi.as_view(),
+         name="sync-connection-test"),
+    path("datasets/<int:dataset_id>/source/", sync_apis.SourceApi.as_view(), name="dataset-source"),
+    path("datasets/<int:dataset_id>/source/upload/", sync_apis.SourceUploadApi.as_view(),
+         name="dataset-source-upload"),
+    path("datasets/<int:dataset_id>/source/run/", sync_apis.SourceRunApi.as_view(), name="dataset-source-run"),
+    path("sync/runs/", sync_apis.RunListApi.as_view(), name="sync-runs"),
+    path("sync/runs/<int:run_id>/", sync_apis.RunDetailApi.as_view(), name="sync-run"),
+    path("sync/runs/<int:run_id>/cancel/", sync_apis.RunCancelApi.as_view(), name="sync-run-cancel"),
+    path("sync/runs/<int:run_id>/quarantine/", sync_apis.RunQuarantineApi.as_view(), name="sync-run-quarantine"),
+    path("sync/subscriptions/", sync_apis.SubscriptionListApi.as_view(), name="sync-subscriptions"),
+    path("sync/subscriptions/<int:subscription_id>/", sync_apis.SubscriptionDetailApi.as_view(),
+         name="sync-subscription"),
+    path("sync/subscriptions/<int:subscription_id>/run/", sync_apis.SubscriptionRunApi.as_view(),
+         name="sync-subscription-run"),
+    path("sync/subscriptions/<int:subscription_id>/purge/", sync_apis.SubscriptionPurgeApi.as_view(),
+         name="sync-subscription-purge"),
+]

@@ -1,0 +1,85 @@
+"""Reads of connections, sources, subscriptions and runs, scoped to the asking user.
+
+Stewards manage the connections and sources of their department and the runs of those
+sources; stewards of a subscribing department manage its subscriptions and see their
+delivery runs (stewards of the owning department see them too: it is their data moving).
+Everyone else gets a 404, as for anything they may not know exists.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Q, QuerySet
+
+from catalog.models import Dataset
+from config.api.errors import NotFoundError
+from departments.models import Role
+from departments.selectors import principal_of
+from exchange.models import Connection, QuarantinedRow, Run, Source, Subscription
+
+
+def _steward_departments(user: User | AnonymousUser) -> frozenset[int]:
+    return principal_of(user).departments_where(Role.STEWARD)
+
+
+def connection_list(*, user: User | AnonymousUser) -> QuerySet[Connection]:
+    return (Connection.objects.filter(department_id__in=_steward_departments(user))
+            .select_related("department", "created_by").order_by("department__name", "name"))
+
+
+def connection_get(*, user: User | AnonymousUser, connection_id: int) -> Connection:
+    connection = connection_list(user=user).filter(pk=connection_id).first()
+    if connection is None:
+        raise NotFoundError("No such connection.")
+    return connection
+
+
+def source_dataset_get(*, user: User | AnonymousUser, dataset_id: int) -> Dataset:
+    """The dataset whose source the user manages (a steward of its department)."""
+    dataset = (Dataset.objects.filter(pk=dataset_id, department_id__in=_steward_departments(user))
+               .select_related("department", "current_schema").first())
+    if dataset is None:
+        raise NotFoundError("No such dataset, or you do not manage its source.")
+    return dataset
+
+
+def source_get(*, user: User | AnonymousUser, dataset_id: int) -> Source:
+    source = (Source.objects.filter(dataset_id=dataset_id, dataset__department_id__in=_steward_departments(user))
+              .select_related("dataset__department", "connection", "periodic_task").first())
+    if source is None:
+        raise NotFoundError("This dataset has no source you manage.")
+    return source
+
+
+def subscription_list(*, user: User | AnonymousUser) -> QuerySet[Subscription]:
+    mine = _steward_departments(user)
+    return (Subscription.objects.filter(Q(department_id__in=mine) | Q(dataset__department_id__in=mine))
+            .select_related("dataset", "department", "connection", "periodic_task").order_by("-created_at", "-id"))
+
+
+def subscription_get(*, user: User | AnonymousUser, subscription_id: int, manage: bool = False) -> Subscription:
+    qs = subscription_list(user=user)
+    if manage:
+        qs = qs.filter(department_id__in=_steward_departments(user))
+    subscription = qs.filter(pk=subscription_id).first()
+    if subscription is None:
+        raise NotFoundError("No such subscription.")
+    return subscription
+
+
+def run_list(*, user: User | AnonymousUser) -> QuerySet[Run]:
+    mine = _steward_departments(user)
+    return (Run.objects.filter(Q(dataset__department_id__in=mine) | Q(subscription__department_id__in=mine))
+            .select_related("dataset", "source", "subscription__department", "triggered_by")
+            .order_by("-queued_at", "-id"))
+
+
+def run_get(*, user: User | AnonymousUser, run_id: int) -> Run:
+    run = run_list(user=user).filter(pk=run_id).first()
+    if run is None:
+        raise NotFoundError("No such run.")
+    return run
+
+
+def quarantine_list(*, run: Run) -> QuerySet[QuarantinedRow]:
+    return QuarantinedRow.objects.filter(run=run).order_by("row_number", "id")

@@ -1,0 +1,314 @@
+"""Writes of the sync engine: connections, sources, uploads, schedules, subscriptions, runs.
+
+Each change is audited (without secrets) in the same transaction; tasks are sent after
+commit (``runs.run_enqueue``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery.schedules import crontab
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import UploadedFile
+from django.db import transaction
+from django_celery_beat.models import CrontabSchedule, PeriodicTask
+
+from catalog.models import Dataset, Field
+from config.api.errors import ApplicationError, ConflictError
+from departments.models import Department
+from exchange.audit import audit_record
+from exchange.models import (
+    Connection,
+    ConnectionKind,
+    FileFormat,
+    Run,
+    RunMode,
+    RunStatus,
+    RunTrigger,
+    Source,
+    Subscription,
+    SubscriptionStatus,
+)
+from exchange.policy import effective_view
+from exchange.sync import readers, runs, secrets
+
+
+def _check_secret(kind: str, secret: str) -> None:
+    if kind == ConnectionKind.POSTGRESQL and not secret.startswith(("postgres://", "postgresql://")):
+        raise ApplicationError("A PostgreSQL connection needs a DSN like postgresql://user:password@host/db.",
+                               fields={"secret": ["Not a PostgreSQL DSN."]})
+    if kind == ConnectionKind.URL and not secret.lower().startswith(("http://", "https://")):
+        raise ApplicationError("Only http:// and https:// URLs.", fields={"secret": ["Not an HTTP(S) URL."]})
+    if kind == ConnectionKind.SQLITE:
+        try:
+            readers.sqlite_path(secret)
+        except readers.SourceError as exc:
+            raise ApplicationError(str(exc), fields={"secret": [str(exc)]}) from exc
+
+
+@transaction.atomic
+def connection_create(*, actor: User, department: Department, name: str, kind: str, secret: str) -> Connection:
+    _check_secret(kind, secret)
+    if Connection.objects.filter(department=department, name=name).exists():
+        raise ConflictError("The department already has a connection with this name.")
+    connection = Connection.objects.create(department=department, name=name, kind=kind, created_by=actor,
+                                           secret_encrypted=secrets.encrypt(secret), redacted=secrets.redact(secret))
+    audit_record(actor=actor, action="connection.created", obj=connection, department_id=department.pk,
+                 details={"kind": kind, "target": connection.redacted})
+    return connection
+
+
+@transaction.atomic
+def connection_update(*, actor: User, connection: Connection, name: str | None = None,
+                      secret: str | None = None) -> Connection:
+    changed = []
+    if name is not None and name != connection.name:
+        connection.name = name
+        changed.append("name")
+    if secret:
+        _check_secret(connection.kind, secret)
+        connection.secret_encrypted = secrets.encrypt(secret)
+        connection.redacted = secrets.redact(secret)
+        changed.append("secret")
+    if changed:
+        connection.save()
+        audit_record(actor=actor, action="connection.updated", obj=connection, department_id=connection.department_id,
+                     details={"changed": changed, "target": connection.redacted})
+    return connection
+
+
+@transaction.atomic
+def connection_delete(*, actor: User, connection: Connection) -> None:
+    if connection.sources.exists() or connection.subscriptions.exists():
+        raise ConflictError("The connection is used by a source or a subscription; remove those first.")
+    audit_record(actor=actor, action="connection.deleted", obj=connection, department_id=connection.department_id)
+    connection.delete()
+
+
+def connection_test(*, connection: Connection) -> tuple[bool, str]:
+    try:
+        return True, readers.test_connection(connection)
+    except readers.SourceError as exc:
+        return False, str(exc)
+
+
+# --- Schedules ------------------------------------------------------------------------------
+
+def _crontab(expression: str) -> CrontabSchedule:
+    parts = expression.split()
+    if len(parts) != 5:
+        raise ApplicationError("A schedule is a cron expression of five fields: minute hour day month weekday.",
+                               fields={"schedule": ["Five fields expected."]})
+    minute, hour, day, month, weekday = parts
+    try:
+        crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday)
+    except (ValueError, TypeError) as exc:
+        raise ApplicationError(f"Not a valid cron expression: {exc}", fields={"schedule": [str(exc)]}) from exc
+    schedule, _ = CrontabSchedule.objects.get_or_create(
+        minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday,
+        timezone=settings.TIME_ZONE)
+    return schedule
+
+
+def _set_schedule(obj: Source | Subscription, expression: str, *, task: str, name: str) -> None:
+    """Keep the object's beat row in step with its cron expression (blank: no schedule)."""
+    expression = " ".join(expression.split())
+    if not expression:
+        if obj.periodic_task_id:
+            PeriodicTask.objects.filter(pk=obj.periodic_task_id).delete()
+            obj.periodic_task = None
+        obj.schedule = ""
+        return
+    crontab_row = _crontab(expression)
+    if obj.periodic_task is None:
+        obj.periodic_task = PeriodicTask.objects.create(
+            name=name, task=task, crontab=crontab_row, args=json.dumps([obj.pk]), enabled=True)
+    else:
+        PeriodicTask.objects.filter(pk=obj.periodic_task.pk).update(crontab=crontab_row, enabled=True)
+    obj.schedule = expression
+
+
+# --- Sources --------------------------------------------------------------------------------
+
+def _check_mapping(dataset: Dataset, mapping: dict[str, str]) -> None:
+    fields = set(Field.objects.filter(schema_id=dataset.current_schema_id).values_list("name", flat=True))
+    unknown = sorted(set(mapping.values()) - fields)
+    if unknown:
+        raise ApplicationError(f"Unknown fields in the mapping: {', '.join(unknown)}.",
+                               fields={"mapping": [f"Not in the published schema: {', '.join(unknown)}."]})
+
+
+@transaction.atomic
+def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, table: str = "", query: str = "",
+               mapping: dict[str, str], file_format: str = FileFormat.CSV, encoding: str = "utf-8",
+               watermark_column: str = "", schedule: str = "") -> Source:
+    """Create or replace the dataset's source. Precondition: the actor is a steward of the
+    dataset's department, and of the connection's."""
+    if dataset.current_schema_id is None:
+        raise ApplicationError("Only a published dataset can have a source.")
+    if connection is not None and connection.department_id != dataset.department_id:
+        raise ApplicationError("The connection must belong to the dataset's department.",
+                               fields={"connection": ["Not a connection of this department."]})
+    if connection is not None and connection.kind in (ConnectionKind.POSTGRESQL, ConnectionKind.SQLITE):
+        if bool(table) == bool(query):
+            raise ApplicationError("A database source names a table or a query (one of them).",
+                                   fields={"table": ["Give a table or a query."]})
+        if query:
+            try:
+                readers.check_read_only_query(query)
+            except readers.SourceError as exc:
+                raise ApplicationError(str(exc), fields={"query": [str(exc)]}) from exc
+    _check_mapping(dataset, mapping)
+    if not any(f for f in mapping):
+        raise ApplicationError("Map at least the key field.", fields={"mapping": ["Empty."]})
+    source = Source.objects.filter(dataset=dataset).select_related("periodic_task").first() or Source(
+        dataset=dataset, created_by=actor)
+    if source.pk and source.watermark_column != watermark_column:
+        source.watermark_value = ""
+    source.connection, source.table, source.query, source.mapping = connection, table, query, mapping
+    source.file_format, source.encoding, source.watermark_column = file_format, encoding or "utf-8", watermark_column
+    source.save()
+    _set_schedule(source, schedule, task="exchange.tasks.ingest_scheduled", name=f"ingest dataset {dataset.pk}")
+    source.save()
+    audit_record(actor=actor, action="source.set", obj=source, dataset_id=dataset.pk,
+                 department_id=dataset.department_id,
+                 details={"connection": connection.pk if connection else None, "table": table, "query": query,
+                          "mapping": mapping, "watermark_column": watermark_column, "schedule": source.schedule})
+    return source
+
+
+@transaction.atomic
+def source_delete(*, actor: User, source: Source) -> None:
+    if source.periodic_task_id:
+        PeriodicTask.objects.filter(pk=source.periodic_task_id).delete()
+    audit_record(actor=actor, action="source.deleted", obj=source, dataset_id=source.dataset_id,
+                 department_id=source.dataset.department_id)
+    source.delete()
+
+
+def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: bool = True) -> Run | None:
+    """Store a new file for the source (streamed to disk) and, by default, ingest it."""
+    if source.connection_id is not None:
+        raise ApplicationError("This source reads from a connection; uploads are for file sources.")
+    if upload.size and upload.size > settings.SYNC_UPLOAD_MAX_BYTES:
+        raise ApplicationError("The file is larger than the upload limit.")
+    suffix = {FileFormat.CSV: ".csv", FileFormat.JSON: ".json", FileFormat.NDJSON: ".ndjson"}[
+        FileFormat(source.file_format)]
+    relative = Path("sources") / str(source.dataset_id) / f"{uuid.uuid4().hex}{suffix}"
+    path = Path(settings.MEDIA_ROOT) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        for chunk in upload.chunks():
+            out.write(chunk)
+    previous = source.upload
+    with transaction.atomic():
+        source.upload = str(relative)
+        source.save(update_fields=["upload", "updated_at"])
+        audit_record(actor=actor, action="source.uploaded", obj=source, dataset_id=source.dataset_id,
+                     department_id=source.dataset.department_id,
+                     details={"file": upload.name, "bytes": upload.size})
+        new_run = runs.run_enqueue(source=source, trigger=RunTrigger.UPLOAD, user=actor) if run else None
+    if previous and previous != source.upload:
+        # A queued run re-reads source.upload when it starts, so the old file is no longer needed.
+        (Path(settings.MEDIA_ROOT) / previous).unlink(missing_ok=True)
+    return new_run
+
+
+# --- Runs -----------------------------------------------------------------------------------
+
+@transaction.atomic
+def run_now(*, actor: User | None, source: Source | None = None, subscription: Subscription | None = None,
+            mode: str = RunMode.FULL, trigger: str = RunTrigger.MANUAL) -> Run:
+    job: Any = source or subscription
+    busy = Run.objects.filter(status=RunStatus.QUEUED, source=source, subscription=subscription).first() \
+        if job is not None else None
+    if busy is not None and trigger == RunTrigger.SCHEDULE:
+        return busy  # a schedule never piles up runs behind a queued one
+    if subscription is not None and subscription.status != SubscriptionStatus.ACTIVE:
+        raise ApplicationError(f"The subscription is {subscription.status}.")
+    return runs.run_enqueue(source=source, subscription=subscription, mode=mode, trigger=trigger, user=actor)
+
+
+def run_cancel(*, actor: User, run: Run) -> Run:
+    if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
+        raise ConflictError(f"The run is {run.status}; only queued or running runs can be cancelled.")
+    run = runs.run_cancel(run=run)
+    audit_record(actor=actor, action="run.cancel", obj=run, dataset_id=run.dataset_id)
+    return run
+
+
+# --- Subscriptions --------------------------------------------------------------------------
+
+@transaction.atomic
+def subscription_create(*, actor: User, dataset: Dataset, department: Department, connection: Connection,
+                        target_table: str, purge_on_end: bool = False, schedule: str = "") -> Subscription:
+    """Precondition: the actor is a steward of ``department``."""
+    if connection.department_id != department.pk:
+        raise ApplicationError("The target connection must belong to the subscribing department.",
+                               fields={"connection": ["Not a connection of this department."]})
+    if connection.kind not in (ConnectionKind.POSTGRESQL, ConnectionKind.SQLITE):
+        raise ApplicationError("Deliveries go to a PostgreSQL or SQLite connection.",
+                               fields={"connection": ["Not a database connection."]})
+    view = effective_view(dataset=dataset, department=department)
+    if not view.can_read:
+        raise ApplicationError("The department has no active grant on this dataset to subscribe with.",
+                               code="no_grant")
+    if Subscription.objects.filter(connection=connection, target_table=target_table).exists():
+        raise ConflictError("Another subscription already writes to this table.")
+    subscription = Subscription.objects.create(dataset=dataset, department=department, connection=connection,
+                                               target_table=target_table, purge_on_end=purge_on_end,
+                                               created_by=actor)
+    _set_schedule(subscription, schedule, task="exchange.tasks.deliver_scheduled",
+                  name=f"deliver subscription {subscription.pk}")
+    subscription.save()
+    audit_record(actor=actor, action="subscription.created", obj=subscription, dataset_id=dataset.pk,
+                 department_id=department.pk, fields=list(view.fields),
+                 details={"target": f"{connection.redacted} → {target_table}", "schedule": subscription.schedule})
+    return subscription
+
+
+@transaction.atomic
+def subscription_update(*, actor: User, subscription: Subscription, schedule: str | None = None,
+                        purge_on_end: bool | None = None, paused: bool | None = None) -> Subscription:
+    if schedule is not None:
+        _set_schedule(subscription, schedule, task="exchange.tasks.deliver_scheduled",
+                      name=f"deliver subscription {subscription.pk}")
+    if purge_on_end is not None:
+        subscription.purge_on_end = purge_on_end
+    if paused is not None and subscription.status != SubscriptionStatus.ENDED:
+        subscription.status = SubscriptionStatus.PAUSED if paused else SubscriptionStatus.ACTIVE
+    subscription.save()
+    audit_record(actor=actor, action="subscription.updated", obj=subscription, dataset_id=subscription.dataset_id,
+                 department_id=subscription.department_id,
+                 details={"schedule": subscription.schedule, "purge_on_end": subscription.purge_on_end,
+                          "status": subscription.status})
+    return subscription
+
+
+def subscription_delete(*, actor: User, subscription: Subscription, purge: bool = False) -> None:
+    if purge:
+        subscription_purge(actor=actor, subscription=subscription)
+    with transaction.atomic():
+        if subscription.periodic_task_id:
+            PeriodicTask.objects.filter(pk=subscription.periodic_task_id).delete()
+        audit_record(actor=actor, action="subscription.deleted", obj=subscription,
+                     dataset_id=subscription.dataset_id, department_id=subscription.department_id)
+        subscription.delete()
+
+
+def subscription_purge(*, actor: User, subscription: Subscription) -> Subscription:
+    """Drop the delivered copy from the target (the steward's choice once a grant ended)."""
+    from exchange.sync.delivery import TargetError, subscription_purge_target
+
+    try:
+        subscription_purge_target(subscription=subscription)
+    except (TargetError, readers.SourceError) as exc:
+        raise ApplicationError(f"The delivered copy could not be purged: {exc}") from exc
+    audit_record(actor=actor, action="subscription.purge", obj=subscription, dataset_id=subscription.dataset_id,
+                 department_id=subscription.department_id)
+    subscription.refresh_from_db()
+    return subscription

@@ -1,0 +1,187 @@
+"""The sync API: who may do what, secrets never coming back, constant query counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django_celery_beat.models import PeriodicTask
+
+from exchange.models import Connection, Run, RunStatus, Source
+from tests.factories import MembershipFactory
+from tests.records_support import grant
+from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, identity_mapping, permit_rows, published_dataset
+
+pytestmark = pytest.mark.django_db
+HEADER = [f[0] for f in PERMIT_FIELDS]
+PASSWORD = "s3cr3t-Pa55"
+DSN = f"postgresql://loader:{PASSWORD}@db.transport.example:5432/permits?sslmode=require&password={PASSWORD}"
+
+
+@pytest.fixture(autouse=True)
+def dirs(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.SYNC_SQLITE_DIRS = [str(tmp_path)]
+
+
+@pytest.fixture
+def dataset(department):
+    return published_dataset(department=department)
+
+
+def test_connection_secrets_go_in_but_never_come_out(as_user, people, department):
+    api = as_user(people["steward"])
+    response = api.post("/api/v1/sync/connections/", {"department": "transport", "name": "permits db",
+                                                      "kind": "postgresql", "secret": DSN})
+    assert response.status_code == 201, response.content
+    assert response.json()["redacted"] == ("postgresql://loader:***@db.transport.example:5432/permits"
+                                           "?sslmode=require&password=***")
+    connection_id = response.json()["id"]
+    stored = Connection.objects.get(pk=connection_id)
+    assert PASSWORD not in stored.secret_encrypted and PASSWORD not in stored.redacted
+    bodies = [
+        api.get("/api/v1/sync/connections/").content,
+        api.get(f"/api/v1/sync/connections/{connection_id}/").content,
+        api.patch(f"/api/v1/sync/connections/{connection_id}/", {"name": "renamed"}).content,
+        api.post(f"/api/v1/sync/connections/{connection_id}/test/").content,
+        api.get("/api/v1/schema/").content,
+    ]
+    assert all(PASSWORD.encode() not in body for body in bodies)
+    from exchange.models import AuditEvent
+
+    assert not any(PASSWORD in json.dumps(e.details) for e in AuditEvent.objects.all())
+
+
+def test_connections_are_for_stewards_of_the_department_only(as_user, people, department):
+    conn = connection(department=department, kind="url", secret="https://data.example/permits.csv")
+    for who in ("analyst", "auditor", "admin", "outsider"):
+        api = as_user(people[who])
+        assert api.get(f"/api/v1/sync/connections/{conn.pk}/").status_code == 404
+        assert api.get("/api/v1/sync/connections/").json()["count"] == 0
+    response = as_user(people["outsider"]).post(
+        "/api/v1/sync/connections/", {"department": "transport", "name": "x", "kind": "url", "secret": "https://x.example"})
+    assert response.status_code == 403
+
+
+def test_test_connection_reports_a_clear_error(as_user, people, department, tmp_path):
+    conn = connection(department=department, kind="sqlite", secret=str(tmp_path / "missing.sqlite3"))
+    body = as_user(people["steward"]).post(f"/api/v1/sync/connections/{conn.pk}/test/").json()
+    assert body == {"ok": False, "message": "The SQLite file missing.sqlite3 does not exist."}
+    conn = connection(department=department, kind="postgresql", secret="postgresql://u:p@127.0.0.1:1/db",
+                      name="closed port")
+    body = as_user(people["steward"]).post(f"/api/v1/sync/connections/{conn.pk}/test/").json()
+    assert body["ok"] is False and "Cannot connect to the database" in body["message"]
+
+
+def test_upload_runs_ingest_and_exposes_counts_and_quarantine(as_user, people, dataset,
+                                                                django_capture_on_commit_callbacks):
+    api = as_user(people["steward"])
+    response = api.put(f"/api/v1/datasets/{dataset.pk}/source/", {"mapping": identity_mapping()}, format="json")
+    assert response.status_code == 200, response.content
+    rows = permit_rows(12)
+    rows[3][0] = "x"
+    upload = SimpleUploadedFile("permits.csv", csv_bytes(HEADER, rows), content_type="text/csv")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(f"/api/v1/datasets/{dataset.pk}/source/upload/", {"file": upload}, format="multipart")
+    assert response.status_code == 202, response.content
+    run_id = response.json()["id"]
+    run = api.get(f"/api/v1/sync/runs/{run_id}/").json()
+    assert run["status"] == "succeeded" and run["trigger"] == "upload"
+    assert (run["rows_read"], run["rows_inserted"], run["rows_quarantined"]) == (12, 11, 1)
+    assert run["progress"] == 1.0 and run["seq_to"] == 12  # numbered by source row
+    quarantine = api.get(f"/api/v1/sync/runs/{run_id}/quarantine/").json()
+    assert quarantine["count"] == 1 and quarantine["results"][0]["row_number"] == 4
+    for who in ("analyst", "outsider"):
+        assert as_user(people[who]).get(f"/api/v1/sync/runs/{run_id}/").status_code == 404
+        assert as_user(people[who]).get(f"/api/v1/datasets/{dataset.pk}/source/").status_code == 404
+
+
+def test_run_now_and_cancel_a_queued_run(as_user, people, dataset):
+    Source.objects.create(dataset=dataset, mapping=identity_mapping())
+    api = as_user(people["steward"])
+    response = api.post(f"/api/v1/datasets/{dataset.pk}/source/run/", {"mode": "incremental"})
+    assert response.status_code == 202 and response.json()["status"] == "queued"
+    run_id = response.json()["id"]
+    assert as_user(people["outsider"]).post(f"/api/v1/sync/runs/{run_id}/cancel/").status_code == 404
+    api = as_user(people["steward"])
+    response = api.post(f"/api/v1/sync/runs/{run_id}/cancel/")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    assert api.post(f"/api/v1/sync/runs/{run_id}/cancel/").status_code == 409
+
+
+def test_schedules_are_beat_rows_kept_in_step(as_user, people, dataset):
+    api = as_user(people["steward"])
+    url = f"/api/v1/datasets/{dataset.pk}/source/"
+    api.put(url, {"mapping": identity_mapping(), "schedule": "*/15 6-22 * * 1-5"}, format="json")
+    task = PeriodicTask.objects.get(task="exchange.tasks.ingest_scheduled")
+    assert json.loads(task.args) == [Source.objects.get().pk] and task.crontab.minute == "*/15"
+    api.put(url, {"mapping": identity_mapping(), "schedule": "0 3 * * *"}, format="json")
+    assert PeriodicTask.objects.get(pk=task.pk).crontab.hour == "3"
+    response = api.put(url, {"mapping": identity_mapping(), "schedule": "every day"}, format="json")
+    assert response.status_code == 400 and "schedule" in response.json()["error"]["fields"]
+    api.put(url, {"mapping": identity_mapping(), "schedule": ""}, format="json")
+    assert not PeriodicTask.objects.exists()
+
+
+def test_source_rejects_write_queries_and_unknown_fields(as_user, people, dataset, department):
+    conn = connection(department=department, kind="postgresql", secret="postgresql://u:p@127.0.0.1:1/db")
+    api = as_user(people["steward"])
+    url = f"/api/v1/datasets/{dataset.pk}/source/"
+    response = api.put(url, {"connection": conn.pk, "query": "DELETE FROM permits", "mapping": identity_mapping()},
+                       format="json")
+    assert response.status_code == 400 and "read-only SELECT" in response.json()["error"]["message"]
+    response = api.put(url, {"connection": conn.pk, "table": "permits", "mapping": {"a": "nope"}}, format="json")
+    assert response.status_code == 400 and "nope" in response.json()["error"]["message"]
+
+
+def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
+        as_user, people, dataset, other_department, tmp_path):
+    health_steward = MembershipFactory(department=other_department, role="steward").user
+    target = connection(department=other_department, kind="sqlite", secret=str(tmp_path / "h.sqlite3"))
+    api = as_user(health_steward)
+    body = {"dataset": dataset.pk, "connection": target.pk, "target_table": "permits", "schedule": "0 * * * *"}
+    response = api.post("/api/v1/sync/subscriptions/", body, format="json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "no_grant"
+    grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"})
+    response = api.post("/api/v1/sync/subscriptions/", body, format="json")
+    assert response.status_code == 201, response.content
+    sub_id = response.json()["id"]
+    assert PeriodicTask.objects.filter(task="exchange.tasks.deliver_scheduled").count() == 1
+    # The owner's steward sees it; may not change it. Others do not see it.
+    assert as_user(people["steward"]).get(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 200
+    assert as_user(people["steward"]).patch(f"/api/v1/sync/subscriptions/{sub_id}/", {"paused": True},
+                                            format="json").status_code == 404
+    assert as_user(people["outsider"]).get(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 404
+    api = as_user(health_steward)
+    response = api.patch(f"/api/v1/sync/subscriptions/{sub_id}/", {"paused": True}, format="json")
+    assert response.json()["status"] == "paused"
+    assert api.delete(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 204
+    assert not PeriodicTask.objects.exists()
+
+
+def test_list_endpoints_use_a_constant_number_of_queries(as_user, people, dataset, department,
+                                                         django_assert_num_queries):
+    api = as_user(people["steward"])
+    source = Source.objects.create(dataset=dataset, mapping=identity_mapping())
+
+    def make(n: int) -> None:
+        for i in range(n):
+            connection(department=department, kind="url", secret=f"https://x.example/{i}", name=f"c{i}-{n}")
+            Run.objects.create(kind="ingest", source=source, dataset=dataset, status=RunStatus.SUCCEEDED,
+                               triggered_by=people["steward"])
+
+    make(2)
+    counts = {}
+    for url in ("/api/v1/sync/runs/", "/api/v1/sync/connections/", "/api/v1/sync/subscriptions/"):
+        api.get(url)
+        from django.db import connection as db
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(db) as ctx:
+            api.get(url)
+        counts[url] = len(ctx.captured_queries)
+    make(5)
+    for url, n in counts.items():
+        with django_assert_num_queries(n):
+            assert api.get(url).status_code == 200
