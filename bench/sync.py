@@ -1,0 +1,209 @@
+"""Benchmark of the sync engine on PostgreSQL (not a test): ``python -m bench.sync``.
+
+Against the database named by DATABASE_URL (migrated here if needed), with two scratch
+databases next to it for the source and the target (created and dropped by the run):
+
+(a) the raw limit: ``COPY (SELECT …) TO STDOUT`` piped into ``COPY … FROM STDIN``
+(b) a full ingest of the source table into the store
+(c) a full delivery of 5 granted fields to the target
+(d) an incremental ingest (watermark) after 1% of the source rows changed
+
+Each phase runs in a forked child process, so its peak resident memory (ru_maxrss) is that
+of a worker doing only that job. ``--rows`` makes it small for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from multiprocessing import get_context
+from typing import Any
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+os.environ.setdefault("DEBUG", "1")
+
+import django  # noqa: E402
+
+django.setup()
+
+import psycopg  # noqa: E402
+from django.contrib.auth.models import Group, User  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection, connections  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from catalog.models import Dataset, Field, SchemaVersion  # noqa: E402
+from departments.models import Department  # noqa: E402
+from exchange.models import Connection, Grant, GrantField, Run, RunStatus, Source, Subscription  # noqa: E402
+from exchange.store import store_drop_table, store_ensure_table  # noqa: E402
+from exchange.sync import runs, secrets  # noqa: E402
+
+FIELDS: list[tuple[str, str, str]] = [  # (name, field type, source column type)
+    ("id", "integer", "bigint"), ("name", "text", "text"), ("street", "text", "text"),
+    ("district", "text", "text"), ("category", "text", "text"), ("status", "text", "text"),
+    ("note", "text", "text"), ("amount", "decimal", "numeric"), ("fee", "decimal", "numeric"),
+    ("area", "decimal", "numeric"), ("count_a", "integer", "bigint"), ("count_b", "integer", "bigint"),
+    ("count_c", "integer", "bigint"), ("flag_a", "boolean", "boolean"), ("flag_b", "boolean", "boolean"),
+    ("day_a", "date", "date"), ("day_b", "date", "date"), ("created_at", "timestamp", "timestamptz"),
+    ("geo", "geopoint", "text"), ("updated_at", "timestamp", "timestamptz"),
+]
+GRANTED = ["id", "district", "category", "amount", "day_a"]
+GENERATE = """
+INSERT INTO bench_source SELECT g, 'Name ' || g, g || ' Main Street', 'District ' || (g %% 20),
+  (ARRAY['roads','parks','water','housing'])[1 + g %% 4], (ARRAY['open','closed','pending'])[1 + g %% 3],
+  repeat('x', (g %% 40)), (g %% 10000) / 100.0, (g %% 777) * 1.5, (g %% 3000) / 7.0, g %% 1000, g %% 97, g * 3,
+  g %% 2 = 0, g %% 3 = 0, date '2020-01-01' + (g %% 1500), date '2021-06-01' + (g %% 700),
+  timestamptz '2022-01-01 00:00:00+00' + g * interval '1 second',
+  (48 + (g %% 1000) / 10000.0)::text || ',' || (11 + (g %% 1000) / 10000.0)::text,
+  timestamptz '2023-01-01 00:00:00+00' + g * interval '1 second'
+FROM generate_series(1, %s) g
+"""
+
+
+def dsn_of(dbname: str) -> str:
+    s = connection.settings_dict
+    auth = s.get("USER") or "postgres"
+    if s.get("PASSWORD"):
+        auth += ":" + s["PASSWORD"]
+    return f"postgresql://{auth}@{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}/{dbname}"
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(dsn_of("postgres"), autocommit=True) as conn:
+        conn.execute(sql)  # type: ignore[arg-type]
+
+
+def in_child(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    """Run ``fn`` in a forked process: (its result, seconds, peak RSS in KiB)."""
+    connections.close_all()
+    ctx = get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def target() -> None:
+        started = time.perf_counter()
+        result = fn()
+        child.send((result, time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        connections.close_all()
+
+    process = ctx.Process(target=target)
+    process.start()
+    result = parent.recv()
+    process.join()
+    return result
+
+
+def setup(rows: int, src: str) -> tuple[Source, Subscription]:
+    call_command("migrate", verbosity=0)
+    owner_group, _ = Group.objects.get_or_create(name="department:bench-owner")
+    owner, _ = Department.objects.get_or_create(code="bench-owner", defaults={
+        "name": "Bench owner", "slug": "bench-owner", "group": owner_group})
+    reader_group, _ = Group.objects.get_or_create(name="department:bench-reader")
+    reader, _ = Department.objects.get_or_create(code="bench-reader", defaults={
+        "name": "Bench reader", "slug": "bench-reader", "group": reader_group})
+    approver, _ = User.objects.get_or_create(username="bench-approver")
+    slug = f"bench-{uuid.uuid4().hex[:8]}"
+    dataset = Dataset.objects.create(department=owner, title="Bench", slug=slug, description="Benchmark.")
+    schema = SchemaVersion.objects.create(dataset=dataset, number=1, status="published", published_at=timezone.now())
+    for i, (name, type_, _) in enumerate(FIELDS):
+        Field.objects.create(schema=schema, position=i, name=name, type=type_, is_key=name == "id",
+                             nullable=name != "id", sensitivity="internal")
+    dataset.current_schema, dataset.status = schema, "published"
+    dataset.save()
+    store_ensure_table(dataset)
+    src_conn = Connection.objects.create(department=owner, name=f"src {slug}", kind="postgresql",
+                                         secret_encrypted=secrets.encrypt(dsn_of(src)), redacted=src)
+    source = Source.objects.create(dataset=dataset, connection=src_conn, table="bench_source",
+                                   mapping={n: n for n, _, _ in FIELDS}, watermark_column="updated_at")
+    grant = Grant.objects.create(dataset=dataset, principal_kind="department", principal_department=reader,
+                                 purpose="Benchmark", legal_basis="-", valid_from=timezone.now() - timedelta(days=1),
+                                 valid_until=timezone.now() + timedelta(days=1), status="active", approved_by=approver)
+    for name in GRANTED:
+        GrantField.objects.create(grant=grant, field_name=name, form="clear")
+    return source, Subscription(dataset=dataset, department=reader, target_table="bench_delivery")
+
+
+def run_job(**job: Any) -> Callable[[], dict[str, Any]]:
+    def go() -> dict[str, Any]:
+        run = Run.objects.create(dataset_id=(job.get("source") or job["subscription"]).dataset_id, **job)
+        runs.execute(run_id=run.pk)
+        run.refresh_from_db()
+        if run.status != RunStatus.SUCCEEDED:
+            raise SystemExit(f"{run.kind} run failed: {run.error}")
+        return {"read": run.rows_read, "inserted": run.rows_inserted, "updated": run.rows_updated,
+                "unchanged": run.rows_unchanged}
+    return go
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="Keep the scratch databases and the store table.")
+    args = parser.parse_args()
+    if connection.vendor != "postgresql":
+        sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
+    rows = args.rows
+    base = connection.settings_dict["NAME"]
+    src, tgt = f"{base}_bench_src", f"{base}_bench_tgt"
+    for db in (src, tgt):
+        admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin(f'CREATE DATABASE "{db}"')
+    columns = ", ".join(f"{n} {t}" for n, _, t in FIELDS[1:])
+    with psycopg.connect(dsn_of(src), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE bench_source (id bigint PRIMARY KEY, {columns})")  # type: ignore[arg-type]
+        started = time.perf_counter()
+        conn.execute(GENERATE, [rows])  # type: ignore[arg-type]
+        conn.execute("VACUUM ANALYZE bench_source")
+        print(f"generated {rows:,} rows × {len(FIELDS)} fields in {time.perf_counter() - started:.1f} s")
+    with psycopg.connect(dsn_of(tgt), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE raw_copy (id bigint PRIMARY KEY, {columns})")  # type: ignore[arg-type]
+    source, subscription = setup(rows, src)
+    tgt_conn = Connection.objects.create(department=subscription.department, name=f"tgt {source.dataset.slug}",
+                                         kind="postgresql", secret_encrypted=secrets.encrypt(dsn_of(tgt)),
+                                         redacted=tgt)
+    subscription.connection = tgt_conn
+    subscription.save()
+
+    def raw_pipe() -> int:
+        with psycopg.connect(dsn_of(src)) as a, psycopg.connect(dsn_of(tgt)) as b:
+            with a.cursor() as ca, b.cursor() as cb, \
+                    ca.copy("COPY (SELECT * FROM bench_source) TO STDOUT") as out, \
+                    cb.copy("COPY raw_copy FROM STDIN") as into:
+                for chunk in out:
+                    into.write(chunk)
+        return rows
+
+    results: list[tuple[str, int, float, int]] = []
+    _, seconds, rss = in_child(raw_pipe)
+    results.append(("(a) raw COPY pipe", rows, seconds, rss))
+    counts, seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
+    results.append(("(b) full ingest", counts["inserted"], seconds, rss))
+    counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
+    results.append((f"(c) full delivery, {len(GRANTED)} fields", counts["inserted"], seconds, rss))
+    with psycopg.connect(dsn_of(src), autocommit=True) as conn:
+        conn.execute("UPDATE bench_source SET amount = amount + 1, updated_at = now() WHERE id % 100 = 0")
+    counts, seconds, rss = in_child(run_job(kind="ingest", source=source, mode="incremental"))
+    results.append(("(d) incremental ingest, 1% changed", counts["updated"], seconds, rss))
+    counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
+    results.append(("(e) incremental delivery after (d)", counts["updated"], seconds, rss))
+
+    raw_seconds = results[0][2]
+    full_seconds = results[1][2]
+    print(f"\n{'phase':<38} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'vs raw':>7} {'peak RSS':>9}")
+    for label, n, seconds, rss in results:
+        print(f"{label:<38} {n:>10,} {seconds:>9.2f} {n / seconds:>11,.0f} "
+              f"{raw_seconds / seconds * (n / rows):>6.0%} {rss / 1024:>7.0f} MB")
+    print(f"\nincremental ingest (d) took {results[3][2] / full_seconds:.1%} of the full ingest's time")
+    if not args.keep:
+        store_drop_table(source.dataset_id)
+        for db in (src, tgt):
+            admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
