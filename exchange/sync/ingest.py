@@ -134,7 +134,8 @@ def staging_table(run: Run, plan: Plan) -> Iterator[str]:
     """A temporary table of the connection (gone with it if the worker dies)."""
     name = ident(_stage_name(run))
     columns = [f"{ident(f.name)} {column_type(f.type)}" for f in plan.fields]
-    columns += [f"{ident('_hash')} text", f"{ident('_rn')} bigint NOT NULL", f"{ident('_bad')} boolean NOT NULL"]
+    columns += [f"{ident('_hash')} text", f"{ident('_rn')} bigint NOT NULL",
+                f"{ident('_bad')} boolean NOT NULL DEFAULT false"]
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {name}")
         cursor.execute(f"CREATE TEMPORARY TABLE {name} ({', '.join(columns)})")
@@ -230,7 +231,8 @@ def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
             if key_only is not None:
                 buffer.append([*key_only, None, raw.number, True])
         else:
-            buffer.append([*values, content_hash(values), raw.number, False])
+            # PostgreSQL hashes in SQL during the merge (see _hash_sql), as the bulk path must.
+            buffer.append([*values, None if is_postgres() else content_hash(values), raw.number, False])
             counts.staged += 1
         if len(buffer) >= batch_size or time.monotonic() - last_progress > PROGRESS_EVERY_SECONDS:
             stage_rows(stage, plan, buffer)
@@ -241,6 +243,96 @@ def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
             last_progress = time.monotonic()
     stage_rows(stage, plan, buffer)
     _progress(run, counts)
+
+
+# Source column types whose COPY text form the store's column type reads back unchanged, so a
+# PostgreSQL source can be copied without passing each value through Python. (Floats are
+# left out: NaN and infinity are not numbers here; timestamps without zone too: Python and the
+# database would read them in different zones.)
+COPY_SAFE: dict[str, set[str]] = {
+    "integer": {"int2", "int4", "int8"},
+    "decimal": {"int2", "int4", "int8", "numeric"},
+    "boolean": {"bool"},
+    "date": {"date"},
+    "timestamp": {"timestamptz"},
+    "json": {"json", "jsonb"},
+    "text": {"text", "varchar", "bpchar", "name", "uuid"},
+    "geopoint": {"text", "varchar"},
+}
+_GEOPOINT_RE = r"^\s*-?[0-9]+(\.[0-9]+)?\s*,\s*-?[0-9]+(\.[0-9]+)?\s*$"
+
+
+def bulk_eligible(plan: Plan, reader: Reader, source_watermark: str) -> bool:
+    if not is_postgres() or reader.copy_out is None:
+        return False
+    if source_watermark and source_watermark not in source_mapped(plan):
+        return False
+    for f in plan.fields:
+        column = plan.columns[f.name]
+        if column is not None and reader.pg_types.get(column) not in COPY_SAFE[f.type]:
+            return False
+    return True
+
+
+def source_mapped(plan: Plan) -> set[str]:
+    return {c for c in plan.columns.values() if c is not None}
+
+
+def copy_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts) -> None:
+    """The bulk path: the source's COPY stream goes into the staging table as it is, in
+    batches (a COPY each, so progress, heartbeat and cancel are handled in between), and the
+    checks Python would make per value are made in SQL on the staged rows afterwards."""
+    assert reader.copy_out is not None
+    by_column = {c: f for f, c in plan.columns.items() if c is not None}
+    targets = [by_column[c] for c in reader.selected] + ["_rn"]
+    copy_sql = f"COPY {stage} ({', '.join(ident(n) for n in targets)}) FROM STDIN"
+    batch = settings.SYNC_BATCH_SIZE * 4
+    chunks = reader.copy_out()
+    done = False
+    with connection.cursor() as cursor:
+        while not done:
+            n = 0
+            with cursor.cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+                for chunk in chunks:
+                    copy.write(chunk)  # one row per chunk (libpq hands COPY data out row by row)
+                    n += 1
+                    if n >= batch:
+                        break
+                else:
+                    done = True
+            counts.read += n
+            _progress(run, counts)
+    bad = _quarantine_in_sql(run, plan, stage)
+    counts.quarantined += bad
+    counts.staged = counts.read - bad
+
+
+def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
+    table = ident(QuarantinedRow._meta.db_table)
+    checks: list[tuple[str, str, bool]] = []  # (condition, reason, drop the row entirely)
+    for f in plan.fields:
+        col = ident(f.name)
+        if f.is_key:
+            checks.append((f"{col} IS NULL", f"missing key {f.name}", True))
+        elif not f.nullable:
+            checks.append((f"{col} IS NULL", f"missing required {f.name}", False))
+        if f.type == "geopoint":
+            checks.append((f"({col} IS NOT NULL AND ({col} !~ '{_GEOPOINT_RE}' OR abs(split_part({col}, ',', 1)"
+                           f"::float8) > 90 OR abs(split_part({col}, ',', 2)::float8) > 180))",
+                           f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
+    bad = 0
+    with connection.cursor() as cursor:
+        for condition, reason, drop in checks:
+            cursor.execute(
+                f"INSERT INTO {table} (run_id, row_number, raw, reason) SELECT %s, {ident('_rn')}, "  # noqa: S608
+                f"to_jsonb(s) - '_rn' - '_bad' - '_hash', %s FROM {stage} AS s "
+                f"WHERE NOT {ident('_bad')} AND {condition} ORDER BY {ident('_rn')} LIMIT %s",
+                [run.pk, reason, QUARANTINE_KEEP])
+            cursor.execute(f"UPDATE {stage} SET {ident('_bad')} = true WHERE NOT {ident('_bad')} AND {condition}")  # noqa: S608
+            bad += cursor.rowcount
+            if drop:
+                cursor.execute(f"DELETE FROM {stage} WHERE {condition}")  # noqa: S608
+    return bad
 
 
 def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts) -> None:
@@ -280,6 +372,14 @@ class MergeResult:
     seq_to: int | None
 
 
+def _hash_sql(plan: Plan, alias: str) -> str:
+    """The content hash of a staged row: computed by PostgreSQL from the typed row, or the
+    one the Python path computed (SQLite)."""
+    if not is_postgres():
+        return f"{alias}.{ident('_hash')}"
+    return f"md5(ROW({', '.join(f'{alias}.{ident(f.name)}' for f in plan.fields)})::text)"
+
+
 def _ts(value: datetime) -> Any:
     return value if is_postgres() else value.isoformat()
 
@@ -292,6 +392,7 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
     key_match = " AND ".join(f"s.{ident(k)} = st.{ident(k)}" for k in plan.key_fields)
     now = _ts(timezone.now())
     seq, h, dele, rn, bad = ident("_seq"), ident("_hash"), ident("_deleted"), ident("_rn"), ident("_bad")
+    st_hash = _hash_sql(plan, "st")
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT coalesce(max({seq}), 0) FROM {store}")  # noqa: S608
         base = int(cursor.fetchone()[0])
@@ -299,9 +400,9 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         last_rn = int(cursor.fetchone()[0])
         sets = ", ".join(f"{ident(n)} = st.{ident(n)}" for n in names)
         cursor.execute(
-            f"UPDATE {store} AS s SET {sets}, {h} = st.{h}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
+            f"UPDATE {store} AS s SET {sets}, {h} = {st_hash}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
             f"{ident('_last_seen')} = %s, {ident('_last_run')} = %s "
-            f"FROM {stage} AS st WHERE {key_match} AND NOT st.{bad} AND (s.{h} <> st.{h} OR s.{dele})",
+            f"FROM {stage} AS st WHERE {key_match} AND NOT st.{bad} AND (s.{h} <> {st_hash} OR s.{dele})",
             [base, now, run.pk],
         )
         updated = cursor.rowcount
@@ -310,7 +411,7 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         system = ", ".join(ident(c) for c in ("_seq", "_hash", "_deleted", "_first_seen", "_last_seen",
                                                "_first_run", "_last_run"))
         cursor.execute(
-            f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, st.{h}, false, %s, %s, %s, %s "  # noqa: S608
+            f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, %s, %s, %s, %s "  # noqa: S608
             f"FROM {stage} AS st WHERE NOT st.{bad} AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
             [base, now, now, run.pk, run.pk],
         )
@@ -361,7 +462,14 @@ def ingest_execute(*, run: Run) -> None:
             raise SchemaMismatch(f"The watermark column {source.watermark_column} is missing at the source.")
         run.rows_total_estimate = reader.estimate
         with staging_table(run, plan) as stage:
-            read_into_stage(run, plan, reader, stage, counts, watermark_column=source.watermark_column or None)
+            if bulk_eligible(plan, reader, source.watermark_column):
+                copy_into_stage(run, plan, reader, stage, counts)
+                if source.watermark_column:
+                    counts.watermark = _stage_max(stage, [f for f, c in plan.columns.items()
+                                                          if c == source.watermark_column][0])
+            else:
+                read_into_stage(run, plan, reader, stage, counts,
+                                watermark_column=source.watermark_column or None)
             quarantine_duplicates(run, plan, stage, counts)
             with transaction.atomic():
                 # Re-check the claim inside the merge transaction: a reaper may have given up on
@@ -371,6 +479,12 @@ def ingest_execute(*, run: Run) -> None:
                     raise RunCancelled()
                 result = merge(run, plan, stage, counts, detect_deletes=not incremental)
                 finish_ingest(run, plan, counts, result)
+
+
+def _stage_max(stage: str, name: str) -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT max({ident(name)}) FROM {stage}")  # noqa: S608
+        return cursor.fetchone()[0]
 
 
 def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult) -> None:

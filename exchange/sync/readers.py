@@ -15,7 +15,7 @@ import json
 import sqlite3
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,11 @@ class Reader:
     estimate: int | None = None
     rows: Iterator[RawRow] = field(default_factory=lambda: iter(()))
     description: str = ""
+    # PostgreSQL sources: the database's own type name of each column, and the rows as
+    # COPY text (the selected columns, then the record number), for the bulk path.
+    pg_types: dict[str, str] = field(default_factory=dict)
+    selected: list[str] = field(default_factory=list)
+    copy_out: Callable[[], Iterator[bytes]] | None = None
 
 
 def check_read_only_query(query: str) -> str:
@@ -96,7 +101,8 @@ def _pg_relation(source: Source) -> tuple[Any, list[Any]]:
     from psycopg import sql
 
     if source.query:
-        return sql.SQL("({}) AS q").format(sql.SQL(check_read_only_query(source.query).replace("%", "%%"))), []
+        # Never executed with parameters (values go in as sql.Literal), so a % stays a %.
+        return sql.SQL("({}) AS q").format(sql.SQL(check_read_only_query(source.query))), []
     if not source.table:
         raise SourceError("The source names neither a table nor a query.")
     return sql.Identifier(*source.table.split(".", 1)), []
@@ -115,10 +121,11 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(relation))
                 desc = cur.description or []
                 columns = [d.name for d in desc]
-                kinds = {}
+                kinds, pg_types = {}, {}
                 for d in desc:
                     info = conn.adapters.types.get(d.type_code)
-                    kinds[d.name] = PG_KINDS.get(info.name if info else "", "other")
+                    pg_types[d.name] = info.name if info else ""
+                    kinds[d.name] = PG_KINDS.get(pg_types[d.name], "other")
                 estimate = None
                 if source.table and not source.query:
                     cur.execute(
@@ -138,17 +145,15 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
         if source.watermark_column and source.watermark_column in columns and source.watermark_column not in wanted:
             wanted.append(source.watermark_column)
         select = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(map(sql.Identifier, wanted)), relation)
-        params: list[Any] = []
         if since is not None and source.watermark_column:
-            select += sql.SQL(" WHERE {} > %s").format(sql.Identifier(source.watermark_column))
-            params.append(since)
+            select += sql.SQL(" WHERE {} > {}").format(sql.Identifier(source.watermark_column), sql.Literal(since))
 
         def rows() -> Iterator[RawRow]:
             n = 0
             try:
                 with conn.cursor(name="exchange_sync_read") as cur:
                     cur.itersize = batch
-                    cur.execute(select, params or None)
+                    cur.execute(select)
                     for record in cur:
                         n += 1
                         yield RawRow(n, dict(zip(wanted, record, strict=True)))
@@ -157,8 +162,23 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
             except psycopg.Error as exc:
                 raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
 
+        def copy_out() -> Iterator[bytes]:
+            numbered = sql.SQL("SELECT {}, row_number() OVER () FROM {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, wanted)), relation)
+            if since is not None and source.watermark_column:
+                numbered += sql.SQL(" WHERE {} > {}").format(sql.Identifier(source.watermark_column),
+                                                            sql.Literal(since))
+            try:
+                with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(numbered)) as copy:
+                    for chunk in copy:
+                        yield bytes(chunk)
+            except psycopg.OperationalError as exc:
+                raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
+            except psycopg.Error as exc:
+                raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
+
         yield Reader(columns=columns, kinds=kinds, estimate=estimate, rows=rows(),
-                     description=source.table or "query")
+                     description=source.table or "query", pg_types=pg_types, selected=wanted, copy_out=copy_out)
     finally:
         conn.close()
 

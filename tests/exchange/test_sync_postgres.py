@@ -94,3 +94,29 @@ def test_overlapping_run_is_skipped(source):
     assert run.status == RunStatus.SKIPPED and f"run #{running.pk}" in run.error
     assert store_rows(source.dataset) == []
     assert runs.run_claim(run_id=run.pk) is None
+
+
+def test_bulk_path_checks_keys_required_values_and_points_in_sql(department, source_db):
+    fields = [("site_id", "integer", True, "public"), ("name", "text", False, "public"),
+              ("location", "geopoint", False, "public")]
+    from catalog.models import Field
+
+    dataset = published_dataset(department=department, slug="sites", fields=fields)
+    Field.objects.filter(schema_id=dataset.current_schema_id, name="name").update(nullable=False)
+    pg_execute(source_db, "CREATE TABLE sites (site_id bigint, name text, location text)")
+    pg_execute(source_db, "INSERT INTO sites VALUES (%s, %s, %s)", many=[
+        (1, "Depot", "48.1,11.5"), (None, "No key", "48.1,11.5"), (3, None, "48.2,11.6"),
+        (4, "Nowhere", "north of here"), (5, "Too far", "95,11"), (6, "Fine", None), (1, "Again", "1,1"),
+    ])
+    conn = connection(department=department, kind="postgresql", secret=source_db, name="sites db")
+    source = Source.objects.create(dataset=dataset, connection=conn, table="sites",
+                                   mapping={"site_id": "site_id", "name": "name", "location": "location"})
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (run.rows_read, run.rows_inserted, run.rows_quarantined) == (7, 2, 5)
+    reasons = dict(run.quarantined.values_list("row_number", "reason"))
+    assert reasons[2] == "missing key site_id" and reasons[3] == "missing required name"
+    assert "not a point" in reasons[4] and "not a point" in reasons[5]
+    assert "duplicate key (site_id=1)" in reasons[7]
+    assert run.quarantined.get(row_number=4).raw["location"] == "north of here"
+    assert [r["site_id"] for r in store_rows(dataset)] == [1, 6]
