@@ -31,6 +31,7 @@ from exchange.sync.readers import RawRow, Reader, SourceError, open_source
 # Quarantined rows kept with their data per run; beyond this they are only counted.
 QUARANTINE_KEEP = 10_000
 PROGRESS_EVERY_SECONDS = 2.0
+ANALYZE_AFTER = 50_000  # changed rows
 
 
 class SchemaMismatch(SourceError):
@@ -479,6 +480,11 @@ def ingest_execute(*, run: Run) -> None:
                     raise RunCancelled()
                 result = merge(run, plan, stage, counts, detect_deletes=not incremental)
                 finish_ingest(run, plan, counts, result)
+    if is_postgres() and result.inserted + result.updated + result.deleted > ANALYZE_AFTER:
+        # Fresh statistics now rather than whenever autovacuum gets there: the next run's merge
+        # joins the store to a small staging table and must be planned as index lookups.
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {plan.table.qualified}")
 
 
 def _stage_max(stage: str, name: str) -> Any:

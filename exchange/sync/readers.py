@@ -135,6 +135,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                     got = cur.fetchone()
                     estimate = int(got[0]) if got and got[0] else None
         except psycopg.errors.UndefinedTable as exc:
+            if source.query:
+                raise SourceError(f"The source query failed: {_first_line(exc)}") from exc
             raise SourceError(f"The source table {source.table!r} does not exist (any more).") from exc
         except psycopg.OperationalError as exc:
             raise TransientSourceError(f"The source database went away: {_first_line(exc)}") from exc

@@ -167,3 +167,60 @@ def test_worker_killed_mid_run_is_reaped_and_the_rerun_loads_exactly_once(depart
     stored = store_rows(dataset, include_deleted=True)
     assert [r["permit_id"] for r in stored] == list(range(1, 81))
     assert {str(r["fee"]).rstrip("0").rstrip(".") for r in stored[:1]} == {"104.5"}
+
+
+def test_delivery_through_a_worker(department, other_department, people, env, queue, workers, tmp_path):
+    import sqlite3
+
+    from django.conf import settings
+
+    from exchange.models import Subscription
+    from tests.records_support import grant
+
+    settings.SYNC_SQLITE_DIRS = [str(tmp_path)]
+    workers.append(worker := start_worker(queue, env={**env, "SYNC_SQLITE_DIRS": str(tmp_path)}))
+    dataset = published_dataset(department=department)
+    ingest = runs.run_enqueue(source=upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(50))),
+                              queue=queue)
+    wait_for(lambda: finished(ingest), what="the ingest", worker=worker)
+    grant(dataset, department=other_department, approved_by=people["admin"],
+          fields={"permit_id": "clear", "issued_on": "clear"})
+    target = tmp_path / "health.sqlite3"
+    sqlite3.connect(target).close()
+    conn = connection(department=other_department, kind="sqlite", secret=str(target))
+    subscription = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                               target_table="permits")
+    run = runs.run_enqueue(subscription=subscription, queue=queue)
+    wait_for(lambda: finished(run), what="the delivery", worker=worker)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    db = sqlite3.connect(target)
+    assert [r[1] for r in db.execute("PRAGMA table_info(permits)")] == ["permit_id", "issued_on"]
+    assert db.execute("SELECT count(*) FROM permits").fetchone() == (50,)
+
+
+def test_postgresql_source_dropped_mid_run(department, env, queue, workers):
+    from django.db import connection as django_connection
+
+    if django_connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL sources are tested on the PostgreSQL run")
+    from tests.exchange.sync_helpers import extra_pg_database, pg_execute
+
+    workers.append(worker := start_worker(queue, env=env))
+    dataset = published_dataset(department=department)
+    with extra_pg_database("wt_sync_src") as dsn:
+        pg_execute(dsn, "CREATE TABLE permits (permit_id bigint PRIMARY KEY, address text, applicant text, "
+                        "fee numeric, approved boolean, issued_on date, updated_at timestamptz)")
+        pg_execute(dsn, "INSERT INTO permits VALUES (%s, %s, %s, %s, %s, %s, %s)", many=permit_rows(400))
+        conn = connection(department=department, kind="postgresql", secret=dsn)
+        # pg_sleep makes the source slow enough to pull away from under the run.
+        source = Source.objects.create(dataset=dataset, connection=conn, mapping=identity_mapping(),
+                                       query="SELECT *, pg_sleep(0.01) AS slow FROM permits")
+        run = runs.run_enqueue(source=source, queue=queue)
+        wait_for(lambda: Run.objects.filter(pk=run.pk, rows_done__gt=0).exists(), what="progress", worker=worker)
+        pg_execute(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE application_name = 'exchange-sync' AND datname = current_database()")
+        pg_execute(dsn, "DROP TABLE permits")
+        wait_for(lambda: finished(run), what="the run", worker=worker)
+        assert run.status == RunStatus.FAILED and run.attempts == 2
+        assert 'relation "permits" does not exist' in run.error
+        assert store_rows(dataset, include_deleted=True) == []
