@@ -379,7 +379,8 @@ def delivery_execute(*, run: Run) -> None:
                 )
             raise TargetError(f"A table {subscription.target_table} already exists in the target and was not created "
                               f"by the exchange; choose another table name.")
-        rebuild = (existing is None or not key or subscription.last_seq == 0
+        # A store table rebuilt by a schema change numbers from 1 again: below the bookmark.
+        rebuild = (existing is None or not key or subscription.last_seq == 0 or top < subscription.last_seq
                    or subscription.delivered_columns != [list(c) for c in columns])
         since = None if rebuild else subscription.last_seq
         select = build_select(view, table, since_seq=since, include_deleted=not rebuild, with_system=True,
