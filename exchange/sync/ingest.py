@@ -323,6 +323,12 @@ def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
                            f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
     bad = 0
     with connection.cursor() as cursor:
+        # One scan answers the usual question ("anything wrong?"); only then one per check.
+        any_bad = " OR ".join(f"({c})" for c, _, _ in checks)
+        if any_bad:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {stage} WHERE {any_bad})")  # noqa: S608
+            if not cursor.fetchone()[0]:
+                return 0
         for condition, reason, drop in checks:
             cursor.execute(
                 f"INSERT INTO {table} (run_id, row_number, raw, reason) SELECT %s, {ident('_rn')}, "  # noqa: S608
@@ -346,8 +352,14 @@ def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts) -> N
         f"AS first_rn FROM {stage} WHERE NOT {ident('_bad')}) d WHERE {ident('_rn')} <> first_rn"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql)
-        dupes = cursor.fetchall()
+        # A hash aggregate finds out cheaply whether there is any duplicate at all; only then
+        # the window (a sort of the staged rows) says which rows to quarantine.
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {stage} WHERE NOT {ident('_bad')} "  # noqa: S608
+                       f"GROUP BY {keys} HAVING count(*) > 1)")
+        dupes = []
+        if cursor.fetchone()[0]:
+            cursor.execute(sql)
+            dupes = cursor.fetchall()
         for rn, first, *values in dupes:
             key = ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=True) if k in plan.key_fields)
             _quarantine(run, counts, rn, dict(zip(names, values, strict=True)),
@@ -399,6 +411,8 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         base = int(cursor.fetchone()[0])
         cursor.execute(f"SELECT coalesce(max({rn}), 0) FROM {stage}")  # noqa: S608
         last_rn = int(cursor.fetchone()[0])
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {store} WHERE NOT {dele})")  # noqa: S608
+        had_live_records = bool(cursor.fetchone()[0])
         sets = ", ".join(f"{ident(n)} = st.{ident(n)}" for n in names)
         cursor.execute(
             f"UPDATE {store} AS s SET {sets}, {h} = {st_hash}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
@@ -418,7 +432,7 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         )
         inserted = cursor.rowcount
         deleted = 0
-        if detect_deletes:
+        if detect_deletes and had_live_records:
             deleted = merge_deletes(plan, stage, seq=base + last_rn + 1, run_id=run.pk)
         cursor.execute(f"SELECT max({seq}) FROM {store} WHERE {seq} > %s", [base])  # noqa: S608
         top = cursor.fetchone()[0]
