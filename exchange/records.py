@@ -35,6 +35,7 @@ from exchange.models.audit import AuditOutcome
 from exchange.policy import EffectiveView, FieldAccess, RowFilter, effective_view
 from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
 
+EXPORT_CHUNK_BYTES = 256 * 1024
 # Grantees read published and deprecated datasets; the owner reads whatever is in the store.
 READABLE_STATUSES = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
 
@@ -548,7 +549,7 @@ def _jsonable(value: Any) -> Any:
 
 def _python_value(value: Any, field_type: str) -> Any:
     """Normalise what the database returned to the field's type (SQLite keeps booleans,
-    dates and JSON in other forms)."""
+    decimals and JSON in other forms; PostgreSQL returns them typed already)."""
     if value is None:
         return None
     if field_type == FieldType.BOOLEAN and not isinstance(value, bool):
@@ -561,6 +562,26 @@ def _python_value(value: Any, field_type: str) -> Any:
     if field_type == FieldType.DECIMAL and not isinstance(value, decimal.Decimal):
         return decimal.Decimal(str(value))
     return value
+
+
+_NEEDS_CONVERSION_ON_SQLITE = {FieldType.BOOLEAN, FieldType.JSON, FieldType.DECIMAL}
+
+
+def _converters(columns: Sequence[Column]) -> list[tuple[int, str]]:
+    """(position, type) of the columns whose values need normalising on this database."""
+    if is_postgres():
+        return []
+    return [(i, c.field_type) for i, c in enumerate(columns) if c.field_type in _NEEDS_CONVERSION_ON_SQLITE]
+
+
+def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[list[Any]]:
+    converters = _converters(columns)
+    out = [list(r) for r in rows]
+    if converters:
+        for row in out:
+            for i, field_type in converters:
+                row[i] = _python_value(row[i], field_type)
+    return out
 
 
 @dataclass(frozen=True)
@@ -577,10 +598,10 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
         raw = cursor.fetchall()
     has_next = len(raw) > query.page_size
     raw = raw[: query.page_size]
-    rows = [
-        {c.name: _jsonable(_python_value(v, c.field_type)) for c, v in zip(select.columns, r[:width], strict=True)}
-        for r in raw
-    ]
+    names = [c.name for c in select.columns]
+    # Values stay Python objects (Decimal, date, datetime); the API's JSON renderer and the
+    # templates format them.
+    rows = [dict(zip(names, r[:width], strict=True)) for r in _normalise(raw, select.columns)]
     next_cursor = encode_cursor(view, list(raw[-1][width:])) if has_next and raw else None
     return Page(rows, next_cursor)
 
@@ -590,15 +611,18 @@ def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
     """Every row of the view in batches through a server-side cursor (PostgreSQL) so memory
     stays flat whatever the size. Values are normalised to the fields' types."""
     select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
-    types = [c.field_type for c in select.columns]
+    converters = _converters(select.columns)
     with connection.chunked_cursor() as cursor:
         cursor.execute(select.sql, select.params)
         while True:
             batch = cursor.fetchmany(batch_size)
             if not batch:
                 return
-            for row in batch:
-                yield tuple(_python_value(v, t) for v, t in zip(row, types, strict=True))
+            if not converters:
+                yield from batch
+                continue
+            for row in _normalise(batch, select.columns):
+                yield tuple(row)
 
 
 # --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
@@ -677,7 +701,7 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                     buffer.write(json.dumps(dict(zip(query.fields, row, strict=True)), default=_json_default,
                                             ensure_ascii=False))
                     buffer.write("\n")
-                if buffer.tell() > 65536:
+                if buffer.tell() >= EXPORT_CHUNK_BYTES:
                     yield buffer.getvalue().encode()
                     buffer.seek(0)
                     buffer.truncate()
@@ -723,8 +747,15 @@ def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied
     raw = connection.connection
     with raw.cursor() as cursor:
         with cursor.copy(statement, select.params) as copy:
+            # COPY hands over about one row per block; send the client fewer, larger chunks.
+            buffer = bytearray()
             for block in copy:
-                yield bytes(block)
+                buffer += block
+                if len(buffer) >= EXPORT_CHUNK_BYTES:
+                    yield bytes(buffer)
+                    buffer.clear()
+            if buffer:
+                yield bytes(buffer)
         copied[0] = max(cursor.rowcount, 0)
 
 
