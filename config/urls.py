@@ -20,6 +20,7 @@ urlpatterns = [
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("inbox/", department_views.inbox, name="ui-inbox"),
     path("departments/", department_views.department_list, name="ui-department-list"),
     path("departments/<slug:slug>/", department_views.department_detail, name="ui-department-detail"),
     path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
