@@ -1,31 +1,38 @@
 """Appending to and checking the hash-chained audit trail.
 
-Every governance change and every data movement calls :func:`audit_record`. Each event's
-``hash`` is SHA-256 over a canonical JSON form of the event including the previous event's
-hash, so editing, deleting or inserting a row breaks the chain at that point.
+Every governance change and every data movement calls :func:`audit_record` (or, on bulk
+paths, :func:`audit_record_many`). Each event's ``hash`` is SHA-256 over a canonical JSON
+form of the event including the previous event's hash, so editing, deleting or inserting a
+row breaks the chain at that point. Removing the *tail* leaves a shorter chain that is still
+consistent; signed checkpoints (:func:`audit_checkpoint_create`) catch that: each one names
+an event and its hash under an HMAC whose key is not in the database.
 """
 
 from __future__ import annotations
 
 import contextvars
 import hashlib
+import hmac
 import json
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from exchange.models.audit import ActorKind, AuditEvent, AuditOutcome
+from exchange.models.audit import ActorKind, AuditCheckpoint, AuditEvent, AuditOutcome, CheckpointReason
 
 GENESIS_HASH = "0" * 64
 # Any constant works; it names the one lock every append takes on PostgreSQL.
 _CHAIN_LOCK_KEY = 7_310_442_901
+BULK_BATCH_SIZE = 2000
 
 
 @dataclass(frozen=True)
@@ -54,18 +61,30 @@ HASHED_FIELDS = (
     "object_label", "department_id", "dataset_id", "fields", "row_count", "filters", "purpose",
     "outcome", "client_ip", "request_id", "details", "prev_hash",
 )
+_JSON_FIELDS = ("fields", "filters", "details")
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# One encoder, built once: the same output as json.dumps(..., sort_keys=True,
+# separators=(",", ":"), ensure_ascii=False) but without re-reading the options per event,
+# which matters when a million events are verified. Values reaching it are plain JSON types
+# (timestamps are already strings), so DjangoJSONEncoder's extra types are never needed.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical_time(value: datetime) -> str:
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.strftime(_TIME_FORMAT)
 
 
 def _canonical_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return _canonical_time(value)
     return value
 
 
 def event_hash(values: dict[str, Any]) -> str:
     payload = {name: _canonical_value(values[name]) for name in HASHED_FIELDS}
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, cls=DjangoJSONEncoder)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_ENCODER.encode(payload).encode("utf-8")).hexdigest()
 
 
 def _actor(actor: User | AnonymousUser | None, actor_label: str) -> tuple[str, int | None, str]:
@@ -94,38 +113,55 @@ def _last_hash() -> str:
     return last or GENESIS_HASH
 
 
-def _build(
-    *, actor: User | AnonymousUser | None, action: str, obj: Model | None, actor_label: str,
-    object_type: str, object_id: str, object_label: str, department_id: int | None,
-    dataset_id: int | None, fields: Iterable[str], row_count: int | None, filters: dict[str, Any] | None,
-    purpose: str, outcome: str, details: dict[str, Any] | None, occurred_at: datetime | None,
-) -> dict[str, Any]:
-    kind, actor_id, label = _actor(actor, actor_label)
-    ctx = _request_context.get()
-    if obj is not None:
-        object_type = object_type or obj._meta.label_lower
-        object_id = object_id or str(obj.pk)
-        object_label = object_label or str(obj)[:300]
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event for :func:`audit_record_many`; the same fields as :func:`audit_record`."""
+
+    action: str
+    actor: User | AnonymousUser | None = None
+    obj: Model | None = None
+    actor_label: str = ""
+    object_type: str = ""
+    object_id: str = ""
+    object_label: str = ""
+    department_id: int | None = None
+    dataset_id: int | None = None
+    fields: Sequence[str] = ()
+    row_count: int | None = None
+    filters: dict[str, Any] | None = None
+    purpose: str = ""
+    outcome: str = AuditOutcome.ALLOWED
+    details: dict[str, Any] | None = None
+    occurred_at: datetime | None = None
+
+
+def _build(entry: AuditEntry, ctx: RequestContext, now: datetime) -> dict[str, Any]:
+    kind, actor_id, label = _actor(entry.actor, entry.actor_label)
+    object_type, object_id, object_label = entry.object_type, entry.object_id, entry.object_label
+    if entry.obj is not None:
+        object_type = object_type or entry.obj._meta.label_lower
+        object_id = object_id or str(entry.obj.pk)
+        object_label = object_label or str(entry.obj)[:300]
     return {
         # Microsecond precision survives every database backend unchanged.
-        "occurred_at": (occurred_at or timezone.now()).astimezone(UTC),
+        "occurred_at": (entry.occurred_at or now).astimezone(UTC),
         "actor_kind": str(kind),
         "actor_id": actor_id,
         "actor_label": label[:200],
-        "action": action,
+        "action": entry.action,
         "object_type": object_type,
         "object_id": object_id,
         "object_label": object_label[:300],
-        "department_id": department_id,
-        "dataset_id": dataset_id,
-        "fields": _jsonable(list(fields)),
-        "row_count": row_count,
-        "filters": _jsonable(filters or {}),
-        "purpose": purpose,
-        "outcome": str(outcome),
+        "department_id": entry.department_id,
+        "dataset_id": entry.dataset_id,
+        "fields": _jsonable(list(entry.fields)),
+        "row_count": entry.row_count,
+        "filters": _jsonable(entry.filters or {}),
+        "purpose": entry.purpose,
+        "outcome": str(entry.outcome),
         "client_ip": ctx.client_ip,
         "request_id": ctx.request_id,
-        "details": _jsonable(details or {}),
+        "details": _jsonable(entry.details or {}),
     }
 
 
@@ -153,12 +189,13 @@ def audit_record(
     commit or roll back together. It takes the chain lock (held to the end of the caller's
     transaction), so take any row locks *before* calling it, never after.
     """
-    values = _build(
+    entry = AuditEntry(
         actor=actor, action=action, obj=obj, actor_label=actor_label, object_type=object_type,
         object_id=object_id, object_label=object_label, department_id=department_id,
-        dataset_id=dataset_id, fields=fields, row_count=row_count, filters=filters, purpose=purpose,
-        outcome=outcome, details=details, occurred_at=None,
+        dataset_id=dataset_id, fields=tuple(fields), row_count=row_count, filters=filters, purpose=purpose,
+        outcome=outcome, details=details,
     )
+    values = _build(entry, _request_context.get(), timezone.now())
     with transaction.atomic():
         _lock_chain()
         values["prev_hash"] = _last_hash()
@@ -166,12 +203,99 @@ def audit_record(
         return AuditEvent.objects.create(**values)
 
 
+def audit_record_many(events: Sequence[AuditEntry]) -> int:
+    """Append many events at once, in the given order, and return how many: one lock, one read
+    of the chain's end, then one COPY (PostgreSQL) or one executemany (SQLite). Same
+    transaction rule as :func:`audit_record`.
+
+    Ids must follow chain order, which holds because every insert into the table happens
+    under the chain lock and a COPY or a sequence of INSERTs takes its ids in row order.
+    """
+    if not events:
+        return 0
+    ctx, now = _request_context.get(), timezone.now()
+    rows = [_build(entry, ctx, now) for entry in events]
+    columns = [*HASHED_FIELDS, "hash"]
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    with transaction.atomic():
+        _lock_chain()
+        prev = _last_hash()
+        for values in rows:
+            values["prev_hash"] = prev
+            prev = values["hash"] = event_hash(values)
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                    for values in rows:
+                        copy.write_row([_db_value(c, values[c]) for c in columns])
+            else:
+                marks = ", ".join(["%s"] * len(columns))
+                cursor.executemany(
+                    f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608 - fixed names
+                    [[_db_value(c, values[c]) for c in columns] for values in rows],
+                )
+    return len(rows)
+
+
+def _db_value(column: str, value: Any) -> Any:
+    if column in _JSON_FIELDS:
+        return json.dumps(value)
+    if column == "occurred_at":
+        return connection.ops.adapt_datetimefield_value(value)
+    return value
+
+
+# --- Checkpoints ----------------------------------------------------------------------------
+
+def checkpoint_signature(*, last_event_id: int, last_hash: str, event_count: int, created_at: datetime) -> str:
+    message = f"v1|{last_event_id}|{last_hash}|{event_count}|{_canonical_time(created_at)}"
+    return hmac.new(settings.AUDIT_HMAC_KEY.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def _checkpoint_valid(checkpoint: AuditCheckpoint) -> bool:
+    expected = checkpoint_signature(
+        last_event_id=checkpoint.last_event_id, last_hash=checkpoint.last_hash,
+        event_count=checkpoint.event_count, created_at=checkpoint.created_at,
+    )
+    return hmac.compare_digest(expected, checkpoint.signature)
+
+
+def audit_checkpoint_create(*, reason: str = CheckpointReason.SCHEDULED) -> AuditCheckpoint | None:
+    """Sign the current end of the chain. Returns None (and writes nothing) when the chain is
+    empty or the latest checkpoint already names its last event, so a quiet system does not
+    pile up identical checkpoints."""
+    with transaction.atomic():
+        # Under the chain lock nobody appends between reading the last event and counting.
+        _lock_chain()
+        last = AuditEvent.objects.order_by("-id").values_list("id", "hash").first()
+        if last is None:
+            return None
+        newest = AuditCheckpoint.objects.order_by("-id").values_list("last_event_id", flat=True).first()
+        if newest == last[0]:
+            return None
+        count = AuditEvent.objects.count()
+        created_at = timezone.now().astimezone(UTC)
+        return AuditCheckpoint.objects.create(
+            created_at=created_at, last_event_id=last[0], last_hash=last[1], event_count=count,
+            reason=reason,
+            signature=checkpoint_signature(
+                last_event_id=last[0], last_hash=last[1], event_count=count, created_at=created_at
+            ),
+        )
+
+
+# --- Verification ---------------------------------------------------------------------------
+
 @dataclass(frozen=True)
 class VerifyResult:
     intact: bool
     checked: int
     broken_at: int | None = None
     reason: str = ""
+    checkpoints: int = 0
+    last_event_id: int | None = None
+    last_hash: str = field(default="")
 
     def __str__(self) -> str:
         if self.intact:
@@ -179,26 +303,94 @@ class VerifyResult:
         return f"BROKEN at event #{self.broken_at}: {self.reason} ({self.checked} events checked before it)"
 
 
-def _iter_events(batch: int = 5000) -> Iterator[dict[str, Any]]:
-    last_id = 0
-    columns = ("id", "hash", *HASHED_FIELDS)
-    while True:
-        rows = list(AuditEvent.objects.filter(id__gt=last_id).order_by("id").values(*columns)[:batch])
-        if not rows:
-            return
-        yield from rows
-        last_id = rows[-1]["id"]
+def _json_loader(value: Any) -> Any:
+    if isinstance(value, str):
+        if value == "{}":
+            return {}
+        if value == "[]":
+            return []
+        return json.loads(value)
+    return value
 
 
-def audit_verify() -> VerifyResult:
-    """Walk the whole chain in id order and report the first broken link, if any."""
+_COLUMNS = ("id", "hash", *HASHED_FIELDS)
+
+
+def _iter_rows(batch: int) -> Iterator[list[tuple[Any, ...]]]:
+    """Every event as a raw tuple in id order, in batches, without building model instances.
+
+    On PostgreSQL a server-side cursor inside a transaction streams the rows (outside one it
+    would be WITH HOLD and materialised first); on SQLite a plain cursor already streams,
+    and a transaction there would take the write lock for the whole walk.
+    """
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)  # field name == column name
+    sql = f"SELECT {names} FROM {table} ORDER BY {connection.ops.quote_name('id')}"  # noqa: S608 - fixed names
+    in_transaction = transaction.atomic() if connection.vendor == "postgresql" else nullcontext()
+    with in_transaction, connection.chunked_cursor() as cursor:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+
+def _row_hash(row: tuple[Any, ...]) -> str:
+    payload = dict(zip(HASHED_FIELDS, row[2:], strict=True))
+    occurred_at = payload["occurred_at"]
+    if isinstance(occurred_at, datetime):
+        payload["occurred_at"] = _canonical_time(occurred_at)
+    for name in _JSON_FIELDS:
+        payload[name] = _json_loader(payload[name])
+    return hashlib.sha256(_ENCODER.encode(payload).encode("utf-8")).hexdigest()
+
+
+def audit_verify(
+    *, progress: Callable[[int], None] | None = None, progress_every: int = 100_000, batch: int = 10_000
+) -> VerifyResult:
+    """Walk the whole chain in id order and report the first broken link, if any.
+
+    Checkpoints are read first: they only ever name events that were committed before them,
+    so every one of them must be found in the walk that follows, with the same hash and at
+    the same position; one whose event is missing means the tail was cut.
+    """
+    checkpoints = list(AuditCheckpoint.objects.order_by("last_event_id", "id"))
+    for cp in checkpoints:
+        if not _checkpoint_valid(cp):
+            return VerifyResult(
+                False, 0, cp.last_event_id,
+                f"checkpoint #{cp.pk} has an invalid signature (forged, or signed with another key)",
+            )
+    pending = iter(checkpoints)
+    next_cp = next(pending, None)
     expected_prev = GENESIS_HASH
     checked = 0
-    for row in _iter_events():
-        if row["prev_hash"] != expected_prev:
-            return VerifyResult(False, checked, row["id"], "its prev_hash does not match the event before it")
-        if event_hash(row) != row["hash"]:
-            return VerifyResult(False, checked, row["id"], "its content does not match its hash")
-        expected_prev = row["hash"]
-        checked += 1
-    return VerifyResult(True, checked)
+    last_id: int | None = None
+    for rows in _iter_rows(batch):
+        for row in rows:
+            event_id = row[0]
+            if next_cp is not None and next_cp.last_event_id < event_id:
+                return VerifyResult(
+                    False, checked, next_cp.last_event_id,
+                    f"it is missing, but checkpoint #{next_cp.pk} signed it",
+                )
+            if row[-1] != expected_prev:
+                return VerifyResult(False, checked, event_id, "its prev_hash does not match the event before it")
+            if _row_hash(row) != row[1]:
+                return VerifyResult(False, checked, event_id, "its content does not match its hash")
+            expected_prev = row[1]
+            checked += 1
+            last_id = event_id
+            while next_cp is not None and next_cp.last_event_id == event_id:
+                if next_cp.last_hash != row[1] or next_cp.event_count != checked:
+                    return VerifyResult(
+                        False, checked - 1, event_id,
+                        f"it differs from checkpoint #{next_cp.pk} (hash or position changed)",
+                    )
+                next_cp = next(pending, None)
+            if progress is not None and checked % progress_every == 0:
+                progress(checked)
+    if next_cp is not None:
+        return VerifyResult(
+            False, checked, next_cp.last_event_id,
+            f"it is missing, but checkpoint #{next_cp.pk} signed it: the tail of the chain was removed",
+        )
+    return VerifyResult(True, checked, checkpoints=len(checkpoints), last_event_id=last_id, last_hash=expected_prev)

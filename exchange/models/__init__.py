@@ -1,4 +1,4 @@
-from exchange.models.audit import AuditEvent
+from exchange.models.audit import AuditCheckpoint, AuditEvent
 from exchange.models.ops import WorkerHeartbeat
 
-__all__ = ["AuditEvent", "WorkerHeartbeat"]
+__all__ = ["AuditCheckpoint", "AuditEvent", "WorkerHeartbeat"]
