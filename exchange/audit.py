@@ -261,20 +261,20 @@ def _checkpoint_valid(checkpoint: AuditCheckpoint) -> bool:
     return hmac.compare_digest(expected, checkpoint.signature)
 
 
-def audit_checkpoint_create(*, reason: str = CheckpointReason.SCHEDULED) -> AuditCheckpoint | None:
-    """Sign the current end of the chain. Returns None (and writes nothing) when the chain is
-    empty or the latest checkpoint already names its last event, so a quiet system does not
-    pile up identical checkpoints."""
+def audit_checkpoint_create(
+    *, reason: str = CheckpointReason.SCHEDULED, upto: int | None = None
+) -> AuditCheckpoint | None:
+    """Sign the current end of the chain (or the last event with id <= ``upto``). Returns None
+    (and writes nothing) when there is no such event or a checkpoint already names it, so a
+    quiet system does not pile up identical checkpoints."""
     with transaction.atomic():
         # Under the chain lock nobody appends between reading the last event and counting.
         _lock_chain()
-        last = AuditEvent.objects.order_by("-id").values_list("id", "hash").first()
-        if last is None:
+        events = AuditEvent.objects.all() if upto is None else AuditEvent.objects.filter(id__lte=upto)
+        last = events.order_by("-id").values_list("id", "hash").first()
+        if last is None or AuditCheckpoint.objects.filter(last_event_id=last[0]).exists():
             return None
-        newest = AuditCheckpoint.objects.order_by("-id").values_list("last_event_id", flat=True).first()
-        if newest == last[0]:
-            return None
-        count = AuditEvent.objects.count()
+        count = events.count()
         created_at = timezone.now().astimezone(UTC)
         return AuditCheckpoint.objects.create(
             created_at=created_at, last_event_id=last[0], last_hash=last[1], event_count=count,
