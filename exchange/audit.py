@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
@@ -22,10 +23,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
+from django.utils.ipv6 import clean_ipv6_address
 
 from exchange.models.audit import ActorKind, AuditCheckpoint, AuditEvent, AuditOutcome, CheckpointReason
 
@@ -62,6 +65,7 @@ HASHED_FIELDS = (
     "outcome", "client_ip", "request_id", "details", "prev_hash",
 )
 _JSON_FIELDS = ("fields", "filters", "details")
+_JSON_POSITIONS = tuple(HASHED_FIELDS.index(name) for name in _JSON_FIELDS)
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # One encoder, built once: the same output as json.dumps(..., sort_keys=True,
 # separators=(",", ":"), ensure_ascii=False) but without re-reading the options per event,
@@ -83,7 +87,8 @@ def _canonical_value(value: Any) -> Any:
 
 
 def event_hash(values: dict[str, Any]) -> str:
-    payload = {name: _canonical_value(values[name]) for name in HASHED_FIELDS}
+    payload = {name: values[name] for name in HASHED_FIELDS}
+    payload["occurred_at"] = _canonical_value(payload["occurred_at"])
     return hashlib.sha256(_ENCODER.encode(payload).encode("utf-8")).hexdigest()
 
 
@@ -95,9 +100,37 @@ def _actor(actor: User | AnonymousUser | None, actor_label: str) -> tuple[str, i
     return ActorKind.USER, actor.pk, actor.get_username()
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` survives a JSON round trip unchanged (the common case)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False  # floats too: the database may return another spelling of them
+
+
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON so that what is hashed is exactly what the database returns."""
+    if _plain(value):
+        return value
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _normalised_ip(value: str | None) -> str | None:
+    """The address as the database will give it back (PostgreSQL rewrites IPv6 addresses into
+    their canonical form, which would change the hash); None for anything that is not an
+    address (a forged X-Forwarded-For must not make the audit write, and so the request, fail)."""
+    if not value:
+        return None
+    try:
+        if ":" in value:
+            return clean_ipv6_address(value)
+        return str(ipaddress.IPv4Address(value))
+    except (ValueError, ValidationError):
+        return None
 
 
 def _lock_chain() -> None:
@@ -159,7 +192,7 @@ def _build(entry: AuditEntry, ctx: RequestContext, now: datetime) -> dict[str, A
         "filters": _jsonable(entry.filters or {}),
         "purpose": entry.purpose,
         "outcome": str(entry.outcome),
-        "client_ip": ctx.client_ip,
+        "client_ip": _normalised_ip(ctx.client_ip),
         "request_id": ctx.request_id,
         "details": _jsonable(entry.details or {}),
     }
@@ -224,26 +257,24 @@ def audit_record_many(events: Sequence[AuditEntry]) -> int:
         for values in rows:
             values["prev_hash"] = prev
             prev = values["hash"] = event_hash(values)
+        adapt_time = connection.ops.adapt_datetimefield_value
+        dumps = json.dumps
+        prepared = []
+        for values in rows:
+            row = [values[c] for c in columns]
+            row[0] = adapt_time(row[0])
+            for index in _JSON_POSITIONS:
+                row[index] = dumps(row[index])
+            prepared.append(row)
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
-                    for values in rows:
-                        copy.write_row([_db_value(c, values[c]) for c in columns])
+                    for row in prepared:
+                        copy.write_row(row)
             else:
                 marks = ", ".join(["%s"] * len(columns))
-                cursor.executemany(
-                    f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608 - fixed names
-                    [[_db_value(c, values[c]) for c in columns] for values in rows],
-                )
+                cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", prepared)  # noqa: S608
     return len(rows)
-
-
-def _db_value(column: str, value: Any) -> Any:
-    if column in _JSON_FIELDS:
-        return json.dumps(value)
-    if column == "occurred_at":
-        return connection.ops.adapt_datetimefield_value(value)
-    return value
 
 
 # --- Checkpoints ----------------------------------------------------------------------------

@@ -14,12 +14,15 @@ from django.test import override_settings
 from exchange import audit_guard
 from exchange.audit import (
     AuditEntry,
+    RequestContext,
     audit_checkpoint_create,
     audit_record,
     audit_record_many,
     audit_verify,
     checkpoint_signature,
     event_hash,
+    reset_request_context,
+    set_request_context,
 )
 from exchange.models import AuditCheckpoint, AuditEvent
 from exchange.tasks import housekeeping_audit_checkpoint
@@ -232,3 +235,36 @@ def test_eight_parallel_writers_keep_one_unforked_chain():
     assert AuditEvent.objects.values("prev_hash").distinct().count() == expected  # no fork
     result = audit_verify()
     assert result.intact and result.checked == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("10.1.2.3", "10.1.2.3"),
+        ("2001:0DB8:0000:0000:0000:0000:0000:0001", "2001:db8::1"),
+        ("::ffff:10.1.2.3", "::ffff:10.1.2.3"),
+        ("unknown", None),
+        ("10.1.2.300", None),
+    ],
+)
+def test_client_addresses_are_stored_as_the_database_returns_them(given, stored):
+    token = set_request_context(RequestContext(client_ip=given, request_id="r1"))
+    try:
+        event = audit_record(actor=None, action="test.ip")
+    finally:
+        reset_request_context(token)
+    assert AuditEvent.objects.get(pk=event.pk).client_ip == stored
+    assert audit_verify().intact
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_empties_the_audit_tables_and_leaves_the_triggers_in_force():
+    from django.core.management import call_command
+
+    _chain(2)
+    audit_checkpoint_create()
+    call_command("flush", interactive=False, verbosity=0)
+    assert not AuditEvent.objects.exists() and not AuditCheckpoint.objects.exists()
+    _chain(1)
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        AuditEvent.objects.update(action="changed")
