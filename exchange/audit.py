@@ -345,6 +345,15 @@ def _json_loader(value: Any) -> Any:
 
 
 _COLUMNS = ("id", "hash", *HASHED_FIELDS)
+# SQL giving occurred_at exactly as _canonical_time() spells it. SQLite stores Django's
+# "YYYY-MM-DD HH:MM:SS[.ffffff]" (no fraction when it is zero) in UTC.
+_CANONICAL_TIME_SQL = {
+    "postgresql": "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    "sqlite": (
+        "CASE WHEN length(occurred_at) = 19 THEN replace(occurred_at, ' ', 'T') || '.000000Z' "
+        "ELSE replace(occurred_at, ' ', 'T') || 'Z' END"
+    ),
+}
 
 
 def _iter_rows(batch: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -355,8 +364,10 @@ def _iter_rows(batch: int) -> Iterator[list[tuple[Any, ...]]]:
     and a transaction there would take the write lock for the whole walk.
     """
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
-    names = ", ".join(connection.ops.quote_name(c) for c in _COLUMNS)  # field name == column name
-    sql = f"SELECT {names} FROM {table} ORDER BY {connection.ops.quote_name('id')}"  # noqa: S608 - fixed names
+    # Field name == column name. The timestamp comes back already in canonical text: the
+    # database formats it in its own process, beside the Python one that hashes.
+    names = ", ".join(_CANONICAL_TIME_SQL.get(connection.vendor, c) if c == "occurred_at" else c for c in _COLUMNS)
+    sql = f"SELECT {names} FROM {table} ORDER BY id"  # noqa: S608 - fixed names
     in_transaction = transaction.atomic() if connection.vendor == "postgresql" else nullcontext()
     with in_transaction, connection.chunked_cursor() as cursor:
         cursor.execute(sql)
