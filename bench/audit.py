@@ -10,6 +10,7 @@ Targets (issue 6): >= 10,000 appends/s in bulk; 1,000,000 events verified in < 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -82,7 +83,7 @@ def _raw_select(batch: int) -> int:
     return count
 
 
-def run(*, append: int, events: int, batch: int) -> dict[str, float]:
+def run(*, append: int, events: int, batch: int, workers: int) -> dict[str, float]:
     from django.db import connection
 
     from exchange.audit import audit_record_many, audit_verify
@@ -118,6 +119,10 @@ def run(*, append: int, events: int, batch: int) -> dict[str, float]:
     total = AuditEvent.objects.count()
     verify_s, result = _timed(lambda: audit_verify(batch=batch))
     assert result.intact, str(result)
+    parallel_s = 0.0
+    if workers > 1:
+        parallel_s, parallel = _timed(lambda: audit_verify(batch=batch, workers=workers))
+        assert parallel == result, str(parallel)
     raw_s, raw_count = _timed(lambda: _raw_select(batch))
     results.update(verify_s=verify_s, raw_select_s=raw_s, events=total)
     per_million = verify_s * 1_000_000 / total
@@ -126,6 +131,12 @@ def run(*, append: int, events: int, batch: int) -> dict[str, float]:
         f"{VERIFY_TARGET_S_PER_MILLION:.0f} s); raw SELECT of the same {raw_count:,} rows {raw_s:.2f} s; "
         f"verify/raw = {verify_s / raw_s:.2f}"
     )
+    if workers > 1:
+        results["verify_parallel_s"] = parallel_s
+        print(
+            f"verify with {workers} processes: {parallel_s:.2f} s ({parallel_s * 1_000_000 / total:.1f} s per "
+            f"million); verify/raw = {parallel_s / raw_s:.2f}"
+        )
     return results
 
 
@@ -141,9 +152,13 @@ def main(argv: list[str]) -> int:
         help="length of the chain to verify (default 1,000,000 on PostgreSQL, 200,000 on SQLite)",
     )
     parser.add_argument("--batch", type=int, default=10_000, help="events per bulk append and per fetch")
+    parser.add_argument(
+        "--workers", type=int, default=min(os.cpu_count() or 1, 8),
+        help="also time verification with this many processes (default: CPUs, at most 8; 1 = skip)",
+    )
     args = parser.parse_args(argv)
     with scratch_database("audit"):
-        run(append=args.append, events=max(args.events, args.append), batch=args.batch)
+        run(append=args.append, events=max(args.events, args.append), batch=args.batch, workers=args.workers)
     return 0
 
 

@@ -15,7 +15,9 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +27,8 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
-from django.db.models import Model
+from django.db import connection, connections, transaction
+from django.db.models import Max, Min, Model
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
@@ -356,8 +358,9 @@ _CANONICAL_TIME_SQL = {
 }
 
 
-def _iter_rows(batch: int) -> Iterator[list[tuple[Any, ...]]]:
-    """Every event as a raw tuple in id order, in batches, without building model instances.
+def _iter_rows(batch: int, after: int = 0, upto: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
+    """Events with ``after < id <= upto`` as raw tuples in id order, in batches, without
+    building model instances.
 
     On PostgreSQL a server-side cursor inside a transaction streams the rows (outside one it
     would be WITH HOLD and materialised first); on SQLite a plain cursor already streams,
@@ -367,10 +370,13 @@ def _iter_rows(batch: int) -> Iterator[list[tuple[Any, ...]]]:
     # Field name == column name. The timestamp comes back already in canonical text: the
     # database formats it in its own process, beside the Python one that hashes.
     names = ", ".join(_CANONICAL_TIME_SQL.get(connection.vendor, c) if c == "occurred_at" else c for c in _COLUMNS)
-    sql = f"SELECT {names} FROM {table} ORDER BY id"  # noqa: S608 - fixed names
+    where, params = "id > %s", [after]
+    if upto is not None:
+        where, params = where + " AND id <= %s", [after, upto]
+    sql = f"SELECT {names} FROM {table} WHERE {where} ORDER BY id"  # noqa: S608 - fixed names
     in_transaction = transaction.atomic() if connection.vendor == "postgresql" else nullcontext()
     with in_transaction, connection.chunked_cursor() as cursor:
-        cursor.execute(sql)
+        cursor.execute(sql, params)
         while rows := cursor.fetchmany(batch):
             yield rows
 
@@ -385,14 +391,114 @@ def _row_hash(row: tuple[Any, ...]) -> str:
     return hashlib.sha256(_ENCODER.encode(payload).encode("utf-8")).hexdigest()
 
 
+@dataclass
+class _RangeReport:
+    """What one walk over a stretch of the chain found; merged in id order by _merge()."""
+
+    first_id: int | None = None
+    last_id: int | None = None
+    first_prev: str = ""
+    last_hash: str = ""
+    count: int = 0
+    # The first row that fails on its own: (id, events before it in the range, reason).
+    bad: tuple[int, int, str] | None = None
+    # For each checkpointed id in the range up to ``bad``: (its hash, or None when the event is
+    # missing; events in the range up to and including that id).
+    positions: dict[int, tuple[str | None, int]] = field(default_factory=dict)
+
+
+def _verify_range(
+    after: int, upto: int | None, checkpoint_ids: list[int], batch: int,
+    progress: Callable[[int], None] | None = None, progress_every: int = 100_000,
+) -> _RangeReport:
+    report = _RangeReport()
+    wanted = sorted(i for i in set(checkpoint_ids) if i > after and (upto is None or i <= upto))
+    w = 0
+    prev = ""
+    for rows in _iter_rows(batch, after, upto):
+        for row in rows:
+            event_id = row[0]
+            while w < len(wanted) and wanted[w] < event_id:
+                report.positions[wanted[w]] = (None, report.count)
+                w += 1
+            if report.first_id is None:
+                report.first_id, report.first_prev = event_id, row[-1]
+            elif row[-1] != prev:
+                report.bad = (event_id, report.count, "its prev_hash does not match the event before it")
+                return report
+            if _row_hash(row) != row[1]:
+                report.bad = (event_id, report.count, "its content does not match its hash")
+                return report
+            prev = report.last_hash = row[1]
+            report.last_id = event_id
+            report.count += 1
+            if w < len(wanted) and wanted[w] == event_id:
+                report.positions[event_id] = (row[1], report.count)
+                w += 1
+            if progress is not None and report.count % progress_every == 0:
+                progress(report.count)
+    return report
+
+
+def _verify_range_in_child(after: int, upto: int, checkpoint_ids: list[int], batch: int) -> _RangeReport:
+    try:
+        return _verify_range(after, upto, checkpoint_ids, batch)
+    finally:
+        connection.close()
+
+
+def _merge(reports: list[_RangeReport], checkpoints: list[AuditCheckpoint]) -> VerifyResult:
+    """Combine range reports, in id order, into the verdict a single walk would give."""
+    pending = list(checkpoints)  # sorted by last_event_id
+    expected_prev, checked, last_id = GENESIS_HASH, 0, None
+
+    def missing(cp: AuditCheckpoint, before: int, tail: bool = False) -> VerifyResult:
+        why = f"it is missing, but checkpoint #{cp.pk} signed it"
+        why += ": the tail of the chain was removed" if tail else ""
+        return VerifyResult(False, before, cp.last_event_id, why)
+
+    for report in reports:
+        if report.first_id is None:
+            continue
+        if pending and pending[0].last_event_id < report.first_id:
+            return missing(pending[0], checked)
+        if report.first_prev != expected_prev:
+            return VerifyResult(False, checked, report.first_id, "its prev_hash does not match the event before it")
+        while pending and pending[0].last_event_id in report.positions:
+            cp = pending.pop(0)
+            found, position = report.positions[cp.last_event_id]
+            if found is None:
+                return missing(cp, checked + position)
+            if found != cp.last_hash or checked + position != cp.event_count:
+                return VerifyResult(
+                    False, checked + position - 1, cp.last_event_id,
+                    f"it differs from checkpoint #{cp.pk} (hash or position changed)",
+                )
+        if report.bad is not None:
+            bad_id, before, reason = report.bad
+            return VerifyResult(False, checked + before, bad_id, reason)
+        checked += report.count
+        expected_prev = report.last_hash
+        last_id = report.last_id
+    if pending:
+        return missing(pending[0], checked, tail=True)
+    return VerifyResult(True, checked, checkpoints=len(checkpoints), last_event_id=last_id, last_hash=expected_prev)
+
+
 def audit_verify(
-    *, progress: Callable[[int], None] | None = None, progress_every: int = 100_000, batch: int = 10_000
+    *, progress: Callable[[int], None] | None = None, progress_every: int = 100_000, batch: int = 10_000,
+    workers: int = 1,
 ) -> VerifyResult:
     """Walk the whole chain in id order and report the first broken link, if any.
 
     Checkpoints are read first: they only ever name events that were committed before them,
     so every one of them must be found in the walk that follows, with the same hash and at
     the same position; one whose event is missing means the tail was cut.
+
+    With ``workers`` > 1 the id range is split and walked by that many processes (each event's
+    hash depends only on its own row, so stretches can be checked apart and their ends joined
+    afterwards). Not inside a transaction: the processes see only committed rows, and the
+    connection is closed before they fork.
     """
     checkpoints = list(AuditCheckpoint.objects.order_by("last_event_id", "id"))
     for cp in checkpoints:
@@ -401,38 +507,17 @@ def audit_verify(
                 False, 0, cp.last_event_id,
                 f"checkpoint #{cp.pk} has an invalid signature (forged, or signed with another key)",
             )
-    pending = iter(checkpoints)
-    next_cp = next(pending, None)
-    expected_prev = GENESIS_HASH
-    checked = 0
-    last_id: int | None = None
-    for rows in _iter_rows(batch):
-        for row in rows:
-            event_id = row[0]
-            if next_cp is not None and next_cp.last_event_id < event_id:
-                return VerifyResult(
-                    False, checked, next_cp.last_event_id,
-                    f"it is missing, but checkpoint #{next_cp.pk} signed it",
-                )
-            if row[-1] != expected_prev:
-                return VerifyResult(False, checked, event_id, "its prev_hash does not match the event before it")
-            if _row_hash(row) != row[1]:
-                return VerifyResult(False, checked, event_id, "its content does not match its hash")
-            expected_prev = row[1]
-            checked += 1
-            last_id = event_id
-            while next_cp is not None and next_cp.last_event_id == event_id:
-                if next_cp.last_hash != row[1] or next_cp.event_count != checked:
-                    return VerifyResult(
-                        False, checked - 1, event_id,
-                        f"it differs from checkpoint #{next_cp.pk} (hash or position changed)",
-                    )
-                next_cp = next(pending, None)
-            if progress is not None and checked % progress_every == 0:
-                progress(checked)
-    if next_cp is not None:
-        return VerifyResult(
-            False, checked, next_cp.last_event_id,
-            f"it is missing, but checkpoint #{next_cp.pk} signed it: the tail of the chain was removed",
-        )
-    return VerifyResult(True, checked, checkpoints=len(checkpoints), last_event_id=last_id, last_hash=expected_prev)
+    checkpoint_ids = [cp.last_event_id for cp in checkpoints]
+    bounds = AuditEvent.objects.aggregate(low=Min("id"), high=Max("id"))
+    if workers <= 1 or bounds["low"] is None or connection.in_atomic_block:
+        return _merge([_verify_range(0, None, checkpoint_ids, batch, progress, progress_every)], checkpoints)
+    low, high = bounds["low"] - 1, bounds["high"]
+    step = -(-(high - low) // workers)
+    ranges = [(a, min(a + step, high)) for a in range(low, high, step)]
+    # The last range is open-ended: it also covers what is appended during the walk.
+    ranges[-1] = (ranges[-1][0], None)  # type: ignore[assignment]
+    connections.close_all()  # a forked child must not share the parent's socket
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(_verify_range_in_child, a, b, checkpoint_ids, batch) for a, b in ranges]
+        reports = [f.result() for f in futures]
+    return _merge(reports, checkpoints)
