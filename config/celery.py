@@ -51,5 +51,7 @@ app.conf.beat_schedule = {
     "worker-heartbeat": {"task": "exchange.tasks.housekeeping_heartbeat", "schedule": 60.0},
     "purge-expired-tokens": {"task": "exchange.tasks.housekeeping_purge_expired_tokens", "schedule": 3600.0},
     "reap-orphaned-runs": {"task": "exchange.tasks.housekeeping_reaper", "schedule": 60.0},
+    # Truncating the audit trail's tail is detected back to the latest checkpoint.
+    "audit-checkpoint": {"task": "exchange.tasks.housekeeping_audit_checkpoint", "schedule": 600.0},
 }
 app.autodiscover_tasks()

@@ -8,6 +8,8 @@ a broker kept in files under ``var/``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -262,6 +264,15 @@ RECORDS_PAGE_SIZE = env.int("RECORDS_PAGE_SIZE", default=100)
 RECORDS_MAX_PAGE_SIZE = env.int("RECORDS_MAX_PAGE_SIZE", default=1000)
 # How long a heartbeat from a worker counts as "alive" on the health endpoint.
 WORKER_HEARTBEAT_STALE_AFTER = timedelta(seconds=env.int("WORKER_HEARTBEAT_STALE_SECONDS", default=180))
+
+# Key of the HMAC that signs audit checkpoints (see exchange/audit.py). Kept out of the
+# database so that whoever can rewrite the audit tables cannot forge a checkpoint. The default
+# is derived from SECRET_KEY so that every deployment signs without extra setup; set it
+# explicitly in production, because rotating SECRET_KEY would otherwise make every existing
+# checkpoint fail verification.
+AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or hmac.new(
+    SECRET_KEY.encode(), b"exchange.audit.checkpoint", hashlib.sha256
+).hexdigest()
 
 # --- Sync engine (ingest and delivery jobs) ---------------------------------------------------
 # Fernet key(s) encrypting connection secrets at rest, comma-separated: the first encrypts,

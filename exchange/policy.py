@@ -123,7 +123,7 @@ class EffectiveView:
         return name in self.fields
 
 
-def _active_grants_q(at: datetime) -> Q:
+def active_grants_q(at: datetime) -> Q:
     """Grants in force at ``at``: activated (not pending or rejected), within their period,
     and not revoked before ``at``. Works for the past too (point-in-time questions)."""
     return (
@@ -146,7 +146,7 @@ def applicable_grants(
         who |= Q(principal_kind=PrincipalKind.DEPARTMENT, principal_department=department)
     live_fields = GrantField.objects.filter(Q(lapsed_at__isnull=True) | Q(lapsed_at__gt=at))
     return list(
-        Grant.objects.filter(who, _active_grants_q(at), dataset=dataset)
+        Grant.objects.filter(who, active_grants_q(at), dataset=dataset)
         .select_related("principal_user", "principal_department")
         .prefetch_related(Prefetch("fields", queryset=live_fields, to_attr="live_fields"))
         .order_by("id")

@@ -35,6 +35,7 @@ from exchange.models.audit import AuditOutcome
 from exchange.policy import EffectiveView, FieldAccess, RowFilter, effective_view
 from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
 
+EXPORT_CHUNK_BYTES = 256 * 1024
 # Grantees read published and deprecated datasets; the owner reads whatever is in the store.
 READABLE_STATUSES = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
 
@@ -548,7 +549,7 @@ def _jsonable(value: Any) -> Any:
 
 def _python_value(value: Any, field_type: str) -> Any:
     """Normalise what the database returned to the field's type (SQLite keeps booleans,
-    dates and JSON in other forms)."""
+    decimals and JSON in other forms; PostgreSQL returns them typed already)."""
     if value is None:
         return None
     if field_type == FieldType.BOOLEAN and not isinstance(value, bool):
@@ -561,6 +562,26 @@ def _python_value(value: Any, field_type: str) -> Any:
     if field_type == FieldType.DECIMAL and not isinstance(value, decimal.Decimal):
         return decimal.Decimal(str(value))
     return value
+
+
+_NEEDS_CONVERSION_ON_SQLITE = {FieldType.BOOLEAN, FieldType.JSON, FieldType.DECIMAL}
+
+
+def _converters(columns: Sequence[Column]) -> list[tuple[int, str]]:
+    """(position, type) of the columns whose values need normalising on this database."""
+    if is_postgres():
+        return []
+    return [(i, c.field_type) for i, c in enumerate(columns) if c.field_type in _NEEDS_CONVERSION_ON_SQLITE]
+
+
+def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[list[Any]]:
+    converters = _converters(columns)
+    out = [list(r) for r in rows]
+    if converters:
+        for row in out:
+            for i, field_type in converters:
+                row[i] = _python_value(row[i], field_type)
+    return out
 
 
 @dataclass(frozen=True)
@@ -577,10 +598,10 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
         raw = cursor.fetchall()
     has_next = len(raw) > query.page_size
     raw = raw[: query.page_size]
-    rows = [
-        {c.name: _jsonable(_python_value(v, c.field_type)) for c, v in zip(select.columns, r[:width], strict=True)}
-        for r in raw
-    ]
+    names = [c.name for c in select.columns]
+    # Values stay Python objects (Decimal, date, datetime); the API's JSON renderer and the
+    # templates format them.
+    rows = [dict(zip(names, r[:width], strict=True)) for r in _normalise(raw, select.columns)]
     next_cursor = encode_cursor(view, list(raw[-1][width:])) if has_next and raw else None
     return Page(rows, next_cursor)
 
@@ -590,15 +611,18 @@ def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
     """Every row of the view in batches through a server-side cursor (PostgreSQL) so memory
     stays flat whatever the size. Values are normalised to the fields' types."""
     select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
-    types = [c.field_type for c in select.columns]
+    converters = _converters(select.columns)
     with connection.chunked_cursor() as cursor:
         cursor.execute(select.sql, select.params)
         while True:
             batch = cursor.fetchmany(batch_size)
             if not batch:
                 return
-            for row in batch:
-                yield tuple(_python_value(v, t) for v, t in zip(row, types, strict=True))
+            if not converters:
+                yield from batch
+                continue
+            for row in _normalise(batch, select.columns):
+                yield tuple(row)
 
 
 # --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
@@ -629,10 +653,24 @@ def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, vi
     )
 
 
+def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: EffectiveView, action: str,
+                    params: dict[str, Any], default_page_size: int | None = None) -> RecordQuery:
+    """Parse the query; a refused one (a hidden field, a bad operator) is recorded as a denied
+    read, with the parameter names only, so probing shows up in the audit trail."""
+    try:
+        return parse_query(view, params, default_page_size=default_page_size)
+    except ApplicationError as exc:
+        audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset, dataset_id=dataset.pk,
+                     department_id=dataset.department_id,
+                     details={"reason": exc.code, "parameters": sorted(params)})
+        raise
+
+
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
               action: str = "records.read", page_size: int | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
     view = readable_view(user=user, dataset=dataset, action=action)
-    query = parse_query(view, params, default_page_size=page_size)
+    query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
+                            default_page_size=page_size)
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     page = fetch_page(view, table, query) if store_exists(dataset) else Page([], None)
     _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
@@ -647,7 +685,8 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     if fmt not in {"csv", "ndjson"}:
         raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
     view = readable_view(user=user, dataset=dataset, action="records.export")
-    query = parse_query(view, {k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
+    query = _parse_or_audit(user=user, dataset=dataset, view=view, action="records.export",
+                            params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     exists = store_exists(dataset)
 
@@ -677,7 +716,7 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                     buffer.write(json.dumps(dict(zip(query.fields, row, strict=True)), default=_json_default,
                                             ensure_ascii=False))
                     buffer.write("\n")
-                if buffer.tell() > 65536:
+                if buffer.tell() >= EXPORT_CHUNK_BYTES:
                     yield buffer.getvalue().encode()
                     buffer.seek(0)
                     buffer.truncate()
@@ -723,8 +762,15 @@ def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied
     raw = connection.connection
     with raw.cursor() as cursor:
         with cursor.copy(statement, select.params) as copy:
+            # COPY hands over about one row per block; send the client fewer, larger chunks.
+            buffer = bytearray()
             for block in copy:
-                yield bytes(block)
+                buffer += block
+                if len(buffer) >= EXPORT_CHUNK_BYTES:
+                    yield bytes(buffer)
+                    buffer.clear()
+            if buffer:
+                yield bytes(buffer)
         copied[0] = max(cursor.rowcount, 0)
 
 

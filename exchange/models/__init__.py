@@ -9,7 +9,7 @@ from exchange.models.access import (
     RequestEvent,
     RequestStatus,
 )
-from exchange.models.audit import AuditEvent
+from exchange.models.audit import AuditCheckpoint, AuditEvent
 from exchange.models.ops import WorkerHeartbeat
 from exchange.models.sync import (
     Connection,
@@ -27,8 +27,8 @@ from exchange.models.sync import (
 )
 
 __all__ = [
-    "AccessForm", "AccessRequest", "AuditEvent", "FieldDecision", "Grant", "GrantField", "GrantStatus",
-    "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
+    "AccessForm", "AccessRequest", "AuditCheckpoint", "AuditEvent", "FieldDecision", "Grant", "GrantField",
+    "GrantStatus", "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
     "Connection", "ConnectionKind", "FileFormat", "QuarantinedRow", "Run", "RunKind", "RunMode", "RunStatus",
     "RunTrigger", "Source", "Subscription", "SubscriptionStatus",
 ]
