@@ -17,7 +17,7 @@ from django.utils import timezone
 from catalog.models import Dataset, Field, SchemaVersion
 from departments.models import Department
 from exchange.models import Connection, FileFormat, Source
-from exchange.store import store_ensure_table
+from exchange.store import store_drop_table, store_ensure_table
 from exchange.sync import secrets
 
 # (name, type, is_key, sensitivity)
@@ -45,6 +45,9 @@ def published_dataset(
     dataset.status = "published"
     dataset.published_at = timezone.now()
     dataset.save()
+    # Store tables are not Django's: a transactional test's flush leaves them behind, and on
+    # SQLite a later dataset can get the same id again.
+    store_drop_table(dataset.pk)
     store_ensure_table(dataset)
     return dataset
 

@@ -185,3 +185,25 @@ def test_list_endpoints_use_a_constant_number_of_queries(as_user, people, datase
     for url, n in counts.items():
         with django_assert_num_queries(n):
             assert api.get(url).status_code == 200
+
+
+def test_run_now_and_purge_a_subscription(as_user, people, dataset, other_department, tmp_path):
+    import sqlite3
+
+    from exchange.models import Subscription
+
+    health_steward = MembershipFactory(department=other_department, role="steward").user
+    path = tmp_path / "h.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE permits (permit_id integer)")
+    db.commit()
+    target = connection(department=other_department, kind="sqlite", secret=str(path))
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=target,
+                                      target_table="permits", delivered_columns=[["permit_id", "integer"]])
+    assert as_user(people["steward"]).post(f"/api/v1/sync/subscriptions/{sub.pk}/run/").status_code == 404
+    api = as_user(health_steward)
+    response = api.post(f"/api/v1/sync/subscriptions/{sub.pk}/run/")
+    assert response.status_code == 202 and response.json()["kind"] == "delivery"
+    response = api.post(f"/api/v1/sync/subscriptions/{sub.pk}/purge/")
+    assert response.status_code == 200 and response.json()["purged_at"] is not None
+    assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'permits'").fetchone() == (0,)
