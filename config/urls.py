@@ -8,6 +8,7 @@ from exchange.apis import HealthApi
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("departments.urls")),
+    path("", include("catalog.urls")),
     path("", include("exchange.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
