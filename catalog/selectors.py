@@ -292,3 +292,16 @@ def review_queue(*, user: UserLike) -> QuerySet[Dataset]:
 
 def department_by_slug(*, slug: str) -> Department | None:
     return Department.objects.filter(slug=slug, is_active=True).first()
+
+
+def dataset_published_list(*, user: UserLike, filters: DatasetFilters | None = None) -> QuerySet[Dataset]:
+    """What the DCAT and CKAN exports show: published or deprecated datasets the user may see,
+    with their current schema's fields."""
+    return dataset_list_with_schema(user=user, filters=filters).filter(status__in=LISTED)
+
+
+def dataset_published_get(*, user: UserLike, dataset_id: int) -> Dataset:
+    dataset = dataset_published_list(user=user).filter(pk=dataset_id).first()
+    if dataset is None:
+        raise NotFoundError("No such dataset.")
+    return dataset

@@ -24,6 +24,8 @@ urlpatterns = [
     path("departments/<slug:slug>/", department_views.department_detail, name="ui-department-detail"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("api/3/action/", include("catalog.ckan_urls")),
+    path("", include("catalog.dcat_urls")),
 ]
 
 handler403 = "departments.views.error_403"

@@ -278,3 +278,17 @@ def test_reviewer_sees_schema_review_of_a_restricted_dataset_in_queue(as_user, c
     assert [(q["id"], q["kind"], q["review_version"]) for q in queue] == [(dataset.pk, "schema_version", 2)]
     assert reviewer.get(f"/api/v1/datasets/{dataset.pk}/").status_code == 200
     assert_error(as_user(cast["analyst"]).get("/api/v1/review-queue/"), 403)
+
+
+def test_admin_is_read_only(client, cast, make_dataset):
+    dataset = make_dataset("published")
+    client.force_login(cast["operator"])
+    cast["operator"].is_superuser = True
+    cast["operator"].save()
+    assert client.get(f"/admin/catalog/dataset/{dataset.pk}/change/").status_code == 200
+    response = client.post(f"/admin/catalog/dataset/{dataset.pk}/change/", {"title": "Hacked"})
+    assert response.status_code == 403
+    assert client.post(f"/admin/catalog/dataset/{dataset.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert client.get("/admin/catalog/dataset/add/").status_code == 403
+    dataset.refresh_from_db()
+    assert dataset.title != "Hacked"
