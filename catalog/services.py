@@ -41,6 +41,7 @@ from catalog.models import (
     Visibility,
     field_name_validator,
 )
+from catalog.selectors import is_owner_steward
 from config.api.errors import ApplicationError, ConflictError, PermissionDeniedError
 from departments.models import CityRole, Department, Membership, Role
 from departments.notifications import notify
@@ -120,16 +121,6 @@ def _link(dataset: Dataset) -> str:
 
 
 # --- Who may -----------------------------------------------------------------------------------
-
-def is_owner_steward(*, user: Actor, dataset: Dataset) -> bool:
-    if user is None or not user.is_authenticated:
-        return False
-    if not principal_of(user).has_role(dataset.department_id, Role.STEWARD):
-        return False
-    # The department group holds catalog.change_dataset on each of its datasets (given at
-    # creation); a steward acts through it, so revoking it stops edits without a role change.
-    return user.has_perm("catalog.change_dataset", dataset)
-
 
 def _require_steward(actor: Actor, dataset: Dataset) -> None:
     if not is_owner_steward(user=actor, dataset=dataset):
@@ -627,7 +618,6 @@ def _dataset_step(actor: Actor, dataset: Dataset, spec: Transition, comment: str
     from_status = dataset.status
     dataset.status = spec.to_status
     now = timezone.now()
-    previous: SchemaVersion | None = None
     if version is not None and dataset.current_schema_id is None:
         # Before the first publication, version 1 moves in step with the dataset.
         in_step: dict[str, str] = {
@@ -646,7 +636,7 @@ def _dataset_step(actor: Actor, dataset: Dataset, spec: Transition, comment: str
         _refresh_search(dataset)
     _notify_step(actor, dataset, None, spec.action, comment)
     if spec.action == "approve" and version is not None:
-        _send_published(dataset, version, previous)
+        _send_published(dataset, version, None)
     return dataset
 
 

@@ -129,3 +129,28 @@ def test_unknown_action_and_bad_token(api):
     failed(api.get(f"{BASE}package_create"), 400, "Bad request")
     api.credentials(HTTP_AUTHORIZATION="Token " + "a" * 64)
     failed(api.get(f"{BASE}package_list"), 401, "Authorization Error")
+
+
+def test_package_search_and_dcat_cost_constant_queries(as_user, cast, make_dataset):
+    from departments.selectors import principal_forget
+
+    client = as_user(cast["outsider"])
+
+    def measure() -> list[int]:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        counts = []
+        for url in (f"{BASE}package_search?rows=100", "/catalog.ttl", f"{BASE}organization_list?all_fields=true"):
+            principal_forget(cast["outsider"])
+            with CaptureQueriesContext(connection) as ctx:
+                assert client.get(url).status_code == 200
+            counts.append(len(ctx.captured_queries))
+        return counts
+
+    for i in range(2):
+        make_dataset("published", title=f"Permits {i}")
+    small = measure()
+    for i in range(4):
+        make_dataset("published", title=f"More permits {i}")
+    assert measure() == small
