@@ -351,7 +351,7 @@ class DatasetTransitionApi(APIView):
 class DatasetTimelineApi(APIView):
     class OutputSerializer(serializers.ModelSerializer):
         actor: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True)
-        schema_version = serializers.IntegerField(source="schema_version.number", allow_null=True, default=None)
+        schema_version = serializers.IntegerField(source="schema_number", allow_null=True)
 
         class Meta:
             model = DatasetTransition

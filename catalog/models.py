@@ -229,9 +229,11 @@ class DatasetTransition(models.Model):
     the timeline shown to stewards and reviewers. Append-only, written by the services."""
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="transitions")
-    # Set when the step moved a schema version of an already published dataset.
-    schema_version = models.ForeignKey(SchemaVersion, on_delete=models.CASCADE, null=True, blank=True,
+    # Set when the step moved a schema version of an already published dataset. The number is
+    # kept as well so that the timeline still names a draft version after it was discarded.
+    schema_version = models.ForeignKey(SchemaVersion, on_delete=models.SET_NULL, null=True, blank=True,
                                        related_name="transitions")
+    schema_number = models.PositiveIntegerField(null=True, blank=True)
     action = models.CharField(max_length=32)
     from_status = models.CharField(max_length=20, blank=True)
     to_status = models.CharField(max_length=20)

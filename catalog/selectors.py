@@ -270,7 +270,7 @@ def schema_version_list(*, user: UserLike, dataset: Dataset) -> list[SchemaVersi
 
 
 def dataset_timeline(*, dataset: Dataset) -> QuerySet[DatasetTransition]:
-    return DatasetTransition.objects.filter(dataset=dataset).select_related("actor", "schema_version").order_by(
+    return DatasetTransition.objects.filter(dataset=dataset).select_related("actor").order_by(
         "created_at", "id")
 
 

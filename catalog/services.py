@@ -169,7 +169,7 @@ def _transition_spec(dataset: Dataset, pending: SchemaVersion | None, action: st
 def _last_submitter_id(dataset: Dataset, pending: SchemaVersion | None) -> int | None:
     qs = DatasetTransition.objects.filter(dataset=dataset, action="submit")
     qs = qs.filter(schema_version=pending) if pending is not None and dataset.current_schema_id else qs.filter(
-        schema_version__isnull=True)
+        schema_number__isnull=True)
     return qs.order_by("-created_at", "-id").values_list("actor_id", flat=True).first()
 
 
@@ -598,8 +598,8 @@ def dataset_transition(*, actor: Actor, dataset: Dataset, action: str, comment: 
 def _record(actor: Actor, dataset: Dataset, version: SchemaVersion | None, action: str, from_status: str,
             to_status: str, comment: str, audit_action: str, details: dict[str, Any] | None = None) -> None:
     DatasetTransition.objects.create(
-        dataset=dataset, schema_version=version, action=action, from_status=from_status, to_status=to_status,
-        actor=_user(actor), comment=comment,
+        dataset=dataset, schema_version=version, schema_number=version.number if version else None, action=action,
+        from_status=from_status, to_status=to_status, actor=_user(actor), comment=comment,
     )
     audit_record(
         actor=actor, action=audit_action, obj=version if audit_action.startswith("schema.") else dataset,
@@ -634,6 +634,12 @@ def _dataset_step(actor: Actor, dataset: Dataset, spec: Transition, comment: str
     _record(actor, dataset, None, spec.action, from_status, spec.to_status, comment, f"dataset.{spec.action}")
     if spec.action == "approve":
         _refresh_search(dataset)
+    if spec.action == "retire":
+        # A retired dataset takes no new schema: a version still being prepared goes with it.
+        for leftover in SchemaVersion.objects.filter(dataset=dataset, status__in=PENDING_SCHEMA_STATUSES):
+            _record(actor, dataset, leftover, "discard", leftover.status, "discarded", "Dataset retired.",
+                    "schema.discard", {"version": leftover.number})
+            leftover.delete()
     _notify_step(actor, dataset, None, spec.action, comment)
     if spec.action == "approve" and version is not None:
         _send_published(dataset, version, None)
@@ -646,7 +652,7 @@ def _schema_step(actor: Actor, dataset: Dataset, version: SchemaVersion, spec: T
         raise ApplicationError("This schema version changes nothing; edit it or discard it.",
                                fields={"schema": ["No change to the current schema."]}, code="incomplete")
     if spec.action == "discard":
-        _record(actor, dataset, None, "discard_schema", from_status, "discarded", comment, "schema.discard",
+        _record(actor, dataset, version, "discard", from_status, "discarded", comment, "schema.discard",
                 {"version": version.number})
         version.delete()
         return dataset
@@ -679,9 +685,7 @@ def _notify_step(actor: Actor, dataset: Dataset, version: SchemaVersion | None, 
                kind=f"{kind_prefix}.submitted", subject=f"Review requested: {what}", body=body,
                link=_link(dataset), action_required=True, obj=dataset)
     elif action in ("approve", "request_changes"):
-        submitter_id = DatasetTransition.objects.filter(
-            dataset=dataset, action="submit", schema_version=version).order_by("-created_at", "-id").values_list(
-            "actor_id", flat=True).first()
+        submitter_id = _last_submitter_id(dataset, version)
         recipients = _stewards(dataset) + ([User.objects.get(pk=submitter_id)] if submitter_id else [])
         verb = "published" if action == "approve" else "needs changes"
         outcome = "approved" if action == "approve" else "changes_requested"

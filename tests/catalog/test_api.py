@@ -269,3 +269,13 @@ class TestInbox:
         assert client.post("/api/v1/inbox/read/", {"ids": [other.pk]}, format="json").json() == {"marked": 0}
         assert as_user(cast["steward_reviewer"]).post("/api/v1/inbox/read/", {}, format="json").json() == {
             "marked": 1}
+
+
+def test_catalogue_endpoints_are_in_the_openapi_schema(api):
+    paths = api.get("/api/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()["paths"]
+    for expected in ("/api/v1/datasets/", "/api/v1/datasets/{dataset_id}/", "/api/v1/datasets/{dataset_id}/schema/",
+                     "/api/v1/datasets/{dataset_id}/schema/versions/", "/api/v1/datasets/{dataset_id}/transitions/",
+                     "/api/v1/datasets/{dataset_id}/timeline/", "/api/v1/search/", "/api/v1/review-queue/",
+                     "/api/v1/inbox/", "/api/v1/inbox/read/"):
+        assert expected in paths, expected
+    assert set(paths["/api/v1/datasets/{dataset_id}/"]) == {"get", "patch", "delete"}

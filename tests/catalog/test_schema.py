@@ -118,9 +118,25 @@ class TestVersioning:
         dataset = make_dataset("published")
         client = as_user(cast["steward"])
         put_schema(client, dataset, [*PERMIT_FIELDS, {"name": "x_coord", "type": "decimal", "sensitivity": "public"}])
+        client.post(f"/api/v1/datasets/{dataset.pk}/transitions/", {"action": "submit"})
+        client.post(f"/api/v1/datasets/{dataset.pk}/transitions/", {"action": "withdraw"})
         response = client.post(f"/api/v1/datasets/{dataset.pk}/transitions/", {"action": "discard"})
         assert response.status_code == 200
         assert list(SchemaVersion.objects.filter(dataset=dataset).values_list("number", flat=True)) == [1]
+        timeline = client.get(f"/api/v1/datasets/{dataset.pk}/timeline/").json()
+        assert [(t["action"], t["schema_version"]) for t in timeline][-3:] == [
+            ("submit", 2), ("withdraw", 2), ("discard", 2)]
+        assert AuditEvent.objects.filter(action="schema.discard", dataset_id=dataset.pk).exists()
+
+    def test_retiring_discards_a_pending_version(self, as_user, cast, make_dataset):
+        dataset = make_dataset("deprecated")
+        client = as_user(cast["steward"])
+        put_schema(client, dataset, [*PERMIT_FIELDS, {"name": "x_coord", "type": "decimal", "sensitivity": "public"}])
+        client.post(f"/api/v1/datasets/{dataset.pk}/transitions/", {"action": "submit"})
+        assert client.post(f"/api/v1/datasets/{dataset.pk}/transitions/", {"action": "retire"}).json()[
+            "allowed_actions"] == []
+        assert list(SchemaVersion.objects.filter(dataset=dataset).values_list("number", "status")) == [
+            (1, "published")]
 
     def test_renamed_from_must_name_a_current_field(self, as_user, cast, make_dataset):
         dataset = make_dataset("published")
