@@ -30,7 +30,7 @@ from catalog.models import (
 from config.api.auth import request_user
 from config.api.errors import ApplicationError
 from config.api.pagination import PageNumberPagination
-from departments.selectors import user_by_username
+from departments.selectors import department_list, user_by_username
 
 # --- Shared output shapes ----------------------------------------------------------------------
 
@@ -158,22 +158,27 @@ def _paginate(request: Request, view: APIView, qs: Any) -> tuple[PageNumberPagin
 
 # --- Datasets ----------------------------------------------------------------------------------
 
+class DatasetMetadataInput(serializers.Serializer):
+    # Shapes only; the service validates the values (choices, themes, contact membership).
+    title = serializers.CharField(max_length=200)
+    slug = serializers.CharField(max_length=100)
+    description = serializers.CharField()
+    themes = serializers.ListField(child=serializers.CharField(max_length=8), required=False,
+                                   help_text=", ".join(Theme.values))
+    keywords = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
+    licence = serializers.CharField(max_length=32, required=False, help_text=", ".join(Licence.values))
+    update_frequency = serializers.CharField(max_length=16, required=False,
+                                             help_text=", ".join(UpdateFrequency.values))
+    temporal_start = serializers.DateField(required=False, allow_null=True)
+    temporal_end = serializers.DateField(required=False, allow_null=True)
+    spatial = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    contact = serializers.CharField(max_length=150, required=False, help_text="Username of the contact.")
+    visibility = serializers.CharField(max_length=16, required=False, help_text=", ".join(Visibility.values))
+
+
 class DatasetListApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class InputSerializer(DatasetMetadataInput):
         department = serializers.CharField(max_length=80, help_text="Slug of the owning department.")
-        title = serializers.CharField(max_length=200)
-        slug = serializers.CharField(max_length=100)
-        description = serializers.CharField()
-        themes = serializers.ListField(child=serializers.CharField(max_length=8), required=False)
-        keywords = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
-        licence = serializers.CharField(max_length=32, required=False, help_text=", ".join(Licence.values))
-        update_frequency = serializers.CharField(max_length=16, required=False,
-                                                 help_text=", ".join(UpdateFrequency.values))
-        temporal_start = serializers.DateField(required=False, allow_null=True)
-        temporal_end = serializers.DateField(required=False, allow_null=True)
-        spatial = serializers.CharField(max_length=200, required=False, allow_blank=True)
-        contact = serializers.CharField(max_length=150, required=False, help_text="Username of the contact.")
-        visibility = serializers.CharField(max_length=16, required=False, help_text=", ".join(Visibility.values))
 
     @extend_schema(operation_id="datasets_list", parameters=[FilterSerializer],
                    responses=_page("DatasetPage", DatasetSummaryOutput(many=True)))
@@ -187,7 +192,7 @@ class DatasetListApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
-        department = selectors.department_by_slug(slug=values.pop("department"))
+        department = department_list(user=request.user).filter(slug=values.pop("department")).first()
         if department is None:
             raise ApplicationError("No such department.", fields={"department": ["Unknown department."]})
         if "contact" in values:
@@ -205,19 +210,8 @@ def _contact(username: str) -> User:
 
 
 class DatasetDetailApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        title = serializers.CharField(max_length=200, required=False)
-        slug = serializers.CharField(max_length=100, required=False)
-        description = serializers.CharField(required=False)
-        themes = serializers.ListField(child=serializers.CharField(max_length=8), required=False)
-        keywords = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
-        licence = serializers.CharField(max_length=32, required=False)
-        update_frequency = serializers.CharField(max_length=16, required=False)
-        temporal_start = serializers.DateField(required=False, allow_null=True)
-        temporal_end = serializers.DateField(required=False, allow_null=True)
-        spatial = serializers.CharField(max_length=200, required=False, allow_blank=True)
-        contact = serializers.CharField(max_length=150, required=False, help_text="Username of the contact.")
-        visibility = serializers.CharField(max_length=16, required=False)
+    class InputSerializer(DatasetMetadataInput):
+        """Any subset of the metadata (a partial update)."""
 
     @extend_schema(responses=DatasetDetailOutput)
     def get(self, request: Request, dataset_id: int) -> Response:

@@ -179,9 +179,9 @@ def _apply_fq(qs: QuerySet[Dataset], fq: str) -> QuerySet[Dataset]:
             term = Q(department__slug=value) | Q(department_id=int(value)) if value.isdigit() else Q(
                 department__slug=value)
         elif key == "tags":
-            term = Q(keywords__icontains=json.dumps(value))
+            term = Q(keywords__icontains=selectors.json_element(value))
         elif key == "groups":
-            term = Q(themes__icontains=json.dumps(value.upper()))
+            term = Q(themes__icontains=selectors.json_element(value.upper()))
         elif key == "license_id":
             term = Q(licence=value)
         elif key == "name":

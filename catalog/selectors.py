@@ -55,7 +55,7 @@ from catalog.models import (
     Visibility,
 )
 from config.api.errors import NotFoundError, PermissionDeniedError
-from departments.models import Department, Role
+from departments.models import Role
 from departments.selectors import principal_of
 
 LISTED = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
@@ -147,7 +147,7 @@ class DatasetFilters:
     visibility: str = ""
 
 
-def _json_element(value: str) -> str:
+def json_element(value: str) -> str:
     """How one string of a JSON list appears in the list's JSON text (for icontains)."""
     return json.dumps(value)
 
@@ -162,9 +162,9 @@ def _apply_filters(qs: QuerySet[Dataset], f: DatasetFilters) -> QuerySet[Dataset
     if f.department:
         qs = qs.filter(Q(department__slug=f.department) | Q(department__code=f.department))
     if f.theme:
-        qs = qs.filter(themes__icontains=_json_element(f.theme.upper()))
+        qs = qs.filter(themes__icontains=json_element(f.theme.upper()))
     if f.keyword:
-        qs = qs.filter(keywords__icontains=_json_element(f.keyword))
+        qs = qs.filter(keywords__icontains=json_element(f.keyword))
     if f.sensitivity:
         qs = qs.filter(_with_sensitivity(f.sensitivity))
     if f.status:
@@ -294,10 +294,6 @@ def review_queue(*, user: UserLike) -> QuerySet[Dataset]:
         )
         .order_by("submitted_at", "id")
     )
-
-
-def department_by_slug(*, slug: str) -> Department | None:
-    return Department.objects.filter(slug=slug, is_active=True).first()
 
 
 def dataset_published_list(*, user: UserLike, filters: DatasetFilters | None = None) -> QuerySet[Dataset]:
