@@ -8,6 +8,8 @@ class ExchangeConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
+        from exchange import ckan_datastore
         from exchange.records import register_sqlite_functions
 
         connection_created.connect(register_sqlite_functions, dispatch_uid="exchange.sqlite_functions")
+        ckan_datastore.register()
