@@ -16,3 +16,29 @@ def housekeeping_heartbeat(self) -> None:  # type: ignore[no-untyped-def]
 @shared_task(name="exchange.tasks.housekeeping_purge_expired_tokens", ignore_result=True)
 def housekeeping_purge_expired_tokens() -> int:
     return services.purge_expired_tokens()
+
+
+# --- Grants: expiry, renewal reminders, recertification ----------------------------------------
+# Each service works in fixed-size batches and claims every grant with a conditional update, so
+# overlapping runs (or a run redelivered after a worker died) never act on a grant twice. What a
+# batch leaves over, the next beat run takes.
+
+from exchange import access_services  # noqa: E402
+
+
+@shared_task(name="exchange.tasks.housekeeping_expire_grants", ignore_result=True, soft_time_limit=600,
+             time_limit=660)
+def housekeeping_expire_grants() -> int:
+    return access_services.grant_expire_due()
+
+
+@shared_task(name="exchange.tasks.housekeeping_grant_reminders", ignore_result=True, soft_time_limit=600,
+             time_limit=660)
+def housekeeping_grant_reminders() -> int:
+    return access_services.grant_send_reminders()
+
+
+@shared_task(name="exchange.tasks.housekeeping_recertification", ignore_result=True, soft_time_limit=600,
+             time_limit=660)
+def housekeeping_recertification() -> int:
+    return access_services.grant_recertification_notify()
