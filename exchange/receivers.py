@@ -37,9 +37,10 @@ def lapsing_field_names(*, changes: list[dict[str, Any]], previous_fields: dict[
             continue
         kind = change.get("change")
         if kind in LAPSING_CHANGES:
-            for key in ("field", "from", "old", "old_name", "renamed_from", "previous_name"):
-                if isinstance(change.get(key), str):
-                    names.add(change[key])
+            # A rename is named by its new name with the old one beside it; grants know the old.
+            keys = ("field", "from", "old", "old_name", "renamed_from", "previous_name") if kind == "renamed" \
+                else ("field",)
+            names.update(change[key] for key in keys if isinstance(change.get(key), str))
         elif kind == "sensitivity":
             before = _rank(change.get("from", change.get("old")))
             after = _rank(change.get("to", change.get("new")))
