@@ -237,6 +237,23 @@ class FieldDecisionInput(serializers.Serializer):
                                    help_text="Required when the field is denied.")
 
 
+class AccessRequestCommentApi(APIView):
+    """Add a comment to a request's timeline, e.g. a steward's question and the answer."""
+
+    class InputSerializer(serializers.Serializer):
+        comment = serializers.CharField(max_length=5000)
+
+    @extend_schema(request=InputSerializer, responses={201: AccessRequestDetailOutput})
+    def post(self, request: Request, request_id: int) -> Response:
+        user = request_user(request)
+        access_request = sel.access_request_get(user=user, request_id=request_id)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.access_request_comment(actor=user, access_request=access_request,
+                                        comment=data.validated_data["comment"])
+        return Response(_request_detail(user, request_id), status=status.HTTP_201_CREATED)
+
+
 class AccessRequestDecideApi(APIView):
     """Decide every requested field. An approved field without a form gets the default of its
     classification (see form-defaults); clear on a personal field needs `clear_reason`."""

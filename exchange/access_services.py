@@ -351,7 +351,38 @@ def access_request_withdraw(*, actor: User, access_request: AccessRequest, comme
         department_id=access_request.dataset.department_id, dataset_id=access_request.dataset_id,
         fields=access_request.fields, purpose=access_request.purpose, details={"comment": comment},
     )
+    notify(recipients=sel.stewards_of(access_request.dataset.department_id), kind="access_request.withdrawn",
+           subject=f"Access request withdrawn: {access_request.dataset.title}", body=comment,
+           link=_link_request(access_request), obj=access_request)
     return access_request
+
+
+@transaction.atomic
+def access_request_comment(*, actor: User, access_request: AccessRequest, comment: str) -> RequestEvent:
+    """Add a comment to the timeline (a question from the steward, an answer from the
+    requester). Open to the requesting side, the owning stewards and DPOs; the other side is told."""
+    p = principal_of(actor)
+    requester_side = (actor.pk in (access_request.requested_by_id, access_request.principal_user_id)
+                      or (access_request.principal_department_id is not None
+                          and p.has_role(access_request.principal_department_id, Role.STEWARD, Role.ADMIN)))
+    owner_side = p.has_role(access_request.dataset.department_id, Role.STEWARD) or p.is_dpo
+    if not (requester_side or owner_side):
+        raise PermissionDeniedError("Only the requesting side, the owning stewards and DPOs may comment.")
+    if not comment.strip():
+        raise ApplicationError("Write a comment.", fields={"comment": ["This field is required."]})
+    event = RequestEvent.objects.create(request=access_request, actor=actor, action="commented",
+                                        comment=comment.strip())
+    audit_record(
+        actor=actor, action="access_request.comment", obj=access_request,
+        department_id=access_request.dataset.department_id, dataset_id=access_request.dataset_id,
+        details={"event": event.pk},
+    )
+    recipients = sel.stewards_of(access_request.dataset.department_id) if requester_side \
+        else _requester_side(access_request)
+    notify(recipients=[u for u in recipients if u.pk != actor.pk], kind="access_request.commented",
+           subject=f"New comment on an access request: {access_request.dataset.title}", body=comment.strip(),
+           link=_link_request(access_request), obj=access_request)
+    return event
 
 
 def four_eyes_check(*, actor: User, access_request: AccessRequest) -> None:

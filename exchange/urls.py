@@ -14,6 +14,8 @@ urlpatterns += [
          name="access-request-detail"),
     path("access-requests/<int:request_id>/withdraw/", access_apis.AccessRequestWithdrawApi.as_view(),
          name="access-request-withdraw"),
+    path("access-requests/<int:request_id>/comments/", access_apis.AccessRequestCommentApi.as_view(),
+         name="access-request-comment"),
     path("access-requests/<int:request_id>/decide/", access_apis.AccessRequestDecideApi.as_view(),
          name="access-request-decide"),
     path("access-requests/<int:request_id>/form-defaults/", access_apis.AccessRequestFormDefaultsApi.as_view(),

@@ -284,3 +284,21 @@ class TestExplain:
     def test_restricted_dataset_is_404_for_strangers(self, as_user, cast, department):
         dataset = published_dataset(department, visibility="restricted")
         error_of(as_user(cast["analyst_h"]).get(self.url(dataset, f"user={cast['analyst_h'].username}")), 404)
+
+
+class TestHousekeepingSetup:
+    def test_beat_schedules_the_grant_tasks(self):
+        from config.celery import app
+
+        scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+        assert {"exchange.tasks.housekeeping_expire_grants", "exchange.tasks.housekeeping_grant_reminders",
+                "exchange.tasks.housekeeping_recertification"} <= scheduled
+        assert app.conf.task_routes["exchange.tasks.housekeeping_*"] == {"queue": "housekeeping"}
+
+    @pytest.mark.parametrize("value", ["0", "two weeks"])
+    def test_bad_day_settings_fail_loudly(self, value):
+        from tests.test_foundation import run_manage
+
+        result = run_manage("check", env={"DEBUG": "1", "GRANT_REMINDER_DAYS": value})
+        assert result.returncode != 0
+        assert "GRANT_REMINDER_DAYS" in result.stderr or f"'{value}'" in result.stderr

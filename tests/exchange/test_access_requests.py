@@ -175,6 +175,7 @@ class TestWithdraw:
         assert response.json()["status"] == "withdrawn"
         assert [e["action"] for e in response.json()["timeline"]] == ["submitted", "withdrawn"]
         assert AuditEvent.objects.filter(action="access_request.withdraw", dataset_id=dataset.pk).exists()
+        assert Notification.objects.filter(kind="access_request.withdrawn", recipient=cast["steward"]).exists()
 
     def test_others_may_not_withdraw(self, as_user, cast, dataset):
         access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id"])
@@ -241,3 +242,19 @@ class TestVisibility:
         }
         assert [r["name"] for r in body if r["clear_needs_reason"]] == ["passenger_name"]
         assert RequestEvent.objects.filter(request=access_request).count() == 1
+
+
+class TestComments:
+    def test_steward_asks_and_requester_answers(self, as_user, cast, dataset):
+        access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id"])
+        url = f"/api/v1/access-requests/{access_request.pk}/comments/"
+        assert as_user(cast["steward"]).post(url, {"comment": "Which districts?"}).status_code == 201
+        response = as_user(cast["analyst_h"]).post(url, {"comment": "North only."})
+        assert response.status_code == 201, response.content
+        assert [(e["action"], e["comment"]) for e in response.json()["timeline"][1:]] == [
+            ("commented", "Which districts?"), ("commented", "North only.")]
+        assert Notification.objects.filter(kind="access_request.commented", recipient=cast["analyst_h"]).exists()
+        assert Notification.objects.filter(kind="access_request.commented", recipient=cast["steward2"]).exists()
+        assert AuditEvent.objects.filter(action="access_request.comment").count() == 2
+        error_of(as_user(cast["auditor"]).post(url, {"comment": "Hm"}), 403)
+        error_of(as_user(cast["nobody"]).post(url, {"comment": "Hm"}), 404)
