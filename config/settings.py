@@ -199,6 +199,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"login": env.str("LOGIN_THROTTLE_RATE", default="20/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # `?format=` belongs to the export endpoints (csv, ndjson), not to renderer selection.
+    "URL_FORMAT_OVERRIDE": None,
 }
 REST_KNOX = {
     "TOKEN_TTL": timedelta(hours=env.int("API_TOKEN_TTL_HOURS", default=24 * 7)),
@@ -244,6 +246,20 @@ else:
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
 # --- Exchange-specific ----------------------------------------------------------------------
+def _derived_key(label: str) -> str:
+    # Development convenience only: a key derived from SECRET_KEY. Production sets its own, so
+    # that rotating SECRET_KEY (sessions) does not change pseudonyms or break signatures.
+    import hashlib
+    import hmac
+
+    return hmac.new(SECRET_KEY.encode(), label.encode(), hashlib.sha256).hexdigest()
+
+
+# Key of the keyed hash (HMAC-SHA256) that pseudonymises granted fields. Pseudonyms are stable
+# for joins across datasets and deliveries, and cannot be reversed without this key.
+PSEUDONYM_KEY = env.str("PSEUDONYM_KEY", default="") or _derived_key("exchange-pseudonyms")
+RECORDS_PAGE_SIZE = env.int("RECORDS_PAGE_SIZE", default=100)
+RECORDS_MAX_PAGE_SIZE = env.int("RECORDS_MAX_PAGE_SIZE", default=1000)
 # How long a heartbeat from a worker counts as "alive" on the health endpoint.
 WORKER_HEARTBEAT_STALE_AFTER = timedelta(seconds=env.int("WORKER_HEARTBEAT_STALE_SECONDS", default=180))
 

@@ -61,6 +61,23 @@ class FieldAccess:
         return min((r.form for r in self.rules), key=lambda form: FORM_ORDER.index(AccessForm(form)))
 
     @property
+    def effective_forms(self) -> tuple[str, ...]:
+        """The forms that can apply, most revealing first, up to the first one that covers
+        every row (the less revealing ones after it never apply)."""
+        forms: list[str] = []
+        for form in sorted({r.form for r in self.rules}, key=lambda f: FORM_ORDER.index(AccessForm(f))):
+            forms.append(form)
+            if any(not r.row_filter for r in self.rules if r.form == form):
+                break
+        return tuple(forms)
+
+    @property
+    def output_type(self) -> str:
+        """The type of the values shown: the field's own in clear, text when masked or
+        pseudonymised on some rows."""
+        return self.type if self.effective_forms == (AccessForm.CLEAR,) else "text"
+
+    @property
     def grant_ids(self) -> tuple[int, ...]:
         return tuple(sorted({r.grant_id for r in self.rules if r.grant_id is not None}))
 
@@ -106,7 +123,7 @@ class EffectiveView:
         return name in self.fields
 
 
-def _active_grants_q(at: datetime) -> Q:
+def active_grants_q(at: datetime) -> Q:
     """Grants in force at ``at``: activated (not pending or rejected), within their period,
     and not revoked before ``at``. Works for the past too (point-in-time questions)."""
     return (
@@ -129,7 +146,7 @@ def applicable_grants(
         who |= Q(principal_kind=PrincipalKind.DEPARTMENT, principal_department=department)
     live_fields = GrantField.objects.filter(Q(lapsed_at__isnull=True) | Q(lapsed_at__gt=at))
     return list(
-        Grant.objects.filter(who, _active_grants_q(at), dataset=dataset)
+        Grant.objects.filter(who, active_grants_q(at), dataset=dataset)
         .select_related("principal_user", "principal_department")
         .prefetch_related(Prefetch("fields", queryset=live_fields, to_attr="live_fields"))
         .order_by("id")

@@ -239,7 +239,14 @@ def store_drop_table(dataset_id: int) -> None:
 
 
 def store_exists(dataset: Dataset) -> bool:
-    return _existing_columns(store_table(dataset, fields=())) is not None
+    schema, name = table_name(dataset.pk)
+    with connection.cursor() as cursor:
+        if is_postgres():
+            cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{ident(schema, name)}" if schema else name])
+        else:
+            cursor.execute("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = %s", [name])
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def quoted_list(names: Iterable[str]) -> str:

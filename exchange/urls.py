@@ -1,9 +1,16 @@
 from django.urls import path
 
-from exchange import apis
+from exchange import apis, grant_history_apis, record_apis
 
 urlpatterns = [
     path("health/", apis.HealthApi.as_view(), name="health"),
+    path("datasets/<int:dataset_id>/records/", record_apis.RecordListApi.as_view(), name="dataset-records"),
+    path("datasets/<int:dataset_id>/export/", record_apis.RecordExportApi.as_view(), name="dataset-export"),
+    path("datasets/<int:dataset_id>/preview/", record_apis.RecordPreviewApi.as_view(), name="dataset-preview"),
+    path("audit/datasets/<int:dataset_id>/who-could-see/", grant_history_apis.WhoCouldSeeApi.as_view(),
+         name="audit-who-could-see"),
+    path("audit/datasets/<int:dataset_id>/grant-timeline/", grant_history_apis.GrantTimelineApi.as_view(),
+         name="audit-grant-timeline"),
 ]
 
 from exchange import access_apis  # noqa: E402

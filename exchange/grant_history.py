@@ -1,0 +1,98 @@
+"""The auditor's questions about grants: who could see field F of dataset D at time T, and
+through which grant; and the history of a dataset's access decisions.
+
+Both answer from the grants themselves (their periods, revocations and field lapses are kept,
+never deleted) with the same rule the policy applies at read time (``policy.active_grants_q``),
+so the answer for a past moment is the one the policy gave then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import Q, QuerySet
+
+from catalog.models import Dataset
+from config.api.errors import ApplicationError, PermissionDeniedError
+from departments.models import Role
+from departments.selectors import principal_of
+from exchange.audit import audit_record
+from exchange.models import AuditEvent, Grant, GrantField
+from exchange.models.audit import AuditOutcome
+from exchange.policy import OWNER_ROLES, active_grants_q
+
+TIMELINE_ACTIONS = ("access_request.", "grant.", "subscription.", "delivery.")
+
+
+def can_audit(*, user: User | AnonymousUser, department_id: int | None) -> bool:
+    p = principal_of(user)
+    if p.is_staff or p.is_city_auditor:
+        return True
+    return department_id is not None and p.has_role(department_id, Role.AUDITOR)
+
+
+def require_auditor(*, user: User | AnonymousUser, dataset: Dataset, action: str) -> None:
+    if not can_audit(user=user, department_id=dataset.department_id):
+        audit_record(actor=user, action="audit.denied", outcome=AuditOutcome.DENIED, obj=dataset,
+                     dataset_id=dataset.pk, department_id=dataset.department_id, details={"asked": action})
+        raise PermissionDeniedError("Only auditors may read the audit trail.")
+
+
+@dataclass(frozen=True)
+class Visibility:
+    grant_id: int | None
+    principal_kind: str
+    principal: str
+    form: str
+    valid_from: datetime | None
+    valid_until: datetime | None
+    purpose: str
+    legal_basis: str
+    row_filter: list[dict[str, Any]]
+    approved_by: str
+    dpo_approved_by: str
+    revoked_at: datetime | None
+
+
+def who_could_see(*, dataset: Dataset, field: str, at: datetime) -> list[Visibility]:
+    """Every principal that could see ``field`` of ``dataset`` at ``at``: the owning department
+    (its stewards, analysts and admins see their own data in clear) and each grant in force
+    then that covered the field (not lapsed by then). Two queries."""
+    if not field:
+        raise ApplicationError("Name a field.", fields={"field": ["Required."]})
+    out = [Visibility(
+        grant_id=None, principal_kind="department", principal=f"{dataset.department.code} (owner: "
+        f"{', '.join(OWNER_ROLES)})", form="clear", valid_from=None, valid_until=None, purpose="owner",
+        legal_basis="", row_filter=[], approved_by="", dpo_approved_by="", revoked_at=None,
+    )]
+    live = GrantField.objects.filter(field_name=field).filter(Q(lapsed_at__isnull=True) | Q(lapsed_at__gt=at))
+    grants = (
+        Grant.objects.filter(active_grants_q(at), dataset=dataset, fields__in=live)
+        .select_related("principal_user", "principal_department", "approved_by", "dpo_approved_by")
+        .distinct().order_by("valid_from", "id")
+    )
+    forms = dict(live.filter(grant__in=grants).values_list("grant_id", "form"))
+    for g in grants:
+        out.append(Visibility(
+            grant_id=g.pk, principal_kind=g.principal_kind,
+            principal=g.principal_user.get_username() if g.principal_user else
+            g.principal_department.code if g.principal_department else "",
+            form=forms.get(g.pk, ""), valid_from=g.valid_from, valid_until=g.valid_until, purpose=g.purpose,
+            legal_basis=g.legal_basis, row_filter=list(g.row_filter or []),
+            approved_by=g.approved_by.get_username(),
+            dpo_approved_by=g.dpo_approved_by.get_username() if g.dpo_approved_by else "",
+            revoked_at=g.revoked_at,
+        ))
+    return out
+
+
+def grant_timeline(*, dataset: Dataset) -> QuerySet[AuditEvent]:
+    """The dataset's access history as the audit trail recorded it: requests, decisions,
+    grants created, approved, revoked, expired and lapsed, subscriptions and deliveries."""
+    actions = Q()
+    for prefix in TIMELINE_ACTIONS:
+        actions |= Q(action__startswith=prefix)
+    return AuditEvent.objects.filter(actions, dataset_id=dataset.pk).order_by("occurred_at", "id")

@@ -1,0 +1,765 @@
+"""Reading record values, always through an :class:`~exchange.policy.EffectiveView`.
+
+:func:`build_select` turns a view into SQL: each visible field becomes an expression that
+applies the granted form (clear, masked, pseudonymised) on the rows each grant covers, hidden
+fields are simply absent, and the WHERE clause keeps only rows some grant covers. Filters and
+ordering are applied to those *projected* expressions, and only to visible fields, so nothing
+about a hidden or masked value can be learnt by probing with a filter. Records pages, exports,
+previews, CKAN ``datastore_search`` and deliveries all use it; there is no other reader.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
+from django.core import signing
+from django.db import connection
+
+from catalog.models import Dataset, DatasetStatus, FieldType
+from config.api.errors import ApplicationError, PermissionDeniedError
+from exchange.audit import audit_record
+from exchange.models import AccessForm
+from exchange.models.audit import AuditOutcome
+from exchange.policy import EffectiveView, FieldAccess, RowFilter, effective_view
+from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
+
+EXPORT_CHUNK_BYTES = 256 * 1024
+# Grantees read published and deprecated datasets; the owner reads whatever is in the store.
+READABLE_STATUSES = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
+
+# --- Pseudonymisation ------------------------------------------------------------------------
+
+PSEUDONYM_HEX_CHARS = 32
+
+
+def _hmac_pads() -> tuple[bytes, bytes]:
+    key = settings.PSEUDONYM_KEY.encode()
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(64, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def pseudonymise(value: Any) -> str | None:
+    """HMAC-SHA256 of the value's text form under the exchange's key (first 128 bits, hex).
+    The SQL versions below compute exactly the same, so a pseudonym is the same whichever
+    path produced it."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else _text_form(value)
+    digest = hmac.new(settings.PSEUDONYM_KEY.encode() if len(settings.PSEUDONYM_KEY.encode()) <= 64
+                      else hashlib.sha256(settings.PSEUDONYM_KEY.encode()).digest(),
+                      text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return digest[:PSEUDONYM_HEX_CHARS]
+
+
+def _text_form(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def mask(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else _text_form(value)
+    return "*" * len(text) if len(text) <= 4 else "*" * (len(text) - 4) + text[-4:]
+
+
+def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """SQLite has no SHA-256: give each new connection the same keyed hash as a function."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_function("exchange_pseudonym", 1, pseudonymise, deterministic=True)
+
+
+# --- SQL pieces -------------------------------------------------------------------------------
+
+# Database type of a visible expression, to cast cursor and filter parameters.
+def _sql_type(field_type: str) -> str:
+    if not is_postgres():
+        return ""
+    return {
+        FieldType.TEXT: "text", FieldType.INTEGER: "bigint", FieldType.DECIMAL: "numeric",
+        FieldType.BOOLEAN: "boolean", FieldType.DATE: "date", FieldType.TIMESTAMP: "timestamptz",
+        FieldType.GEOPOINT: "text", FieldType.JSON: "jsonb",
+    }[FieldType(field_type)]
+
+
+def _as_text(col: str, field_type: str) -> str:
+    if is_postgres():
+        return f"CAST({col} AS text)"
+    if field_type == FieldType.BOOLEAN:
+        return f"(CASE {col} WHEN 1 THEN 'true' WHEN 0 THEN 'false' END)"
+    return f"CAST({col} AS TEXT)"
+
+
+def _masked(col: str, field_type: str) -> str:
+    t = _as_text(col, field_type)
+    if is_postgres():
+        return (f"(CASE WHEN length({t}) <= 4 THEN repeat('*', length({t})) "
+                f"ELSE repeat('*', length({t}) - 4) || right({t}, 4) END)")
+    return (f"(CASE WHEN length({t}) <= 4 THEN replace(hex(zeroblob(length({t}))), '00', '*') "
+            f"ELSE replace(hex(zeroblob(length({t}) - 4)), '00', '*') || substr({t}, -4) END)")
+
+
+def _pseudonymised(col: str, field_type: str, params: list[Any]) -> str:
+    t = _as_text(col, field_type)
+    if is_postgres():
+        ipad, opad = _hmac_pads()
+        params.extend([opad, ipad])
+        # HMAC-SHA256 = H(K^opad || H(K^ipad || m)), with the built-in sha256(): no extension.
+        return (f"left(encode(sha256(%s::bytea || sha256(%s::bytea || convert_to({t}, 'UTF8'))), 'hex'), "
+                f"{PSEUDONYM_HEX_CHARS})")
+    return f"exchange_pseudonym({t})"
+
+
+OPERATORS: dict[str, str] = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+TEXT_ONLY_OPERATORS = {"contains"}
+ALL_OPERATORS = {*OPERATORS, "in", "contains", "is_null"}
+
+
+def convert_value(value: Any, field_type: str) -> Any:
+    """A filter value converted to the field's Python type, or ApplicationError."""
+    try:
+        if field_type == FieldType.INTEGER:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if field_type == FieldType.DECIMAL:
+            return decimal.Decimal(str(value))
+        if field_type == FieldType.BOOLEAN:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).lower()
+            if lowered in {"true", "1", "yes"}:
+                return True
+            if lowered in {"false", "0", "no"}:
+                return False
+            raise ValueError
+        if field_type == FieldType.DATE:
+            return dt.date.fromisoformat(str(value))
+        if field_type == FieldType.TIMESTAMP:
+            parsed = dt.datetime.fromisoformat(str(value))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        return str(value)
+    except (ValueError, ArithmeticError) as exc:
+        raise ApplicationError(f"{value!r} is not a valid {field_type} value.", code="invalid_value") from exc
+
+
+def _param_for_db(value: Any, field_type: str) -> Any:
+    if is_postgres():
+        return value
+    # SQLite stores dates, timestamps and booleans in their text/integer forms.
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, dt.date | decimal.Decimal):
+        return str(value) if isinstance(value, dt.date) else value
+    return value
+
+
+def _condition(expr: str, op: str, value: Any, field_type: str, params: list[Any]) -> str:
+    """One structured condition on an SQL expression; ``field_type`` is the type of ``expr``."""
+    cast = _sql_type(field_type)
+    placeholder = f"CAST(%s AS {cast})" if cast else "%s"
+    if op == "is_null":
+        return f"({expr} IS NULL)" if convert_value(value, FieldType.BOOLEAN) else f"({expr} IS NOT NULL)"
+    if op == "contains":
+        params.append(str(value))
+        return f"(strpos({expr}, %s) > 0)" if is_postgres() else f"(instr({expr}, %s) > 0)"
+    if op == "in":
+        values = value if isinstance(value, list) else str(value).split(",")
+        if not values:
+            return "(1 = 0)"
+        params.extend(_param_for_db(convert_value(v, field_type), field_type) for v in values)
+        return f"({expr} IN ({', '.join([placeholder] * len(values))}))"
+    params.append(_param_for_db(convert_value(value, field_type), field_type))
+    return f"({expr} {OPERATORS[op]} {placeholder})"
+
+
+def row_filter_sql(row_filter: RowFilter, view: EffectiveView, params: list[Any]) -> str:
+    """A grant's row filter (conditions ANDed) on the *stored* values. The steward chose it,
+    so it may use fields the grantee does not see; it only ever removes rows."""
+    if not row_filter:
+        return "(1 = 1)"
+    parts = []
+    for cond in row_filter:
+        schema_field = view.schema_fields.get(cond["field"])
+        if schema_field is None:
+            # The field left the schema: the condition can no longer be evaluated, so the
+            # grant covers no row rather than every row.
+            return "(1 = 0)"
+        parts.append(_condition(ident(cond["field"]), cond["op"], cond.get("value"), schema_field.type, params))
+    return "(" + " AND ".join(parts) + ")"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    field_type: str  # the type of the *projected* value (text when masked or pseudonymised)
+    form: str
+    sql: str
+    params: tuple[Any, ...]
+
+
+def project(access: FieldAccess, view: EffectiveView) -> Column:
+    """The SQL expression that yields what this principal may see of one field: the most
+    revealing granted form on the rows its grant covers, then the next, and NULL elsewhere."""
+    by_form: dict[str, list[RowFilter]] = {}
+    for rule in access.rules:
+        by_form.setdefault(rule.form, []).append(rule.row_filter)
+    forms = list(access.effective_forms)
+    mixed = len(forms) > 1
+    col = ident(access.name)
+    params: list[Any] = []
+
+    def transform(form: str) -> str:
+        if form == AccessForm.CLEAR:
+            return _as_text(col, access.type) if mixed else col
+        if form == AccessForm.MASKED:
+            return _masked(col, access.type)
+        return _pseudonymised(col, access.type, params)
+
+    parts: list[str] = []
+    for form in forms:
+        if any(not f for f in by_form[form]):
+            parts.append(f"ELSE {transform(form)}")
+            break
+        # Placeholders are appended left to right: the condition's, then the value's.
+        cond = " OR ".join(row_filter_sql(f, view, params) for f in by_form[form])
+        parts.append(f"WHEN {cond} THEN {transform(form)}")
+    if len(parts) == 1 and parts[0].startswith("ELSE "):
+        sql = parts[0][len("ELSE "):]
+    else:
+        if not parts[-1].startswith("ELSE "):
+            parts.append("ELSE NULL")
+        sql = "(CASE " + " ".join(parts) + " END)"
+    return Column(access.name, access.output_type, forms[0], sql, tuple(params))
+
+
+# --- Queries ---------------------------------------------------------------------------------
+
+RESERVED_PARAMS = {"fields", "order", "cursor", "page_size", "format", "q"}
+
+OPERATORS_BY_TYPE: dict[str, set[str]] = {
+    FieldType.TEXT: {"eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "is_null"},
+    FieldType.INTEGER: {"eq", "ne", "lt", "lte", "gt", "gte", "in", "is_null"},
+    FieldType.DECIMAL: {"eq", "ne", "lt", "lte", "gt", "gte", "in", "is_null"},
+    FieldType.DATE: {"eq", "ne", "lt", "lte", "gt", "gte", "in", "is_null"},
+    FieldType.TIMESTAMP: {"eq", "ne", "lt", "lte", "gt", "gte", "is_null"},
+    FieldType.BOOLEAN: {"eq", "ne", "is_null"},
+    FieldType.GEOPOINT: {"eq", "ne", "in", "is_null"},
+    FieldType.JSON: {"is_null"},
+}
+
+
+def operators_for(field_type: str) -> set[str]:
+    return OPERATORS_BY_TYPE[FieldType(field_type)]
+
+
+@dataclass(frozen=True)
+class Condition:
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    fields: tuple[str, ...]  # visible fields to return, in schema order unless asked otherwise
+    conditions: tuple[Condition, ...] = ()
+    order: tuple[tuple[str, bool], ...] = ()  # (field, descending)
+    search: str = ""
+    cursor: str = ""
+    page_size: int = 100
+
+    def describe(self) -> dict[str, Any]:
+        """What an audit event records of the query (no values of the page itself)."""
+        return {
+            "conditions": [{"field": c.field, "op": c.op, "value": c.value} for c in self.conditions],
+            "order": [("-" if d else "") + f for f, d in self.order],
+            "q": self.search,
+        }
+
+
+def _not_visible(names: Sequence[str], param: str) -> ApplicationError:
+    # The same answer for a field that does not exist and one that is hidden: a caller learns
+    # nothing about fields outside their view from the error either.
+    return ApplicationError(
+        "These fields are not in your view of this dataset: " + ", ".join(sorted(set(names))) + ".",
+        fields={param: [f"{n}: not in your view of this dataset." for n in sorted(set(names))]},
+        code="field_not_visible",
+    )
+
+
+def parse_query(view: EffectiveView, params: dict[str, Any], *, default_page_size: int | None = None,
+                max_page_size: int | None = None) -> RecordQuery:
+    """Validate record query parameters against the view. Filters look like ``district=North``
+    or ``fee_eur__gte=100`` (operators: eq, ne, lt, lte, gt, gte, in (comma-separated),
+    contains, is_null)."""
+    visible = view.fields
+    columns = {name: project(access, view) for name, access in visible.items()}
+
+    requested = [f for f in str(params.get("fields", "") or "").split(",") if f]
+    if requested:
+        hidden = [f for f in requested if f not in visible]
+        if hidden:
+            raise _not_visible(hidden, "fields")
+        fields = tuple(dict.fromkeys(requested))
+    else:
+        fields = tuple(visible)
+
+    conditions = []
+    for key, value in params.items():
+        if key in RESERVED_PARAMS:
+            continue
+        name, _, op = key.partition("__")
+        op = op or "eq"
+        if name not in visible:
+            raise _not_visible([name], key)
+        allowed = operators_for(columns[name].field_type)
+        if op not in allowed:
+            raise ApplicationError(
+                f"Operator {op!r} does not apply to field {name!r}.",
+                fields={key: [f"Use one of: {', '.join(sorted(allowed))}."]}, code="invalid_operator",
+            )
+        if op not in {"in", "contains", "is_null"}:
+            convert_value(value, columns[name].field_type)  # 400 now rather than at query time
+        conditions.append(Condition(name, op, value))
+
+    order = []
+    for item in [o for o in str(params.get("order", "") or "").split(",") if o]:
+        name = item.lstrip("-")
+        if name not in visible:
+            raise _not_visible([name], "order")
+        order.append((name, item.startswith("-")))
+
+    max_size = max_page_size or settings.RECORDS_MAX_PAGE_SIZE
+    try:
+        page_size = int(params.get("page_size") or default_page_size or settings.RECORDS_PAGE_SIZE)
+    except ValueError as exc:
+        raise ApplicationError("page_size must be a number.", fields={"page_size": ["Not a number."]}) from exc
+    if not 1 <= page_size <= max_size:
+        raise ApplicationError(f"page_size must be between 1 and {max_size}.",
+                               fields={"page_size": [f"Between 1 and {max_size}."]})
+    return RecordQuery(fields=fields, conditions=tuple(conditions), order=tuple(order),
+                       search=str(params.get("q", "") or "")[:200], cursor=str(params.get("cursor", "") or ""),
+                       page_size=page_size)
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    alias: str
+    sql: str
+    params: tuple[Any, ...]
+    descending: bool
+    field_type: str
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Select:
+    sql: str
+    params: list[Any]
+    columns: tuple[Column, ...]
+    order: tuple[OrderItem, ...]
+    with_system: bool = False
+
+
+def _order_items(view: EffectiveView, table: StoreTable, query: RecordQuery,
+                 columns: dict[str, Column]) -> list[OrderItem]:
+    """The requested order plus a unique tiebreaker: the key when the principal sees every key
+    field in clear on every row, else the internal change number ``_seq`` (unique per row), so
+    a cursor never carries a value the principal may not see."""
+    items = [
+        OrderItem(f"_o{i}", columns[name].sql, columns[name].params, desc, columns[name].field_type, True)
+        for i, (name, desc) in enumerate(query.order)
+    ]
+    keys_clear = all(
+        k in view.fields and [(r.form, r.row_filter) for r in view.fields[k].rules][:1] == [(AccessForm.CLEAR, ())]
+        for k in table.key_columns
+    )
+    tiebreak = [(k, table.column(k).type) for k in table.key_columns] if keys_clear else [("_seq", FieldType.INTEGER)]
+    for name, field_type in tiebreak:
+        items.append(OrderItem(f"_o{len(items)}", ident(name), (), False, field_type, False))
+    return items
+
+
+def build_select(
+    view: EffectiveView,
+    table: StoreTable,
+    query: RecordQuery | None = None,
+    *,
+    since_seq: int | None = None,
+    include_deleted: bool = False,
+    with_system: bool = False,
+    paginate: bool = True,
+    ordered: bool = True,
+) -> Select:
+    """The SELECT that returns exactly this view of the table (see the module docstring).
+
+    With ``paginate``, it returns one page after ``query.cursor`` plus one row (to tell whether
+    there is a next page) and the order columns ``_o0…`` after the selected ones; exports and
+    deliveries pass ``paginate=False`` (and ``ordered=False`` when order does not matter).
+    """
+    query = query or RecordQuery(fields=tuple(view.fields))
+    columns = {name: project(view.fields[name], view) for name in view.fields}
+    selected = tuple(columns[name] for name in query.fields)
+    order = _order_items(view, table, query, columns) if ordered or paginate else []
+    params: list[Any] = []
+
+    inner = []
+    for column in selected:
+        inner.append(f"{column.sql} AS {ident(column.name)}")
+        params.extend(column.params)
+    for item in order:
+        inner.append(f"{item.sql} AS {ident(item.alias)}")
+        params.extend(item.params)
+    if with_system:
+        inner += [f"{ident('_seq')} AS {ident('_seq')}", f"{ident('_deleted')} AS {ident('_deleted')}"]
+
+    where: list[str] = []
+    if not include_deleted:
+        where.append(f"{ident('_deleted')} = {'false' if is_postgres() else '0'}")
+    if since_seq is not None:
+        where.append(f"{ident('_seq')} > %s")
+        params.append(since_seq)
+    if not view.all_rows:
+        scopes = [row_filter_sql(scope, view, params) for scope in view.row_scopes]
+        where.append("(" + " OR ".join(scopes) + ")" if scopes else "(1 = 0)")
+    for cond in query.conditions:
+        column = columns[cond.field]
+        params.extend(column.params)
+        where.append(_condition(column.sql, cond.op, cond.value, column.field_type, params))
+    if query.search:
+        text_columns = [columns[n] for n in query.fields if columns[n].field_type == FieldType.TEXT]
+        ors = []
+        for column in text_columns:
+            params.extend(column.params)
+            params.append(query.search.lower())
+            ors.append(f"({'strpos' if is_postgres() else 'instr'}(lower({column.sql}), %s) > 0)")
+        where.append("(" + " OR ".join(ors) + ")" if ors else "(1 = 0)")
+
+    sql = f"SELECT {', '.join(inner)} FROM {table.qualified}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    outer_names = [ident(c.name) for c in selected] + [ident(i.alias) for i in order if paginate]
+    if with_system:
+        outer_names += [ident("_seq"), ident("_deleted")]
+    sql = f"SELECT {', '.join(outer_names)} FROM ({sql}) AS {ident('_v')}"
+    if paginate and query.cursor:
+        sql += " WHERE " + _after_cursor(order, decode_cursor(query.cursor, view, len(order)), params)
+    if order:
+        parts = []
+        for item in order:
+            if item.nullable:  # nulls last in both directions, to keep the cursor simple
+                parts.append(f"(CASE WHEN {ident(item.alias)} IS NULL THEN 1 ELSE 0 END)")
+            parts.append(f"{ident(item.alias)} {'DESC' if item.descending else 'ASC'}")
+        sql += " ORDER BY " + ", ".join(parts)
+    if paginate:
+        sql += f" LIMIT {int(query.page_size) + 1}"
+    return Select(sql, params, selected, tuple(order), with_system)
+
+
+def _after_cursor(order: Sequence[OrderItem], values: list[Any], params: list[Any]) -> str:
+    """Keyset condition "the row comes after ``values`` in ``order``", nulls last."""
+    disjuncts = []
+    for i, item in enumerate(order):
+        conj = []
+        for prev, value in zip(order[:i], values[:i], strict=True):
+            conj.append(_equal(prev, value, params))
+        after = _greater(item, values[i], params)
+        if after is None:
+            continue
+        conj.append(after)
+        disjuncts.append("(" + " AND ".join(conj) + ")")
+    return "(" + " OR ".join(disjuncts) + ")" if disjuncts else "(1 = 0)"
+
+
+def _placeholder(item: OrderItem) -> str:
+    cast = _sql_type(item.field_type)
+    return f"CAST(%s AS {cast})" if cast else "%s"
+
+
+def _equal(item: OrderItem, value: Any, params: list[Any]) -> str:
+    if value is None:
+        return f"({ident(item.alias)} IS NULL)"
+    params.append(_param_for_db(convert_value(value, item.field_type), item.field_type))
+    return f"({ident(item.alias)} = {_placeholder(item)})"
+
+
+def _greater(item: OrderItem, value: Any, params: list[Any]) -> str | None:
+    col = ident(item.alias)
+    if value is None:
+        return None  # nulls come last: nothing non-null comes after a null
+    params.append(_param_for_db(convert_value(value, item.field_type), item.field_type))
+    op = "<" if item.descending else ">"
+    later = f"{col} {op} {_placeholder(item)}"
+    return f"({later} OR {col} IS NULL)" if item.nullable else f"({later})"
+
+
+# --- Cursors ---------------------------------------------------------------------------------
+
+def _cursor_salt(view: EffectiveView) -> str:
+    return f"exchange.records.cursor:{view.dataset_id}:{view.principal}"
+
+
+def encode_cursor(view: EffectiveView, values: Sequence[Any]) -> str:
+    payload = json.dumps([_jsonable(v) for v in values], separators=(",", ":"))
+    signed = signing.Signer(salt=_cursor_salt(view)).sign(payload)
+    return base64.urlsafe_b64encode(signed.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, view: EffectiveView, expected: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        signed = base64.urlsafe_b64decode(padded.encode()).decode()
+        values = json.loads(signing.Signer(salt=_cursor_salt(view)).unsign(signed))
+    except (ValueError, signing.BadSignature, UnicodeDecodeError) as exc:
+        raise ApplicationError("The cursor is not valid for this query.", fields={"cursor": ["Invalid cursor."]},
+                               code="invalid_cursor") from exc
+    if not isinstance(values, list) or len(values) != expected:
+        raise ApplicationError("The cursor is not valid for this query.", fields={"cursor": ["Invalid cursor."]},
+                               code="invalid_cursor")
+    return values
+
+
+# --- Running queries -------------------------------------------------------------------------
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def _python_value(value: Any, field_type: str) -> Any:
+    """Normalise what the database returned to the field's type (SQLite keeps booleans,
+    decimals and JSON in other forms; PostgreSQL returns them typed already)."""
+    if value is None:
+        return None
+    if field_type == FieldType.BOOLEAN and not isinstance(value, bool):
+        return bool(value)
+    if field_type == FieldType.JSON and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    if field_type == FieldType.DECIMAL and not isinstance(value, decimal.Decimal):
+        return decimal.Decimal(str(value))
+    return value
+
+
+_NEEDS_CONVERSION_ON_SQLITE = {FieldType.BOOLEAN, FieldType.JSON, FieldType.DECIMAL}
+
+
+def _converters(columns: Sequence[Column]) -> list[tuple[int, str]]:
+    """(position, type) of the columns whose values need normalising on this database."""
+    if is_postgres():
+        return []
+    return [(i, c.field_type) for i, c in enumerate(columns) if c.field_type in _NEEDS_CONVERSION_ON_SQLITE]
+
+
+def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[list[Any]]:
+    converters = _converters(columns)
+    out = [list(r) for r in rows]
+    if converters:
+        for row in out:
+            for i, field_type in converters:
+                row[i] = _python_value(row[i], field_type)
+    return out
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
+    select = build_select(view, table, query)
+    width = len(select.columns)
+    with connection.cursor() as cursor:
+        cursor.execute(select.sql, select.params)
+        raw = cursor.fetchall()
+    has_next = len(raw) > query.page_size
+    raw = raw[: query.page_size]
+    names = [c.name for c in select.columns]
+    # Values stay Python objects (Decimal, date, datetime); the API's JSON renderer and the
+    # templates format them.
+    rows = [dict(zip(names, r[:width], strict=True)) for r in _normalise(raw, select.columns)]
+    next_cursor = encode_cursor(view, list(raw[-1][width:])) if has_next and raw else None
+    return Page(rows, next_cursor)
+
+
+def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
+                 batch_size: int = 5000) -> Iterator[tuple[Any, ...]]:
+    """Every row of the view in batches through a server-side cursor (PostgreSQL) so memory
+    stays flat whatever the size. Values are normalised to the fields' types."""
+    select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
+    converters = _converters(select.columns)
+    with connection.chunked_cursor() as cursor:
+        cursor.execute(select.sql, select.params)
+        while True:
+            batch = cursor.fetchmany(batch_size)
+            if not batch:
+                return
+            if not converters:
+                yield from batch
+                continue
+            for row in _normalise(batch, select.columns):
+                yield tuple(row)
+
+
+# --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
+
+def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str) -> EffectiveView:
+    """The user's effective view, or a 403 (audited) when it shows no field at all. The
+    caller has already checked that the user may know the dataset (404 otherwise)."""
+    view = effective_view(dataset=dataset, user=user)
+    if not view.can_read or (not view.is_owner and dataset.status not in READABLE_STATUSES):
+        audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset,
+                     dataset_id=dataset.pk, department_id=dataset.department_id,
+                     details={"reason": "no active grant"})
+        raise PermissionDeniedError(
+            "You have no active grant on this dataset. Request access from its catalogue page.",
+            code="no_grant",
+        )
+    return view
+
+
+def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, view: EffectiveView,
+                query: RecordQuery, row_count: int, details: dict[str, Any] | None = None) -> None:
+    audit_record(
+        actor=user, action=action, obj=dataset, dataset_id=dataset.pk, department_id=dataset.department_id,
+        fields=list(query.fields), row_count=row_count, filters=query.describe(),
+        purpose="; ".join(sorted({g.purpose for g in view.grants})) if not view.is_owner else "owner",
+        details={"grants": [g.id for g in view.grants], "owner": view.is_owner,
+                 "forms": {f: view.fields[f].form for f in query.fields}, **(details or {})},
+    )
+
+
+def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
+              action: str = "records.read", page_size: int | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
+    view = readable_view(user=user, dataset=dataset, action=action)
+    query = parse_query(view, params, default_page_size=page_size)
+    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    page = fetch_page(view, table, query) if store_exists(dataset) else Page([], None)
+    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
+    return view, query, page
+
+
+def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
+                fmt: str) -> Iterator[bytes]:
+    """Stream everything visible as CSV or NDJSON. Validation and the access check happen
+    before the first byte; the audit event, with the row count, when the stream ends (also
+    when the client goes away mid-way)."""
+    if fmt not in {"csv", "ndjson"}:
+        raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
+    view = readable_view(user=user, dataset=dataset, action="records.export")
+    query = parse_query(view, {k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
+    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    exists = store_exists(dataset)
+
+    def generate() -> Iterator[bytes]:
+        count = 0
+        try:
+            if not exists:
+                if fmt == "csv":
+                    yield (",".join(query.fields) + "\r\n").encode()
+                return
+            if fmt == "csv" and is_postgres():
+                copied = [0]
+                try:
+                    yield from _copy_csv(view, table, query, copied)
+                finally:
+                    count = copied[0]
+                return
+            buffer = io.StringIO()
+            writer = csv.writer(buffer) if fmt == "csv" else None
+            if writer is not None:
+                writer.writerow(query.fields)
+            for row in iterate_rows(view, table, query):
+                count += 1
+                if writer is not None:
+                    writer.writerow([_csv_text(v) for v in row])
+                else:
+                    buffer.write(json.dumps(dict(zip(query.fields, row, strict=True)), default=_json_default,
+                                            ensure_ascii=False))
+                    buffer.write("\n")
+                if buffer.tell() >= EXPORT_CHUNK_BYTES:
+                    yield buffer.getvalue().encode()
+                    buffer.seek(0)
+                    buffer.truncate()
+            if buffer.tell():
+                yield buffer.getvalue().encode()
+        finally:
+            _audit_read(user=user, action="records.export", dataset=dataset, view=view, query=query,
+                        row_count=count, details={"format": fmt})
+
+    return generate()
+
+
+def _csv_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    return _jsonable(value) if not isinstance(value, decimal.Decimal) else str(value)
+
+
+def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int]) -> Iterator[bytes]:
+    """PostgreSQL: the database writes the CSV itself (COPY … TO STDOUT), at COPY speed; the
+    projection (masking, pseudonymisation, row filters) is already in the SELECT."""
+    select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
+    outer = []
+    for column in select.columns:
+        name = ident(column.name)
+        if column.field_type == FieldType.BOOLEAN:
+            outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
+        elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
+            outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
+        else:
+            outer.append(name)
+    statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
+                 f"TO STDOUT WITH (FORMAT csv, HEADER)")
+    connection.ensure_connection()
+    raw = connection.connection
+    with raw.cursor() as cursor:
+        with cursor.copy(statement, select.params) as copy:
+            # COPY hands over about one row per block; send the client fewer, larger chunks.
+            buffer = bytearray()
+            for block in copy:
+                buffer += block
+                if len(buffer) >= EXPORT_CHUNK_BYTES:
+                    yield bytes(buffer)
+                    buffer.clear()
+            if buffer:
+                yield bytes(buffer)
+        copied[0] = max(cursor.rowcount, 0)
+
+
+def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20) -> tuple[EffectiveView, Page]:
+    view, _query, page = read_page(user=user, dataset=dataset, params={"page_size": str(rows)},
+                                   action="records.preview")
+    return view, page
