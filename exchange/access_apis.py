@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalog.selectors import dataset_get_for_user
 from config.api.auth import request_user
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from config.api.pagination import PageNumberPagination
@@ -189,7 +190,7 @@ class AccessRequestListApi(APIView):
         data.is_valid(raise_exception=True)
         v = data.validated_data
         try:
-            dataset = sel.dataset_get_for_access(user=user, dataset_id=v["dataset"])
+            dataset = dataset_get_for_user(user=user, dataset_id=v["dataset"])
         except NotFoundError as exc:
             raise ApplicationError("No such dataset.", fields={"dataset": ["No such dataset."]}) from exc
         department = None
@@ -461,7 +462,7 @@ class AccessExplainApi(APIView):
     )
     def get(self, request: Request, dataset_id: int) -> Response:
         asker = request_user(request)
-        dataset = sel.dataset_get_for_access(user=asker, dataset_id=dataset_id)
+        dataset = dataset_get_for_user(user=asker, dataset_id=dataset_id)
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         p = principal_of(asker)

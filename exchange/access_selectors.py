@@ -17,7 +17,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import BooleanField, Case, Exists, OuterRef, Prefetch, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from catalog.models import Dataset, DatasetStatus, Field, Visibility
+from catalog.models import Dataset, Field
 from config.api.errors import NotFoundError
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
 from departments.selectors import Principal, principal_of
@@ -35,38 +35,11 @@ def _sees_everything(p: Principal) -> bool:
 
 # --- Datasets -------------------------------------------------------------------------------
 
-def dataset_get_for_access(*, user: AnyUser, dataset_id: int) -> Dataset:
-    """A dataset the user may know about, with its current schema's fields prefetched.
-
-    City-visible datasets are known to everyone signed in; restricted ones to the owning
-    department, operators, DPOs, auditors and the holders of ``catalog.view_dataset`` (the
-    grantees, kept in step by the access services). Drafts are known to the owner only.
-    """
-    p = principal_of(user)
-    dataset = (
-        Dataset.objects.select_related("department", "current_schema")
-        .prefetch_related(Prefetch("current_schema__fields", queryset=Field.objects.order_by("position")))
-        .filter(pk=dataset_id)
-        .first()
-    )
-    if dataset is None:
-        raise NotFoundError("No such dataset.")
-    if dataset.department_id in p.department_ids or _sees_everything(p):
-        return dataset
-    if dataset.status in (DatasetStatus.DRAFT, DatasetStatus.IN_REVIEW, DatasetStatus.CHANGES_REQUESTED):
-        if not p.is_reviewer:
-            raise NotFoundError("No such dataset.")
-        return dataset
-    if dataset.visibility == Visibility.CITY or user.has_perm("catalog.view_dataset", dataset):
-        return dataset
-    raise NotFoundError("No such dataset.")
-
-
 def current_fields(dataset: Dataset) -> dict[str, Field]:
     """The fields of the dataset's published schema by name (empty before publication)."""
-    if dataset.current_schema is None:
+    if dataset.current_schema_id is None:
         return {}
-    return {f.name: f for f in dataset.current_schema.fields.all()}
+    return {f.name: f for f in Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position")}
 
 
 # --- Access requests ------------------------------------------------------------------------
