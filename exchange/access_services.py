@@ -285,6 +285,8 @@ def access_request_submit(
         or renews.principal_department_id != (principal_department.pk if principal_department else None)
     ):
         errors["renews"] = ["Only a grant of the same principal on the same dataset can be renewed."]
+    elif renews is not None and renews.status not in (GrantStatus.ACTIVE, GrantStatus.EXPIRED):
+        errors["renews"] = [f"A {renews.status} grant cannot be renewed; make a new request."]
     if errors:
         raise ApplicationError("The access request is not valid.", fields=errors)
     clean_filter = row_filter_validate(fields=schema, row_filter=row_filter)
@@ -712,25 +714,33 @@ def _claim(grant_id: int, condition: Q, **changes: Any) -> bool:
 
 
 def grant_expire_due(*, now: dt.datetime | None = None, batch: int = 500) -> int:
-    """Mark active grants past their end as expired; audit, notify and drop the view
-    permission. Returns how many this call expired."""
+    """Mark grants past their end as expired: active ones (audit, notify, drop the view
+    permission) and those still waiting for the DPO, whose request is then denied (the period
+    asked for is over; nothing was ever visible). Returns how many this call expired."""
     now = now or timezone.now()
-    due = Q(status=GrantStatus.ACTIVE, valid_until__lte=now)
-    ids = list(Grant.objects.filter(due).order_by("valid_until").values_list("pk", flat=True)[:batch])
+    ending = (GrantStatus.ACTIVE, GrantStatus.PENDING_DPO)
+    rows = list(Grant.objects.filter(status__in=ending, valid_until__lte=now)
+                .order_by("valid_until").values_list("pk", "status")[:batch])
     expired = 0
-    for grant_id in ids:
+    for grant_id, was in rows:
         with transaction.atomic():
-            if not _claim(grant_id, due, status=GrantStatus.EXPIRED):
+            if not _claim(grant_id, Q(status=was, valid_until__lte=now), status=GrantStatus.EXPIRED):
                 continue
             grant = _lock_grant(Grant(pk=grant_id))
             _event(access_request_id=grant.request_id, actor=None, action="grant_expired",
-                   details={"grant": grant.pk})
-            _audit_grant(actor=None, action="grant.expire", grant=grant, details={"valid_until": grant.valid_until})
-            _sync_view_permission(grant)
+                   details={"grant": grant.pk, "was": was})
+            _audit_grant(actor=None, action="grant.expire", grant=grant,
+                         details={"valid_until": grant.valid_until, "was": was})
+            if was == GrantStatus.PENDING_DPO:
+                if grant.request_id is not None:
+                    AccessRequest.objects.filter(pk=grant.request_id, status=RequestStatus.AWAITING_DPO).update(
+                        status=RequestStatus.DENIED)
+                body = "The requested period ended before the data protection officer decided."
+            else:
+                _sync_view_permission(grant)
+                body = "The grant reached its end date. Request access again if you still need it."
             notify(recipients=sel.grantee_recipients(grant), kind="grant.expired",
-                   subject=f"Access ended: {grant.dataset.title}",
-                   body="The grant reached its end date. Request access again if you still need it.",
-                   link=_link_grant(grant), obj=grant)
+                   subject=f"Access ended: {grant.dataset.title}", body=body, link=_link_grant(grant), obj=grant)
             expired += 1
     return expired
 

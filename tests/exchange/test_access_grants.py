@@ -14,10 +14,11 @@ from departments.models import Notification
 from departments.selectors import principal_forget
 from exchange import tasks
 from exchange.access_services import grant_fields_lapse
+from exchange.audit import audit_verify
 from exchange.models import AuditEvent, Grant, GrantField
 from exchange.policy import effective_view
 from exchange.receivers import lapsing_field_names, on_schema_version_published
-from tests.access_factories import active_grant, make_cast, published_dataset, schema_with_fields, submit
+from tests.access_factories import active_grant, decide, make_cast, published_dataset, schema_with_fields, submit
 
 pytestmark = pytest.mark.django_db
 
@@ -101,6 +102,20 @@ class TestExpiryAndReminders:
         assert get_perms(cast["analyst_h"], dataset) == ["view_dataset"]  # the other grant is active
         assert tasks.housekeeping_expire_grants.delay().get() == 0
         assert AuditEvent.objects.filter(action="grant.expire").count() == 1
+
+    def test_a_grant_still_waiting_for_the_dpo_expires_and_its_request_is_denied(self, as_user, cast, dataset):
+        access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name"])
+        decide(actor=cast["steward"], access_request=access_request, approve={"passenger_name": None})
+        grant = Grant.objects.get()
+        Grant.objects.filter(pk=grant.pk).update(valid_from=timezone.now() - timedelta(days=2),
+                                                 valid_until=timezone.now() - timedelta(minutes=1))
+        assert tasks.housekeeping_expire_grants() == 1
+        grant.refresh_from_db()
+        access_request.refresh_from_db()
+        assert grant.status == "expired" and access_request.status == "denied"
+        assert as_user(cast["dpo"]).get("/api/v1/access/pending/").json()["grants_awaiting_dpo"] == []
+        error_of(as_user(cast["dpo"]).post(f"/api/v1/grants/{grant.pk}/dpo-approve/"), 409)
+        assert audit_verify().intact
 
     def test_expiry_removes_the_permission_with_the_last_grant(self, cast, dataset):
         grant = active_grant(cast=cast, dataset=dataset)
@@ -253,8 +268,6 @@ class TestExplain:
     def test_grantee_sees_forms_grants_and_reasons(self, as_user, cast, dataset):
         grant = active_grant(cast=cast, dataset=dataset, fields=["stop_id", "revenue"])
         pending = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name", "boardings"])
-        from tests.access_factories import decide
-
         decide(actor=cast["steward"], access_request=pending, approve={"passenger_name": None},
                deny=["boardings"])
         body = as_user(cast["analyst_h"]).get(self.url(dataset, f"user={cast['analyst_h'].username}")).json()

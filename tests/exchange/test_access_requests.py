@@ -258,3 +258,25 @@ class TestComments:
         assert AuditEvent.objects.filter(action="access_request.comment").count() == 2
         error_of(as_user(cast["auditor"]).post(url, {"comment": "Hm"}), 403)
         error_of(as_user(cast["nobody"]).post(url, {"comment": "Hm"}), 404)
+
+
+class TestRenewal:
+    def test_renewal_names_the_grant_it_renews(self, as_user, cast, dataset):
+        from tests.access_factories import active_grant
+
+        grant = active_grant(cast=cast, dataset=dataset)
+        response = as_user(cast["analyst_h"]).post("/api/v1/access-requests/", payload(
+            dataset, fields=["stop_id", "district"], renews=grant.pk, **period(days_from_now=80, days=200)))
+        assert response.status_code == 201, response.content
+        assert response.json()["renews"] == grant.pk
+
+    def test_only_the_grantee_s_own_grants_on_the_same_dataset(self, as_user, cast, dataset, department):
+        from tests.access_factories import active_grant
+
+        grant = active_grant(cast=cast, dataset=dataset)
+        other = published_dataset(department)
+        error = error_of(as_user(cast["analyst_h"]).post("/api/v1/access-requests/",
+                                                         payload(other, renews=grant.pk)), 400)
+        assert "renews" in error["fields"]
+        error_of(as_user(cast["steward_h"]).post("/api/v1/access-requests/",
+                                                 payload(dataset, renews=grant.pk)), 404)
