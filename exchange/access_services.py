@@ -287,9 +287,13 @@ def access_request_submit(
         errors["renews"] = ["Only a grant of the same principal on the same dataset can be renewed."]
     elif renews is not None and renews.status not in (GrantStatus.ACTIVE, GrantStatus.EXPIRED):
         errors["renews"] = [f"A {renews.status} grant cannot be renewed; make a new request."]
+    clean_filter: list[dict[str, Any]] = []
+    try:
+        clean_filter = row_filter_validate(fields=schema, row_filter=row_filter)
+    except ApplicationError as exc:
+        errors.update(exc.fields)
     if errors:
         raise ApplicationError("The access request is not valid.", fields=errors)
-    clean_filter = row_filter_validate(fields=schema, row_filter=row_filter)
 
     access_request = AccessRequest(
         dataset=dataset, requested_by=actor,

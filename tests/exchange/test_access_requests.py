@@ -280,3 +280,9 @@ class TestRenewal:
         assert "renews" in error["fields"]
         error_of(as_user(cast["steward_h"]).post("/api/v1/access-requests/",
                                                  payload(dataset, renews=grant.pk)), 404)
+
+
+def test_all_input_errors_are_reported_at_once(as_user, cast, dataset):
+    response = as_user(cast["analyst_h"]).post("/api/v1/access-requests/", payload(
+        dataset, fields=["nope"], row_filter=[{"field": "stop_id", "op": "contains", "value": "1"}]))
+    assert set(error_of(response, 400)["fields"]) == {"fields", "row_filter[0].op"}
