@@ -4,6 +4,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from departments import views as department_views
+from exchange import views as exchange_views
 from exchange.apis import HealthApi
 
 api_v1: list[URLPattern | URLResolver] = [
@@ -19,8 +20,10 @@ urlpatterns = [
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("inbox/", department_views.inbox, name="ui-inbox"),
     path("departments/", department_views.department_list, name="ui-department-list"),
     path("departments/<slug:slug>/", department_views.department_detail, name="ui-department-detail"),
+    path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
 ]

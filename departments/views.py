@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 
 from config.api.errors import NotFoundError
 from departments import selectors
+from departments.notifications import inbox as inbox_items
+from departments.notifications import notification_mark_read
 
 
 @login_required
@@ -53,3 +56,19 @@ def error_404(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 def error_500(request: HttpRequest) -> HttpResponse:
     return render(request, "errors/500.html", status=500)
+
+
+@login_required
+def inbox(request: HttpRequest) -> HttpResponse:
+    """Everything that waits on me (decisions to take) and what I was told."""
+    user = request.user
+    assert isinstance(user, User)
+    if request.method == "POST":
+        ids = [int(i) for i in request.POST.getlist("notification") if i.isdigit()]
+        notification_mark_read(user=user, notification_ids=ids or None)
+        return redirect("ui-inbox")
+    items = list(inbox_items(user=user)[:200])
+    return render(request, "departments/inbox.html", {
+        "waiting": [n for n in items if n.action_required and n.read_at is None],
+        "others": [n for n in items if not (n.action_required and n.read_at is None)],
+    })

@@ -653,10 +653,24 @@ def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, vi
     )
 
 
+def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: EffectiveView, action: str,
+                    params: dict[str, Any], default_page_size: int | None = None) -> RecordQuery:
+    """Parse the query; a refused one (a hidden field, a bad operator) is recorded as a denied
+    read, with the parameter names only, so probing shows up in the audit trail."""
+    try:
+        return parse_query(view, params, default_page_size=default_page_size)
+    except ApplicationError as exc:
+        audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset, dataset_id=dataset.pk,
+                     department_id=dataset.department_id,
+                     details={"reason": exc.code, "parameters": sorted(params)})
+        raise
+
+
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
               action: str = "records.read", page_size: int | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
     view = readable_view(user=user, dataset=dataset, action=action)
-    query = parse_query(view, params, default_page_size=page_size)
+    query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
+                            default_page_size=page_size)
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     page = fetch_page(view, table, query) if store_exists(dataset) else Page([], None)
     _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
@@ -671,7 +685,8 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     if fmt not in {"csv", "ndjson"}:
         raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
     view = readable_view(user=user, dataset=dataset, action="records.export")
-    query = parse_query(view, {k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
+    query = _parse_or_audit(user=user, dataset=dataset, view=view, action="records.export",
+                            params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     exists = store_exists(dataset)
 

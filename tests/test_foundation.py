@@ -145,3 +145,24 @@ def test_seed_demo_is_idempotent(capsys):
     ) == counts
     assert "Demo password" in capsys.readouterr().out
     assert audit_verify().intact
+
+
+@pytest.mark.django_db
+def test_inbox_page_lists_and_marks_read(client, people):
+    from departments.models import Notification
+    from departments.notifications import notify
+
+    steward, other = people["steward"], people["analyst"]
+    notify(recipients=[steward], kind="test.decide", subject="Decide request #1", link="/inbox/",
+           action_required=True)
+    notify(recipients=[steward, other], kind="test.info", subject="Dataset published")
+    client.force_login(steward)
+    page = client.get("/inbox/").content.decode()
+    assert "Decide request #1" in page and "Dataset published" in page
+    assert 'aria-label="2 unread"' in page
+    mine = Notification.objects.get(recipient=steward, kind="test.decide")
+    client.post("/inbox/", {"notification": [str(mine.pk)]})
+    assert Notification.objects.get(pk=mine.pk).read_at is not None
+    client.post("/inbox/", {})
+    assert not Notification.objects.filter(recipient=steward, read_at__isnull=True).exists()
+    assert Notification.objects.filter(recipient=other, read_at__isnull=True).count() == 1

@@ -121,6 +121,8 @@ class TestRefusals:
         error = assert_error(response, 400, "field_not_visible")
         assert "results" not in response.json() and CANARY_NOTE not in response.content.decode()
         assert error["fields"]
+        denied = AuditEvent.objects.get(action="records.read", outcome="denied")
+        assert denied.details["reason"] == "field_not_visible" and "CANARY" not in json.dumps(denied.details)
 
     def test_filter_on_masked_field_compares_the_masked_value(self, as_user, grantee, permits):
         raw = as_user(grantee).get(url(permits) + f"?phone__contains={CANARY_PHONE}").json()
