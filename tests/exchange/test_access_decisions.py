@@ -230,6 +230,17 @@ class TestDpoSecondApproval:
         assert as_user(cast["dpo"]).get("/api/v1/access/pending/").json()["grants_awaiting_dpo"] == []
         assert as_user(cast["dpo2"]).post(f"/api/v1/grants/{grant.pk}/dpo-approve/").status_code == 200
 
+    def test_the_deciding_steward_cannot_also_be_the_dpo(self, as_user, cast, dataset):
+        from departments import services as department_services
+
+        department_services.city_role_grant(actor=None, user=cast["steward"], role="data_protection_officer")
+        self.make_pending(cast, dataset)
+        grant = Grant.objects.get()
+        assert not Notification.objects.filter(kind="grant.pending_dpo", recipient=cast["steward"]).exists()
+        error = error_of(as_user(cast["steward"]).post(f"/api/v1/grants/{grant.pk}/dpo-approve/"), 403)
+        assert error["code"] == "four_eyes"
+        assert as_user(cast["steward"]).get("/api/v1/access/pending/").json()["grants_awaiting_dpo"] == []
+
     def test_dpo_rejection_denies_the_request(self, as_user, cast, dataset):
         self.make_pending(cast, dataset)
         grant = Grant.objects.get()
