@@ -467,13 +467,27 @@ def access_request_decide(
     if errors:
         raise ApplicationError("The decision is not valid.", fields=errors)
 
-    for name in requested:
+    if forms:
+        # The filter was checked at submission; a schema change since may have removed its field.
+        try:
+            row_filter_validate(fields=schema, row_filter=access_request.row_filter)
+        except ApplicationError as exc:
+            raise ConflictError(
+                "The request's row filter no longer fits the dataset's schema; deny it, and the requester "
+                "can ask again.", code="row_filter_stale", extra={"row_filter_errors": exc.fields},
+            ) from exc
+
+    def _reason(name: str) -> str:
         d = by_name[name]
-        reason = d.reason.strip()
         if d.approved and forms[name] == AccessForm.CLEAR and schema[name].sensitivity == Sensitivity.PERSONAL:
-            reason = f"{reason}\nClear on personal data: {clear_reason.strip()}".strip()
-        FieldDecision.objects.create(request=access_request, field_name=name, approved=d.approved,
-                                     form=forms.get(name, ""), reason=reason, decided_by=actor)
+            return f"{d.reason.strip()}\nClear on personal data: {clear_reason.strip()}".strip()
+        return d.reason.strip()
+
+    FieldDecision.objects.bulk_create(
+        FieldDecision(request=access_request, field_name=name, approved=by_name[name].approved,
+                      form=forms.get(name, ""), reason=_reason(name), decided_by=actor)
+        for name in requested
+    )
     approved = [n for n in requested if n in forms]
     denied = [n for n in requested if n not in forms]
     needs_dpo = any(schema[n].sensitivity in DPO_SENSITIVITIES for n in approved)
@@ -805,14 +819,25 @@ def grant_fields_lapse(*, dataset: Dataset, removed_or_changed: list[str], reaso
                        actor: User | None = None) -> list[Grant]:
     """Fields removed, renamed or retyped by a published schema change are no longer covered by
     any grant on the dataset (active or awaiting the DPO): set ``lapsed_at``, audit per grant
-    and tell the grantees. Returns the grants that lost fields."""
+    and tell the grantees. Returns the grants that lost fields.
+
+    A grant whose row filter names such a field loses all its fields: its row scope can no
+    longer be enforced, and showing every row instead would give more than was granted."""
     if not removed_or_changed:
         return []
+    names = set(removed_or_changed)
     now = timezone.now()
+    live = Q(grant__dataset_id=dataset.pk, lapsed_at__isnull=True,
+             grant__status__in=(GrantStatus.ACTIVE, GrantStatus.PENDING_DPO))
+    unscoped = [
+        grant_id for grant_id, row_filter in Grant.objects.filter(
+            dataset_id=dataset.pk, status__in=(GrantStatus.ACTIVE, GrantStatus.PENDING_DPO),
+        ).exclude(row_filter=[]).values_list("pk", "row_filter")
+        if any(isinstance(c, dict) and c.get("field") in names for c in row_filter or [])
+    ]
     affected = list(
         GrantField.objects.select_for_update(of=("self",))
-        .filter(grant__dataset_id=dataset.pk, field_name__in=removed_or_changed, lapsed_at__isnull=True,
-                grant__status__in=(GrantStatus.ACTIVE, GrantStatus.PENDING_DPO))
+        .filter(live & (Q(field_name__in=names) | Q(grant_id__in=unscoped)))
         .select_related("grant", "grant__dataset", "grant__principal_user", "grant__principal_department")
         .order_by("grant_id", "id")
     )
@@ -820,12 +845,14 @@ def grant_fields_lapse(*, dataset: Dataset, removed_or_changed: list[str], reaso
     by_grant: dict[int, tuple[Grant, list[str]]] = {}
     for grant_field in affected:
         by_grant.setdefault(grant_field.grant_id, (grant_field.grant, []))[1].append(grant_field.field_name)
-    for grant, names in by_grant.values():
-        _event(access_request_id=grant.request_id, actor=actor, action="fields_lapsed", comment=reason,
-               details={"grant": grant.pk, "fields": names})
-        _audit_grant(actor=actor, action="grant.lapse", grant=grant, fields=names, details={"reason": reason})
+    for grant, lapsed in by_grant.values():
+        why = reason if grant.pk not in unscoped else f"{reason} The grant's row filter used the field."
+        _event(access_request_id=grant.request_id, actor=actor, action="fields_lapsed", comment=why,
+               details={"grant": grant.pk, "fields": lapsed})
+        _audit_grant(actor=actor, action="grant.lapse", grant=grant, fields=lapsed,
+                     details={"reason": why, "row_filter_lapsed": grant.pk in unscoped})
         notify(recipients=sel.grantee_recipients(grant), kind="grant.fields_lapsed",
-               subject=f"Fields no longer granted on {grant.dataset.title}: {', '.join(names)}",
-               body=f"{reason}\nRequest the fields of the new schema if you still need them.",
+               subject=f"Fields no longer granted on {grant.dataset.title}: {', '.join(lapsed)}",
+               body=f"{why}\nRequest the fields of the new schema if you still need them.",
                link=_link_grant(grant), obj=grant)
     return [g for g, _ in by_grant.values()]

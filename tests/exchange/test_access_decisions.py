@@ -151,6 +151,20 @@ class TestDecide:
         assert "fields" in error["fields"]
 
 
+def test_a_row_filter_broken_by_a_schema_change_cannot_be_approved(as_user, cast, dataset):
+    from tests.access_factories import schema_with_fields
+
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id"],
+                            row_filter=[{"field": "district", "op": "eq", "value": "North"}])
+    schema_with_fields(dataset, [("stop_id", "integer", "public")], number=2)
+    response = as_user(cast["steward"]).post(decide_url(access_request), {"fields": [field("stop_id")]})
+    assert error_of(response, 409)["code"] == "row_filter_stale"
+    assert not Grant.objects.exists()
+    response = as_user(cast["steward"]).post(decide_url(access_request), {
+        "fields": [field("stop_id", approved=False, reason="Filter no longer valid")]})
+    assert response.json()["status"] == "denied"
+
+
 class TestDefaultsAndClearOnPersonal:
     def test_approval_without_a_form_takes_the_classification_default(self, cast, dataset):
         access_request = submit(actor=cast["analyst_h"], dataset=dataset,

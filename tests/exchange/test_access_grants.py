@@ -198,6 +198,24 @@ class TestSchemaChangeLapse:
         assert Notification.objects.filter(kind="grant.fields_lapsed", recipient=cast["analyst_h"]).exists()
         assert grant_fields_lapse(dataset=dataset, removed_or_changed=["district"], reason="again") == []
 
+    def test_a_grant_scoped_by_a_changed_field_loses_all_its_fields(self, cast, dataset):
+        from exchange.access_services import grant_dpo_approve
+
+        access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id", "boardings"],
+                                row_filter=[{"field": "district", "op": "eq", "value": "North"}])
+        decide(actor=cast["steward"], access_request=access_request, approve={"stop_id": None, "boardings": None})
+        scoped = access_request.grant
+        if scoped.status == "pending_dpo":
+            grant_dpo_approve(actor=cast["dpo"], grant=scoped)
+        unscoped = active_grant(cast=cast, dataset=dataset, fields=["accessible"])
+        lapsed = grant_fields_lapse(dataset=dataset, removed_or_changed=["district"], reason="v2 removed district.")
+        assert [g.pk for g in lapsed] == [scoped.pk]
+        assert set(GrantField.objects.filter(grant=scoped, lapsed_at__isnull=False)
+                   .values_list("field_name", flat=True)) == {"stop_id", "boardings"}
+        assert list(effective_view(dataset=dataset, user=cast["analyst_h"]).fields) == ["accessible"]
+        assert AuditEvent.objects.get(action="grant.lapse").details["row_filter_lapsed"] is True
+        assert GrantField.objects.get(grant=unscoped).lapsed_at is None
+
     def test_changed_field_names_from_the_change_list(self):
         changes = [
             {"change": "removed", "field": "a"},
