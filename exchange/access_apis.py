@@ -43,9 +43,9 @@ class DatasetRefOutput(serializers.Serializer):
 class RowConditionSerializer(serializers.Serializer):
     field = serializers.CharField(max_length=63)
     op = serializers.ChoiceField(choices=ROW_FILTER_OPS,
-                                 help_text="eq, ne, lt, lte, gt, gte and in fit numbers, dates and timestamps; "
-                                           "text takes eq, ne, in, contains; booleans eq, ne; "
-                                           "every type takes is_null.")
+                                 help_text="eq, ne, lt, lte, gt, gte and in fit text, numbers, dates and "
+                                           "timestamps; contains only text; booleans take eq and ne; "
+                                           "every type (also geopoint and json) takes is_null.")
     value = serializers.JSONField(help_text="A value of the field's type; a list for `in`; "
                                             "true (is null) or false (is not null) for `is_null`.")
 

@@ -100,7 +100,7 @@ def _audit_grant(*, actor: User | None, action: str, grant: Grant, fields: Itera
 
 ORDERED_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "is_null")
 OPS_BY_TYPE: dict[str, tuple[str, ...]] = {
-    FieldType.TEXT: ("eq", "ne", "in", "contains", "is_null"),
+    FieldType.TEXT: (*ORDERED_OPS, "contains"),
     FieldType.INTEGER: ORDERED_OPS,
     FieldType.DECIMAL: ORDERED_OPS,
     FieldType.DATE: ORDERED_OPS,

@@ -124,7 +124,8 @@ class TestRowFilter:
             ({"field": "stop_id", "op": "contains", "value": "1"}, "row_filter[0].op"),
             ({"field": "accessible", "op": "lt", "value": True}, "row_filter[0].op"),
             ({"field": "location", "op": "eq", "value": "x"}, "row_filter[0].op"),
-            ({"field": "district", "op": "gt", "value": "A"}, "row_filter[0].op"),
+            ({"field": "accessible", "op": "contains", "value": "t"}, "row_filter[0].op"),
+            ({"field": "measured_on", "op": "contains", "value": "2025"}, "row_filter[0].op"),
             ({"field": "stop_id", "op": "eq", "value": "12; DROP TABLE x"}, "row_filter[0].value"),
             ({"field": "stop_id", "op": "eq", "value": True}, "row_filter[0].value"),
             ({"field": "revenue", "op": "gt", "value": "lots"}, "row_filter[0].value"),
@@ -157,13 +158,14 @@ class TestRowFilter:
             {"field": "measured_on", "op": "lt", "value": "2026-01-01"},
             {"field": "recorded_at", "op": "gt", "value": "2025-01-01T00:00:00+00:00"},
             {"field": "passenger_name", "op": "contains", "value": "an"},
+            {"field": "district", "op": "gte", "value": "M"},
             {"field": "location", "op": "is_null", "value": False},
         ]
         response = as_user(cast["analyst_h"]).post("/api/v1/access-requests/", payload(dataset, row_filter=row_filter))
         assert response.status_code == 201, response.content
         stored = AccessRequest.objects.get().row_filter
         assert stored[1] == {"field": "revenue", "op": "gte", "value": "10.5"}
-        assert stored[0]["value"] == ["North", "East"] and len(stored) == 6
+        assert stored[0]["value"] == ["North", "East"] and len(stored) == 7
 
 
 class TestWithdraw:
