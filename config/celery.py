@@ -55,5 +55,7 @@ app.conf.beat_schedule = {
     "expire-grants": {"task": "exchange.tasks.housekeeping_expire_grants", "schedule": 300.0},
     "grant-reminders": {"task": "exchange.tasks.housekeeping_grant_reminders", "schedule": 3600.0},
     "grant-recertification": {"task": "exchange.tasks.housekeeping_recertification", "schedule": 6 * 3600.0},
+    # Truncating the audit trail's tail is detected back to the latest checkpoint.
+    "audit-checkpoint": {"task": "exchange.tasks.housekeeping_audit_checkpoint", "schedule": 600.0},
 }
 app.autodiscover_tasks()

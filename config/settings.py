@@ -8,6 +8,8 @@ a broker kept in files under ``var/``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -282,6 +284,15 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({  # type: ign
     "GrantStatusEnum": "exchange.models.access.GrantStatus",
     "AccessFormEnum": "exchange.models.access.AccessForm",
 })
+
+# Key of the HMAC that signs audit checkpoints (see exchange/audit.py). Kept out of the
+# database so that whoever can rewrite the audit tables cannot forge a checkpoint. The default
+# is derived from SECRET_KEY so that every deployment signs without extra setup; set it
+# explicitly in production, because rotating SECRET_KEY would otherwise make every existing
+# checkpoint fail verification.
+AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or hmac.new(
+    SECRET_KEY.encode(), b"exchange.audit.checkpoint", hashlib.sha256
+).hexdigest()
 
 LOGGING = {
     "version": 1,

@@ -17,9 +17,8 @@ from django.db.models import Q, QuerySet
 
 from catalog.models import Dataset
 from config.api.errors import ApplicationError, PermissionDeniedError
-from departments.models import Role
-from departments.selectors import principal_of
 from exchange.audit import audit_record
+from exchange.audit_selectors import audit_scope_of
 from exchange.models import AuditEvent, Grant, GrantField
 from exchange.models.audit import AuditOutcome
 from exchange.policy import OWNER_ROLES, active_grants_q
@@ -27,15 +26,11 @@ from exchange.policy import OWNER_ROLES, active_grants_q
 TIMELINE_ACTIONS = ("access_request.", "grant.", "subscription.", "delivery.")
 
 
-def can_audit(*, user: User | AnonymousUser, department_id: int | None) -> bool:
-    p = principal_of(user)
-    if p.is_staff or p.is_city_auditor:
-        return True
-    return department_id is not None and p.has_role(department_id, Role.AUDITOR)
-
-
 def require_auditor(*, user: User | AnonymousUser, dataset: Dataset, action: str) -> None:
-    if not can_audit(user=user, department_id=dataset.department_id):
+    """Auditors whose scope covers the owning department (the audit API's own rule), or an
+    audited 403."""
+    scope = audit_scope_of(user)
+    if scope is None or not scope.covers(dataset.department_id):
         audit_record(actor=user, action="audit.denied", outcome=AuditOutcome.DENIED, obj=dataset,
                      dataset_id=dataset.pk, department_id=dataset.department_id, details={"asked": action})
         raise PermissionDeniedError("Only auditors may read the audit trail.")

@@ -9,10 +9,10 @@ from exchange.models.access import (
     RequestEvent,
     RequestStatus,
 )
-from exchange.models.audit import AuditEvent
+from exchange.models.audit import AuditCheckpoint, AuditEvent
 from exchange.models.ops import WorkerHeartbeat
 
 __all__ = [
-    "AccessForm", "AccessRequest", "AuditEvent", "FieldDecision", "Grant", "GrantField", "GrantStatus",
-    "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
+    "AccessForm", "AccessRequest", "AuditCheckpoint", "AuditEvent", "FieldDecision", "Grant", "GrantField",
+    "GrantStatus", "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
 ]

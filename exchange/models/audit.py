@@ -49,3 +49,30 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} by {self.actor_label or self.actor_kind}"
+
+
+class CheckpointReason(models.TextChoices):
+    SCHEDULED = "scheduled", "Scheduled"
+    VERIFY = "verify", "After a verification"
+    ARCHIVE = "archive", "After an archive export"
+    MANUAL = "manual", "Manual"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement "the chain had ``event_count`` events, ending in event
+    ``last_event_id`` with hash ``last_hash``". The HMAC key is not in the database, so
+    someone who can delete the tail of the chain cannot write a checkpoint that hides it.
+    Append-only, like the events."""
+
+    created_at = models.DateTimeField()
+    last_event_id = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    event_count = models.BigIntegerField()
+    reason = models.CharField(max_length=16, choices=CheckpointReason.choices)
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.pk} at event #{self.last_event_id} ({self.event_count} events)"

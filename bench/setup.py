@@ -1,0 +1,36 @@
+"""Shared set-up for benchmarks: Django configured from the environment, and a throw-away
+database made with Django's test-database machinery (migrations, triggers and all)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def configure() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.test_settings")
+    import django
+
+    django.setup()
+
+
+@contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """Create a fresh database called ``bench_<name>`` next to the configured one, migrate it,
+    point the default connection at it, and drop it afterwards."""
+    from django.conf import settings
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        test_name = str(settings.VAR_DIR / f"bench-{name}.sqlite3")
+    else:
+        test_name = f"bench_{name}"
+    settings_dict.setdefault("TEST", {})["NAME"] = test_name
+    original = settings_dict["NAME"]
+    created = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        yield created
+    finally:
+        connection.creation.destroy_test_db(original, verbosity=0, keepdb=False)
