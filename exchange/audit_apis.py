@@ -12,7 +12,7 @@ import csv
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.contrib.auth.models import User
 from django.db.models import Max, QuerySet
@@ -53,7 +53,7 @@ class AuditApi(APIView):
     """Base of the audit endpoints: a request refused before the view runs (no or a bad
     login) is audited like any other refused attempt to read the trail."""
 
-    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> None:
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> NoReturn:
         audit_record(
             actor=request.user, action="audit.denied", outcome=AuditOutcome.DENIED,
             details={"attempted": "audit", "path": request.path, "reason": "not authenticated"},
