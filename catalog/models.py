@@ -10,6 +10,7 @@ the current schema only; grants name fields by their ``name``.
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -121,6 +122,13 @@ class Dataset(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     modified_at = models.DateTimeField(auto_now=True)
     published_at = models.DateTimeField(null=True, blank=True)
+    # Denormalised search text, rewritten by the services on every metadata or schema change:
+    # keywords and field names (rank B), description and field descriptions (rank C). The title
+    # (rank A) is read from its own column. ``search_vector`` is the weighted tsvector of the
+    # three, filled and GIN-indexed on PostgreSQL only (a plain, always-null column on SQLite).
+    search_terms = models.TextField(blank=True, editable=False)
+    search_text = models.TextField(blank=True, editable=False)
+    search_vector = SearchVectorField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["title"]
@@ -214,3 +222,29 @@ class Field(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.type}, {self.sensitivity})"
+
+
+class DatasetTransition(models.Model):
+    """One step of the publication workflow, of the dataset or of one of its schema versions:
+    the timeline shown to stewards and reviewers. Append-only, written by the services."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="transitions")
+    # Set when the step moved a schema version of an already published dataset. The number is
+    # kept as well so that the timeline still names a draft version after it was discarded.
+    schema_version = models.ForeignKey(SchemaVersion, on_delete=models.SET_NULL, null=True, blank=True,
+                                       related_name="transitions")
+    schema_number = models.PositiveIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=32)
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="+")
+    comment = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["dataset", "created_at", "id"]
+        get_latest_by = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id} {self.action}: {self.from_status} -> {self.to_status}"

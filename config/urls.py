@@ -9,6 +9,7 @@ from exchange.apis import HealthApi
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("departments.urls")),
+    path("", include("catalog.urls")),
     path("", include("exchange.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
@@ -26,6 +27,8 @@ urlpatterns = [
     path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    path("api/3/action/", include("catalog.ckan_urls")),
+    path("", include("catalog.dcat_urls")),
 ]
 
 handler403 = "departments.views.error_403"

@@ -16,8 +16,10 @@ from rest_framework.views import APIView
 
 from config.api.auth import request_user
 from config.api.errors import ApplicationError, NotFoundError
+from config.api.pagination import PageNumberPagination
 from departments import selectors, services
-from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
+from departments.models import CityRole, CityRoleAssignment, Department, Membership, Notification, Role
+from departments.notifications import inbox, notification_mark_read
 from departments.permissions import IsOperator
 
 
@@ -299,3 +301,55 @@ class LogoutApi(APIView):
         if isinstance(request.auth, AuthToken):
             services.token_revoke(user=request_user(request), token_key=request.auth.token_key)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- Inbox ----------------------------------------------------------------------------------
+
+class NotificationOutput(serializers.ModelSerializer):
+    class Meta:
+        model = Notification
+        fields = ["id", "kind", "subject", "body", "link", "action_required", "object_type", "object_id",
+                  "created_at", "read_at"]
+
+
+class InboxApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        unread = serializers.BooleanField(required=False, default=False)
+        page = serializers.IntegerField(required=False, min_value=1)
+        page_size = serializers.IntegerField(required=False, min_value=1, max_value=500)
+
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses=inline_serializer("NotificationPage", fields={
+            "count": serializers.IntegerField(), "next": serializers.CharField(allow_null=True),
+            "previous": serializers.CharField(allow_null=True), "unread": serializers.IntegerField(),
+            "results": NotificationOutput(many=True),
+        }),
+    )
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        user = request_user(request)
+        qs = inbox(user=user, unread_only=filters.validated_data["unread"]).order_by("-created_at", "-id")
+        paginator = PageNumberPagination()
+        page: list[Notification] = list(paginator.paginate_queryset(qs, request, view=self) or [])
+        response = paginator.get_paginated_response(NotificationOutput(page, many=True).data)
+        response.data["unread"] = inbox(user=user, unread_only=True).count()
+        return response
+
+
+class InboxReadApi(APIView):
+    """Mark notifications read: the ones listed, or all of them when ``ids`` is absent."""
+
+    class InputSerializer(serializers.Serializer):
+        ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+
+    class OutputSerializer(serializers.Serializer):
+        marked = serializers.IntegerField()
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        marked = notification_mark_read(user=request_user(request), notification_ids=data.validated_data.get("ids"))
+        return Response(self.OutputSerializer({"marked": marked}).data)

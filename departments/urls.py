@@ -16,6 +16,8 @@ urlpatterns = [
         apis.MembershipDetailApi.as_view(),
         name="membership-detail",
     ),
+    path("inbox/", apis.InboxApi.as_view(), name="inbox"),
+    path("inbox/read/", apis.InboxReadApi.as_view(), name="inbox-read"),
     path("city-roles/", apis.CityRoleListApi.as_view(), name="city-role-list"),
     path("city-roles/<int:assignment_id>/", apis.CityRoleDetailApi.as_view(), name="city-role-detail"),
 ]

@@ -778,3 +778,26 @@ def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20) -> 
     view, _query, page = read_page(user=user, dataset=dataset, params={"page_size": str(rows)},
                                    action="records.preview")
     return view, page
+
+
+def read_offset(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any], limit: int, offset: int,
+                action: str) -> tuple[EffectiveView, RecordQuery, list[dict[str, Any]], int]:
+    """Offset paging for clients that only know offsets (CKAN ``datastore_search``): one page
+    and the total number of rows of the view, through the same projection and audit."""
+    view = readable_view(user=user, dataset=dataset, action=action)
+    query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params)
+    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    rows: list[dict[str, Any]] = []
+    total = 0
+    if store_exists(dataset):
+        select = build_select(view, table, query, paginate=False, ordered=True)
+        names = [c.name for c in select.columns]
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM ({select.sql}) AS {ident('_n')}", select.params)
+            total = cursor.fetchone()[0]
+            cursor.execute(f"{select.sql} LIMIT {int(limit)} OFFSET {int(offset)}", select.params)
+            raw = cursor.fetchall()
+        rows = [dict(zip(names, r, strict=True)) for r in _normalise(raw, select.columns)]
+    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(rows),
+                details={"offset": offset, "limit": limit})
+    return view, query, rows, total

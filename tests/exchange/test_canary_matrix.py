@@ -51,6 +51,17 @@ def endpoints(dataset_id: int) -> list[tuple[str, str]]:
         ("web", f"/datasets/{dataset_id}/records/?f_field=secret_note&f_value=CANARY"),
         ("api", f"/api/v1/audit/datasets/{dataset_id}/who-could-see/?field=secret_note"),
         ("api", f"/api/v1/audit/datasets/{dataset_id}/grant-timeline/"),
+        ("api", "/api/v1/audit/events/"),
+        ("api", f"/api/3/action/datastore_search?resource_id={dataset_id}-records&limit=1000"),
+        ("api", f"/api/3/action/datastore_search?resource_id={dataset_id}&q=CANARY"),
+        ("api", f'/api/3/action/datastore_search?resource_id={dataset_id}&filters={{"secret_note":"x"}}'),
+        ("api", f"/api/3/action/datastore_search?resource_id={dataset_id}&sort=phone%20desc"),
+        ("api", f"/api/3/action/package_show?id={dataset_id}"),
+        ("api", "/api/3/action/package_search?q=CANARY"),
+        ("api", f"/api/v1/datasets/{dataset_id}/"),
+        ("api", "/api/v1/search/?q=CANARY"),
+        ("web", f"/datasets/{dataset_id}.ttl"),
+        ("web", "/catalog.jsonld"),
     ]
 
 

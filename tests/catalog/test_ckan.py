@@ -1,0 +1,156 @@
+"""The CKAN-compatible read API: envelope, actions, errors, and the catalogue's visibility."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.factories import DatasetFactory
+
+pytestmark = pytest.mark.django_db
+
+BASE = "/api/3/action/"
+
+
+def ok(response: Any) -> Any:
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["success"] is True and body["help"].endswith(response.wsgi_request.path.rsplit("/", 1)[1])
+    return body["result"]
+
+
+def failed(response: Any, status: int, kind: str) -> dict[str, Any]:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["success"] is False and body["error"]["__type"] == kind and body["error"]["message"]
+    assert "help" in body
+    return body["error"]
+
+
+@pytest.fixture
+def catalogue(make_dataset, cast, other_department) -> dict[str, Any]:
+    return {
+        "open": make_dataset("published", title="Street trees", slug="street-trees", keywords=["trees", "green"],
+                             themes=["ENVI"], licence="CC0-1.0"),
+        "internal": make_dataset("published", title="Parking permits", slug="parking-permits",
+                                 keywords=["parking"], licence="city-internal"),
+        "restricted": make_dataset("published", title="Parking fines", slug="parking-fines",
+                                   visibility="restricted", keywords=["parking", "fines"]),
+        "draft": make_dataset(title="Draft works", slug="draft-works"),
+        "theirs": DatasetFactory(department=other_department, steward=cast["other_steward"],
+                                 reviewer=cast["reviewer"], status="published", title="Clinic list",
+                                 slug="clinics", keywords=["clinics"], themes=["HEAL"]),
+    }
+
+
+def test_status_show(api):
+    result = ok(api.get(f"{BASE}status_show"))
+    assert result["ckan_version"].startswith("2.") and result["site_url"]
+
+
+def test_package_list_respects_visibility(api, as_user, cast, catalogue):
+    assert ok(api.get(f"{BASE}package_list")) == ["clinics", "street-trees"]  # anonymous: open licences only
+    assert ok(as_user(cast["outsider"]).get(f"{BASE}package_list")) == ["clinics", "parking-permits",
+                                                                          "street-trees"]
+    assert ok(as_user(cast["steward"]).get(f"{BASE}package_list")) == ["clinics", "parking-fines",
+                                                                         "parking-permits", "street-trees"]
+
+
+def test_package_show_by_name_or_id_with_datastore_fields(as_user, cast, catalogue):
+    client = as_user(cast["outsider"])
+    trees = catalogue["open"]
+    by_name = ok(client.get(f"{BASE}package_show", {"id": "street-trees"}))
+    assert ok(client.get(f"{BASE}package_show", {"id": trees.pk}))["name"] == "street-trees"
+    assert by_name["organization"]["name"] == "transport" and by_name["owner_org"] == str(trees.department_id)
+    assert [t["name"] for t in by_name["tags"]] == ["trees", "green"]
+    assert by_name["license_id"] == "CC0-1.0" and by_name["isopen"] is True
+    records = by_name["resources"][0]
+    assert records["url"].endswith(f"/api/v1/datasets/{trees.pk}/records/") and records["datastore_active"]
+    assert [(f["id"], f["type"], f["info"]["sensitivity"]) for f in records["fields"]][:2] == [
+        ("permit_id", "text", "public"), ("applicant_name", "text", "personal")]
+    assert by_name["resources"][1]["format"] == "CSV"
+
+
+@pytest.mark.parametrize("name", ["parking-fines", "draft-works", "nope"])
+def test_invisible_package_is_not_found(as_user, cast, catalogue, name):
+    error = failed(as_user(cast["outsider"]).get(f"{BASE}package_show", {"id": name}), 404, "Not Found Error")
+    assert error["message"] == "Not found"
+
+
+def test_package_show_without_id_is_a_validation_error(api):
+    error = failed(api.get(f"{BASE}package_show"), 409, "Validation Error")
+    assert "id" in error
+
+
+def test_package_search(as_user, cast, catalogue):
+    client = as_user(cast["steward"])
+    result = ok(client.get(f"{BASE}package_search", {"q": "parking"}))
+    assert result["count"] == 2 and {r["name"] for r in result["results"]} == {"parking-fines", "parking-permits"}
+    result = ok(client.get(f"{BASE}package_search", {"fq": "organization:health"}))
+    assert [r["name"] for r in result["results"]] == ["clinics"]
+    result = ok(client.get(f"{BASE}package_search", {"fq": 'tags:"parking" -tags:fines'}))
+    assert [r["name"] for r in result["results"]] == ["parking-permits"]
+    result = ok(client.get(f"{BASE}package_search", {"rows": 2, "start": 1, "sort": "name asc"}))
+    assert result["count"] == 4 and [r["name"] for r in result["results"]] == ["parking-fines", "parking-permits"]
+    result = ok(client.get(f"{BASE}package_search", {"sort": "title_string desc", "rows": 1,
+                                                     "facet.field": '["organization", "tags"]'}))
+    assert result["results"][0]["title"] == "Street trees"
+    assert result["facets"]["organization"] == {"transport": 3, "health": 1}
+    assert result["search_facets"]["tags"]["items"][0] == {"name": "parking", "display_name": "parking", "count": 2}
+    assert ok(as_user(cast["outsider"]).get(f"{BASE}package_search", {"q": "fines"}))["count"] == 0
+
+
+@pytest.mark.parametrize(("params", "field"), [({"rows": "many"}, "rows"), ({"sort": "colour asc"}, "sort"),
+                                               ({"fq": "colour:red"}, "fq"), ({"start": "-1"}, "start")])
+def test_package_search_bad_input(api, params, field):
+    assert field in failed(api.get(f"{BASE}package_search", params), 409, "Validation Error")
+
+
+def test_organizations_and_tags(api, as_user, cast, catalogue):
+    assert ok(api.get(f"{BASE}organization_list")) == ["health", "transport"]
+    orgs = ok(as_user(cast["outsider"]).get(f"{BASE}organization_list", {"all_fields": "true"}))
+    assert {o["name"]: o["package_count"] for o in orgs} == {"health": 1, "transport": 2}
+    assert all(o["is_organization"] for o in orgs)
+    api.force_authenticate(user=None)  # as_user() signed the shared client in
+    org = ok(api.get(f"{BASE}organization_show", {"id": "transport", "include_datasets": "true"}))
+    assert org["package_count"] == 1 and [p["name"] for p in org["packages"]] == ["street-trees"]
+    failed(api.get(f"{BASE}organization_show", {"id": "nope"}), 404, "Not Found Error")
+    assert ok(api.get(f"{BASE}tag_list")) == ["clinics", "green", "trees"]
+    assert ok(as_user(cast["steward"]).get(f"{BASE}tag_list", {"query": "par"})) == ["parking"]
+
+
+def test_post_works_like_get(as_user, cast, catalogue):
+    result = ok(as_user(cast["steward"]).post(f"{BASE}package_show", {"id": "parking-fines"}, format="json"))
+    assert result["private"] is True
+
+
+def test_unknown_action_and_bad_token(api):
+    failed(api.get(f"{BASE}package_create"), 400, "Bad request")
+    api.credentials(HTTP_AUTHORIZATION="Token " + "a" * 64)
+    failed(api.get(f"{BASE}package_list"), 401, "Authorization Error")
+
+
+def test_package_search_and_dcat_cost_constant_queries(as_user, cast, make_dataset):
+    from departments.selectors import principal_forget
+
+    client = as_user(cast["outsider"])
+
+    def measure() -> list[int]:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        counts = []
+        for url in (f"{BASE}package_search?rows=100", "/catalog.ttl", f"{BASE}organization_list?all_fields=true"):
+            principal_forget(cast["outsider"])
+            with CaptureQueriesContext(connection) as ctx:
+                assert client.get(url).status_code == 200
+            counts.append(len(ctx.captured_queries))
+        return counts
+
+    for i in range(2):
+        make_dataset("published", title=f"Permits {i}")
+    small = measure()
+    for i in range(4):
+        make_dataset("published", title=f"More permits {i}")
+    assert measure() == small
