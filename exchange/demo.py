@@ -24,13 +24,11 @@ from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
 from departments.models import Department, Role
+from exchange import access_services
 from exchange.models import (
+    Connection,
     ConnectionKind,
     FileFormat,
-    Grant,
-    GrantField,
-    GrantStatus,
-    PrincipalKind,
     Source,
     Subscription,
 )
@@ -199,19 +197,26 @@ def _seed_subscription(dataset: Dataset, department: Department, table: str, sch
     created = 0
     with transaction.atomic():
         if not effective_view(dataset=dataset, department=department).can_read:
-            # The demo needs a grant to subscribe with; the access workflow normally creates it.
-            fields = [f for f in Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position")
+            # The demo needs a grant to subscribe with: request it and decide it through the
+            # access workflow, as the two stewards would (no personal or confidential field, so
+            # no DPO step).
+            fields = [f.name for f in Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position")
                       if f.is_key or f.sensitivity in ("public", "internal")][:6]
-            grant = Grant.objects.create(
-                dataset=dataset, principal_kind=PrincipalKind.DEPARTMENT, principal_department=department,
+            now = timezone.now()
+            request = access_services.access_request_submit(
+                actor=steward, dataset=dataset, fields=fields, principal_department=department,
                 purpose=f"Demo: {department.name} works with {dataset.title}.", legal_basis="Demo data (fictional)",
-                valid_from=timezone.now() - timedelta(days=1), valid_until=timezone.now() + timedelta(days=365),
-                status=GrantStatus.ACTIVE, approved_by=owner_steward)
-            GrantField.objects.bulk_create(GrantField(grant=grant, field_name=f.name, form="clear") for f in fields)
+                requested_start=now, requested_end=now + timedelta(days=300),
+            )
+            access_services.access_request_decide(
+                actor=owner_steward, access_request=request, comment="Demo approval.",
+                decisions=[access_services.FieldDecisionInput(name=name, approved=True) for name in fields],
+            )
             created += 1
         target = demo_dir() / f"{department.code}-warehouse.sqlite3"
         sqlite3.connect(target).close()
-        connection = (department.connections.filter(kind=ConnectionKind.SQLITE, name=f"{department.code} warehouse")
+        connection = (Connection.objects.filter(department=department, kind=ConnectionKind.SQLITE,
+                                                name=f"{department.code} warehouse")
                       .first() or services.connection_create(actor=steward, department=department,
                                                              name=f"{department.code} warehouse",
                                                              kind=ConnectionKind.SQLITE, secret=str(target)))
