@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.test.utils import override_settings
 
 from departments import services
 from departments.models import CityRoleAssignment, Department, Membership
@@ -67,11 +69,19 @@ CITY_PEOPLE: list[tuple[str, str, str]] = [
 class Command(BaseCommand):
     help = "Seed a realistic demo city (idempotent)."
 
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--send-mail", action="store_true",
+                            help="Send the notification emails the demo's workflow steps cause (default: inbox only).")
+
     def handle(self, *args: Any, **options: Any) -> None:
-        created = self._seed_people()
-        # Later parts of the demo (catalogue, data, grants) hook in here, each idempotent.
-        for hook in self._app_seeders():
-            created += hook(stdout=self.stdout)
+        # The demo walks the real workflows, which notify people; their inbox rows are kept,
+        # the dozens of emails are not sent unless asked for.
+        backend = settings.EMAIL_BACKEND if options["send_mail"] else "django.core.mail.backends.dummy.EmailBackend"
+        with override_settings(EMAIL_BACKEND=backend):
+            created = self._seed_people()
+            # Later parts of the demo (catalogue, data, grants) hook in here, each idempotent.
+            for hook in self._app_seeders():
+                created += hook(stdout=self.stdout)
         self.stdout.write(self.style.SUCCESS(f"Demo city ready ({created} objects created)."))
         self._print_logins()
 
