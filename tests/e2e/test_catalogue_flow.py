@@ -64,6 +64,7 @@ def test_steward_publishes_and_reviewer_approves(page, login, screenshot, people
     page.click("#review-queue >> text=Bus stops")
     expect(page.locator("h1")).to_contain_text("Review: Bus stops")
     page.fill("#transition-comment", "Looks good.")
+    screenshot("review-page")
     page.click("button[value=approve]")
     page.wait_for_url(re.compile(r"/review/$"))
     expect(page.locator("[role=status]")).to_contain_text("was approved")
