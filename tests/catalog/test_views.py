@@ -294,3 +294,50 @@ class TestReview:
         assert dataset.title in client.get("/review/").content.decode()
         body = client.get(f"/review/{dataset.pk}/").content.decode()
         assert "applicant_name" in body and 'value="approve"' not in body
+
+
+class TestWorkflowPages:
+    def test_changes_requested_shows_the_comment_and_revise(self, client_for, cast, make_dataset):
+        dataset = make_dataset("changes_requested")
+        body = client_for(cast["steward"]).get(f"/datasets/{dataset.pk}/").content.decode()
+        assert "Changes requested" in body and "Please add units." in body
+        assert 'value="revise"' in body and 'value="submit"' not in body
+
+    def test_the_schema_cannot_be_edited_in_review(self, client_for, cast, make_dataset):
+        dataset = make_dataset("in_review")
+        response = client_for(cast["steward"]).post(f"/datasets/{dataset.pk}/schema/", _rows(PERMIT_FIELDS))
+        assert response.status_code == 409
+        assert "cannot be edited now" in response.content.decode()
+
+    def test_editing_a_published_schema_prepares_the_next_version(self, client_for, cast, make_dataset):
+        dataset = make_dataset("published")
+        client = client_for(cast["steward"])
+        page = client.get(f"/datasets/{dataset.pk}/schema/").content.decode()
+        assert "Saving prepares schema version 2" in page and 'value="permit_id"' in page
+        fields = [*PERMIT_FIELDS, {"name": "decided_on", "type": "date", "sensitivity": "public"}]
+        assert client.post(f"/datasets/{dataset.pk}/schema/", _rows(fields)).status_code == 302
+        body = client.get(f"/datasets/{dataset.pk}/").content.decode()
+        assert "Schema version 2 is draft" in body
+        assert 'value="submit"' in body and 'value="discard"' in body and 'value="deprecate"' in body
+
+    def test_an_incomplete_dataset_cannot_be_submitted(self, client_for, cast, make_dataset):
+        dataset = make_dataset("draft", fields=None)
+        response = client_for(cast["steward"]).post(f"/datasets/{dataset.pk}/transition/", {"action": "submit"})
+        assert response.status_code == 400
+        assert "Define the fields of the dataset" in response.content.decode()
+
+    def test_forms_are_protected_against_double_submission(self, client_for, cast, make_dataset):
+        dataset = make_dataset("draft")
+        client = client_for(cast["steward"])
+        for url in ("/datasets/new/", f"/datasets/{dataset.pk}/edit/", f"/datasets/{dataset.pk}/schema/",
+                    f"/datasets/{dataset.pk}/"):
+            body = client.get(url).content.decode()
+            assert "data-once" in body and "csrfmiddlewaretoken" in body, url
+
+    def test_csrf_is_enforced(self, cast, make_dataset):
+        dataset = make_dataset("draft")
+        client = Client(enforce_csrf_checks=True)
+        client.force_login(cast["steward"])
+        assert client.post(f"/datasets/{dataset.pk}/transition/", {"action": "submit"}).status_code == 403
+        dataset.refresh_from_db()
+        assert dataset.status == DatasetStatus.DRAFT

@@ -86,3 +86,28 @@ def test_steward_publishes_and_reviewer_approves(page, login, screenshot, people
     screenshot("catalogue")
     dataset.refresh_from_db()
     assert dataset.status == DatasetStatus.PUBLISHED and dataset.version == 1
+
+
+def test_reviewer_sees_the_diff_of_a_new_schema_version(page, login, screenshot, people, department):
+    from playwright.sync_api import expect
+
+    from catalog import services
+    from tests.factories import PERMIT_FIELDS, DatasetFactory
+
+    dataset = DatasetFactory(department=department, steward=people["steward"], reviewer=people["reviewer"],
+                             status="published", title="Building permits")
+    fields = [dict(f) for f in PERMIT_FIELDS if f["name"] != "parcel_id"]
+    fields[3] = {**fields[3], "name": "submitted_date", "renamed_from": "submitted_on"}
+    fields[2] = {**fields[2], "sensitivity": "confidential"}
+    fields.append({"name": "decided_on", "type": "date", "sensitivity": "public"})
+    services.dataset_schema_set(actor=people["steward"], dataset=dataset, fields=fields, note="Decision date.")
+    services.dataset_transition(actor=people["steward"], dataset=dataset, action="submit", comment="v2")
+
+    login(people["reviewer"].username)
+    page.goto("/review/")
+    page.click("#review-queue >> text=Building permits")
+    expect(page.locator("#changes")).to_contain_text("removed")
+    expect(page.locator("#diff tr.change-added")).to_contain_text("decided_on")
+    expect(page.locator("#diff tr.change-renamed")).to_contain_text("submitted_date")
+    expect(page.locator("#diff tr.change-sensitivity")).to_contain_text("fee_eur")
+    screenshot("review-schema-diff")
