@@ -229,6 +229,26 @@ def dataset_edit(request: HttpRequest, dataset_id: int) -> HttpResponse:
                   status=400 if form.errors else 200)
 
 
+@login_required
+@require_POST
+def dataset_delete(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    try:
+        dataset = selectors.dataset_get_for_user(user=request.user, dataset_id=dataset_id, write=True)
+    except NotFoundError:
+        return error_404(request)
+    except PermissionDeniedError as exc:
+        return error_403(request, exc)
+    try:
+        services.dataset_delete(actor=request.user, dataset=dataset)
+    except ApplicationError as exc:
+        context = _detail_context(request, dataset)
+        context.update({"transition_error": exc,
+                        "allowed": [ACTION_LABELS.get(a, a) for a in exc.extra.get("allowed", [])]})
+        return render(request, "catalog/dataset_detail.html", context, status=exc.status_code)
+    messages.success(request, f"The draft “{dataset.title}” was deleted.")
+    return redirect("ui-catalogue")
+
+
 # --- Stewards: the schema editor ---------------------------------------------------------------
 
 def _rows_of(schema: SchemaVersion | None) -> list[FieldRow]:

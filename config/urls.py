@@ -30,6 +30,7 @@ urlpatterns = [
     path("datasets/<int:dataset_id>/", catalog_views.dataset_detail, name="ui-dataset-detail"),
     path("datasets/<int:dataset_id>/edit/", catalog_views.dataset_edit, name="ui-dataset-edit"),
     path("datasets/<int:dataset_id>/schema/", catalog_views.dataset_schema, name="ui-dataset-schema"),
+    path("datasets/<int:dataset_id>/delete/", catalog_views.dataset_delete, name="ui-dataset-delete"),
     path("datasets/<int:dataset_id>/transition/", catalog_views.dataset_transition, name="ui-dataset-transition"),
     path("review/", catalog_views.review_queue, name="ui-review-queue"),
     path("review/<int:dataset_id>/", catalog_views.review_detail, name="ui-review-detail"),

@@ -305,7 +305,9 @@ class TestWorkflowPages:
 
     def test_the_schema_cannot_be_edited_in_review(self, client_for, cast, make_dataset):
         dataset = make_dataset("in_review")
-        response = client_for(cast["steward"]).post(f"/datasets/{dataset.pk}/schema/", _rows(PERMIT_FIELDS))
+        client = client_for(cast["steward"])
+        assert "withdraw or revise it" in client.get(f"/datasets/{dataset.pk}/schema/").content.decode()
+        response = client.post(f"/datasets/{dataset.pk}/schema/", _rows(PERMIT_FIELDS))
         assert response.status_code == 409
         assert "cannot be edited now" in response.content.decode()
 
@@ -341,3 +343,17 @@ class TestWorkflowPages:
         assert client.post(f"/datasets/{dataset.pk}/transition/", {"action": "submit"}).status_code == 403
         dataset.refresh_from_db()
         assert dataset.status == DatasetStatus.DRAFT
+
+
+class TestDelete:
+    def test_a_draft_is_deleted_a_published_dataset_is_not(self, client_for, cast, make_dataset):
+        draft, published = make_dataset("draft"), make_dataset("published")
+        client = client_for(cast["steward"])
+        assert "Delete the draft" in client.get(f"/datasets/{draft.pk}/").content.decode()
+        assert "Delete the draft" not in client.get(f"/datasets/{published.pk}/").content.decode()
+        response = client.post(f"/datasets/{draft.pk}/delete/")
+        assert response.status_code == 302 and not Dataset.objects.filter(pk=draft.pk).exists()
+        response = client.post(f"/datasets/{published.pk}/delete/")
+        assert response.status_code == 409 and "deprecate and retire instead" in response.content.decode()
+        assert client_for(cast["analyst"]).post(f"/datasets/{published.pk}/delete/").status_code == 403
+        assert Dataset.objects.filter(pk=published.pk).exists()
