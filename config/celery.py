@@ -50,6 +50,11 @@ app.conf.beat_schedule = {
     # Static housekeeping. Per-job schedules (ingest, delivery) are rows that stewards edit.
     "worker-heartbeat": {"task": "exchange.tasks.housekeeping_heartbeat", "schedule": 60.0},
     "purge-expired-tokens": {"task": "exchange.tasks.housekeeping_purge_expired_tokens", "schedule": 3600.0},
+    # Grants end on time even though the policy also checks valid_until: expiry must update
+    # guardian permissions, notify and audit, which a read-time check cannot do.
+    "expire-grants": {"task": "exchange.tasks.housekeeping_expire_grants", "schedule": 300.0},
+    "grant-reminders": {"task": "exchange.tasks.housekeeping_grant_reminders", "schedule": 3600.0},
+    "grant-recertification": {"task": "exchange.tasks.housekeeping_recertification", "schedule": 6 * 3600.0},
     # Truncating the audit trail's tail is detected back to the latest checkpoint.
     "audit-checkpoint": {"task": "exchange.tasks.housekeeping_audit_checkpoint", "schedule": 600.0},
 }

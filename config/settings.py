@@ -220,6 +220,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a `status`; name each choice set after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetStatusEnum": "catalog.models.DatasetStatus",
+        "SchemaStatusEnum": "catalog.models.SchemaStatus",
+        "AccessRequestStatusEnum": "exchange.models.access.RequestStatus",
+        "GrantStatusEnum": "exchange.models.access.GrantStatus",
+        "AccessFormEnum": "exchange.models.access.AccessForm",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -264,6 +272,21 @@ RECORDS_PAGE_SIZE = env.int("RECORDS_PAGE_SIZE", default=100)
 RECORDS_MAX_PAGE_SIZE = env.int("RECORDS_MAX_PAGE_SIZE", default=1000)
 # How long a heartbeat from a worker counts as "alive" on the health endpoint.
 WORKER_HEARTBEAT_STALE_AFTER = timedelta(seconds=env.int("WORKER_HEARTBEAT_STALE_SECONDS", default=180))
+
+
+def _positive_days(name: str, default: int) -> int:
+    days = env.int(name, default=default)
+    if days < 1:
+        raise ImproperlyConfigured(f"{name} must be a whole number of days, at least 1 (got {days}).")
+    return days
+
+
+# Access requests and grants: the longest period one request may ask for; how many days before
+# a grant ends its grantee and the owning stewards are reminded to renew; how often stewards
+# must confirm (recertify) each active grant on their datasets.
+ACCESS_REQUEST_MAX_DAYS = _positive_days("ACCESS_REQUEST_MAX_DAYS", 365)
+GRANT_REMINDER_DAYS = _positive_days("GRANT_REMINDER_DAYS", 14)
+GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
 
 # Key of the HMAC that signs audit checkpoints (see exchange/audit.py). Kept out of the
 # database so that whoever can rewrite the audit tables cannot forge a checkpoint. The default

@@ -8,8 +8,13 @@ class ExchangeConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from exchange import ckan_datastore
+        from catalog.signals import schema_version_published
+        from exchange import ckan_datastore, receivers
         from exchange.records import register_sqlite_functions
 
         connection_created.connect(register_sqlite_functions, dispatch_uid="exchange.sqlite_functions")
         ckan_datastore.register()
+        schema_version_published.connect(receivers.on_schema_version_published_store,
+                                         dispatch_uid="exchange.store_evolve")
+        schema_version_published.connect(receivers.on_schema_version_published,
+                                         dispatch_uid="exchange.grant_fields_lapse")

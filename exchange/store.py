@@ -194,6 +194,11 @@ def store_ensure_table(dataset: Dataset) -> StoreTable:
             _create(table, cursor)
             return table
         wanted = {c.name: c for c in table.columns}
+        # Renamed fields keep their values: rename the column before anything is dropped.
+        for old, new in _renames(dataset).items():
+            if old in existing and new not in existing and new in wanted:
+                cursor.execute(f"ALTER TABLE {table.qualified} RENAME COLUMN {ident(old)} TO {ident(new)}")
+                existing[new] = existing.pop(old)
         for name in existing:
             if name not in wanted and name not in SYSTEM_COLUMNS:
                 cursor.execute(f"ALTER TABLE {table.qualified} DROP COLUMN {ident(name)}")
@@ -214,6 +219,15 @@ def store_ensure_table(dataset: Dataset) -> StoreTable:
                     f"ALTER TABLE {table.qualified} ADD COLUMN {ident(column.name)} {column_type(column.type)}"
                 )
     return table
+
+
+def _renames(dataset: Dataset) -> dict[str, str]:
+    if dataset.current_schema_id is None:
+        return {}
+    return dict(
+        Field.objects.filter(schema_id=dataset.current_schema_id).exclude(renamed_from="")
+        .values_list("renamed_from", "name")
+    )
 
 
 def _key_changed(table: StoreTable, existing: dict[str, str]) -> bool:

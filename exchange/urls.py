@@ -21,3 +21,28 @@ urlpatterns = [
     path("audit/datasets/<int:dataset_id>/grant-timeline/", grant_history_apis.GrantTimelineApi.as_view(),
          name="audit-grant-timeline"),
 ]
+
+from exchange import access_apis  # noqa: E402
+
+urlpatterns += [
+    path("access-requests/", access_apis.AccessRequestListApi.as_view(), name="access-request-list"),
+    path("access-requests/<int:request_id>/", access_apis.AccessRequestDetailApi.as_view(),
+         name="access-request-detail"),
+    path("access-requests/<int:request_id>/withdraw/", access_apis.AccessRequestWithdrawApi.as_view(),
+         name="access-request-withdraw"),
+    path("access-requests/<int:request_id>/comments/", access_apis.AccessRequestCommentApi.as_view(),
+         name="access-request-comment"),
+    path("access-requests/<int:request_id>/decide/", access_apis.AccessRequestDecideApi.as_view(),
+         name="access-request-decide"),
+    path("access-requests/<int:request_id>/form-defaults/", access_apis.AccessRequestFormDefaultsApi.as_view(),
+         name="access-request-form-defaults"),
+    path("access/pending/", access_apis.AccessPendingApi.as_view(), name="access-pending"),
+    path("grants/", access_apis.GrantListApi.as_view(), name="grant-list"),
+    path("grants/<int:grant_id>/", access_apis.GrantDetailApi.as_view(), name="grant-detail"),
+    path("grants/<int:grant_id>/dpo-approve/", access_apis.GrantDpoApproveApi.as_view(), name="grant-dpo-approve"),
+    path("grants/<int:grant_id>/dpo-reject/", access_apis.GrantDpoRejectApi.as_view(), name="grant-dpo-reject"),
+    path("grants/<int:grant_id>/revoke/", access_apis.GrantRevokeApi.as_view(), name="grant-revoke"),
+    path("grants/<int:grant_id>/certify/", access_apis.GrantCertifyApi.as_view(), name="grant-certify"),
+    path("datasets/<int:dataset_id>/access/explain/", access_apis.AccessExplainApi.as_view(),
+         name="dataset-access-explain"),
+]

@@ -153,6 +153,13 @@ class Grant(models.Model):
     revoke_reason = models.TextField(blank=True)
     last_certified_at = models.DateTimeField(null=True, blank=True)
     reminder_sent_at = models.DateTimeField(null=True, blank=True)
+    # When the owning stewards were last asked to recertify; a new reminder goes out only once
+    # the grant is due again after its last certification, so stewards are not nagged daily.
+    recertification_requested_at = models.DateTimeField(null=True, blank=True)
+    dpo_rejected_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True,
+                                        related_name="+")
+    dpo_rejected_at = models.DateTimeField(null=True, blank=True)
+    dpo_comment = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
