@@ -11,10 +11,10 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_http_methods, require_POST
 
 from catalog import selectors, services
@@ -59,11 +59,6 @@ TIMELINE_LABELS = {
 REVIEW_ACTIONS = ("approve", "request_changes")
 
 
-def _user(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)
-    return request.user
-
-
 # --- Catalogue ---------------------------------------------------------------------------------
 
 def _catalogue_filters(request: HttpRequest) -> selectors.DatasetFilters:
@@ -98,9 +93,14 @@ def catalogue(request: HttpRequest) -> HttpResponse:
         "query": query.urlencode(),
         "can_create": bool(principal_of(request.user).departments_where(Role.STEWARD)),
     }
-    if getattr(request, "htmx", False):
-        return render(request, "catalog/_catalogue_results.html", context)
-    return render(request, "catalog/catalogue.html", context)
+    htmx = getattr(request, "htmx", None)
+    # htmx asks for the results only, except when it restores a page missing from its history
+    # cache; the two answers differ by that header, so caches must keep them apart.
+    partial = bool(htmx) and not htmx.history_restore_request  # type: ignore[union-attr]
+    context["partial"] = partial
+    response = render(request, "catalog/_catalogue_results.html" if partial else "catalog/catalogue.html", context)
+    patch_vary_headers(response, ("HX-Request",))
+    return response
 
 
 # --- The dataset page --------------------------------------------------------------------------

@@ -73,6 +73,11 @@ class TestCatalogue:
         response = client_for(cast["analyst"]).get("/catalogue/", HTTP_HX_REQUEST="true")
         body = response.content.decode()
         assert 'id="catalogue-results"' in body and "<html" not in body and "Bus stops" in body
+        assert "HX-Request" in response["Vary"]
+        assert 'id="results-status"' in body and "1 dataset found" in body
+        restore = client_for(cast["analyst"]).get("/catalogue/", HTTP_HX_REQUEST="true",
+                                                  HTTP_HX_HISTORY_RESTORE_REQUEST="true")
+        assert "<html" in restore.content.decode()
 
     def test_paginates(self, client_for, cast, make_dataset):
         for i in range(22):
