@@ -362,3 +362,22 @@ class TestDelete:
         assert response.status_code == 409 and "deprecate and retire instead" in response.content.decode()
         assert client_for(cast["analyst"]).post(f"/datasets/{published.pk}/delete/").status_code == 403
         assert Dataset.objects.filter(pk=published.pk).exists()
+
+
+class TestMetadataErrors:
+    def test_a_taken_slug_is_reported_next_to_the_slug(self, client_for, cast, make_dataset):
+        existing = make_dataset("draft")
+        response = client_for(cast["steward"]).post("/datasets/new/", {**METADATA, "slug": existing.slug})
+        assert response.status_code == 400
+        body = response.content.decode()
+        assert "already exists" in body[body.index('for="id_slug"'):body.index('for="id_description"')]
+        assert Dataset.objects.count() == 1
+
+    def test_metadata_in_review_cannot_change(self, client_for, cast, make_dataset):
+        dataset = make_dataset("in_review")
+        response = client_for(cast["steward"]).post(f"/datasets/{dataset.pk}/edit/",
+                                                    {**METADATA, "slug": dataset.slug, "title": "Changed"})
+        assert response.status_code == 400
+        assert "cannot be edited" in response.content.decode()
+        dataset.refresh_from_db()
+        assert dataset.title != "Changed"

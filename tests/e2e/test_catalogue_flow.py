@@ -31,6 +31,7 @@ def test_steward_publishes_and_reviewer_approves(page, login, screenshot, people
     page.check("input[name=themes][value=TRAN]")
     page.fill("#id_keywords", "bus, stops, public transport")
     page.select_option("#id_licence", "CC-BY-4.0")
+    screenshot("dataset-form")
     page.click("button:has-text('Create the draft')")
 
     page.wait_for_url(re.compile(r"/datasets/\d+/schema/$"))
