@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from catalog import views as catalog_views
 from departments import views as department_views
 from exchange import views as exchange_views
 from exchange.apis import HealthApi
@@ -24,6 +25,15 @@ urlpatterns = [
     path("inbox/", department_views.inbox, name="ui-inbox"),
     path("departments/", department_views.department_list, name="ui-department-list"),
     path("departments/<slug:slug>/", department_views.department_detail, name="ui-department-detail"),
+    path("catalogue/", catalog_views.catalogue, name="ui-catalogue"),
+    path("datasets/new/", catalog_views.dataset_create, name="ui-dataset-create"),
+    path("datasets/<int:dataset_id>/", catalog_views.dataset_detail, name="ui-dataset-detail"),
+    path("datasets/<int:dataset_id>/edit/", catalog_views.dataset_edit, name="ui-dataset-edit"),
+    path("datasets/<int:dataset_id>/schema/", catalog_views.dataset_schema, name="ui-dataset-schema"),
+    path("datasets/<int:dataset_id>/delete/", catalog_views.dataset_delete, name="ui-dataset-delete"),
+    path("datasets/<int:dataset_id>/transition/", catalog_views.dataset_transition, name="ui-dataset-transition"),
+    path("review/", catalog_views.review_queue, name="ui-review-queue"),
+    path("review/<int:dataset_id>/", catalog_views.review_detail, name="ui-review-detail"),
     path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
