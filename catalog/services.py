@@ -19,6 +19,7 @@ from django.contrib.postgres.search import SearchVector
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Max, Value
+from django.urls import reverse
 from django.utils import timezone
 from guardian.models import GroupObjectPermission, UserObjectPermission
 from guardian.shortcuts import assign_perm
@@ -116,8 +117,9 @@ def _user(actor: Actor) -> User | None:
     return actor if isinstance(actor, User) else None
 
 
-def _link(dataset: Dataset) -> str:
-    return f"/api/v1/datasets/{dataset.pk}/"
+def _link(dataset: Dataset, *, review: bool = False) -> str:
+    """Where a notified person acts: the review page for reviewers, the dataset page otherwise."""
+    return reverse("ui-review-detail" if review else "ui-dataset-detail", args=[dataset.pk])
 
 
 # --- Who may -----------------------------------------------------------------------------------
@@ -683,7 +685,7 @@ def _notify_step(actor: Actor, dataset: Dataset, version: SchemaVersion | None, 
     if action == "submit":
         notify(recipients=[u for u in _reviewers() if u.pk != getattr(actor, "pk", None)],
                kind=f"{kind_prefix}.submitted", subject=f"Review requested: {what}", body=body,
-               link=_link(dataset), action_required=True, obj=dataset)
+               link=_link(dataset, review=True), action_required=True, obj=dataset)
     elif action in ("approve", "request_changes"):
         submitter_id = _last_submitter_id(dataset, version)
         recipients = _stewards(dataset) + ([User.objects.get(pk=submitter_id)] if submitter_id else [])

@@ -261,7 +261,7 @@ class TestInbox:
         assert body["count"] == 1 and body["unread"] == 1
         item = body["results"][0]
         assert item["kind"] == "dataset.submitted" and item["action_required"]
-        assert item["link"] == f"/api/v1/datasets/{dataset.pk}/"
+        assert item["link"] == f"/review/{dataset.pk}/"  # where the reviewer acts
         assert client.post("/api/v1/inbox/read/", {"ids": [item["id"]]}, format="json").json() == {"marked": 1}
         assert client.get("/api/v1/inbox/?unread=true").json()["count"] == 0
         # Nobody marks another person's notifications.
