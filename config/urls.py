@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from catalog import views as catalog_views
 from departments import views as department_views
+from exchange import sync_views
 from exchange import views as exchange_views
 from exchange.apis import HealthApi
 
@@ -35,6 +36,11 @@ urlpatterns = [
     path("review/", catalog_views.review_queue, name="ui-review-queue"),
     path("review/<int:dataset_id>/", catalog_views.review_detail, name="ui-review-detail"),
     path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
+    path("datasets/<int:dataset_id>/sync/", sync_views.dataset_sync, name="ui-dataset-sync"),
+    path("datasets/<int:dataset_id>/sync/run/", sync_views.dataset_sync_run, name="ui-dataset-sync-run"),
+    path("datasets/<int:dataset_id>/sync/upload/", sync_views.dataset_sync_upload, name="ui-dataset-sync-upload"),
+    path("sync/runs/<int:run_id>/", sync_views.run_detail, name="ui-run-detail"),
+    path("sync/runs/<int:run_id>/cancel/", sync_views.run_cancel, name="ui-run-cancel"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/3/action/", include("catalog.ckan_urls")),
