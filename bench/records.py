@@ -154,6 +154,21 @@ def main() -> None:
         records.read_page(user=reader, dataset=dataset, params={"page_size": "1000", "cursor": deep})
         deep_ms.append((time.perf_counter() - t0) * 1000)
 
+    # The cost of auditing a read: the same pages with the audit append switched off,
+    # interleaved with audited ones so that both see the same machine.
+    from unittest import mock
+
+    audited_ms, silent_ms = [], []
+    for i in range(args.pages * 2):
+        audited = i % 2 == 0
+        t0 = time.perf_counter()
+        if audited:
+            records.read_page(user=reader, dataset=dataset, params={"page_size": "1000"})
+        else:
+            with mock.patch.object(records, "audit_record"):
+                records.read_page(user=reader, dataset=dataset, params={"page_size": "1000"})
+        (audited_ms if audited else silent_ms).append((time.perf_counter() - t0) * 1000)
+
     rows = args.rows
     print(f"raw COPY (5 columns)     {rows / raw_s:>12,.0f} rows/s   {raw_s:6.2f} s   {raw_bytes / 1e6:7.1f} MB")
     print(f"export CSV (policy)      {rows / export_s:>12,.0f} rows/s   {export_s:6.2f} s   "
@@ -161,6 +176,9 @@ def main() -> None:
     print(f"records page of 1,000    median {statistics.median(page_ms):6.1f} ms   "
           f"p95 {sorted(page_ms)[int(len(page_ms) * 0.95) - 1]:6.1f} ms  (first {args.pages} pages, incl. audit)")
     print(f"deep page (cursor)       median {statistics.median(deep_ms):6.1f} ms")
+    with_audit, without = statistics.median(audited_ms), statistics.median(silent_ms)
+    print(f"audit cost per page      median {with_audit:6.1f} ms audited vs {without:6.1f} ms not: "
+          f"+{(with_audit - without) / without * 100:4.1f} %")
     print(f"export peak Python memory: CSV {peak / 1e6:6.1f} MB, NDJSON {ndjson_peak / 1e6:6.1f} MB "
           f"(flat: independent of the row count)")
 

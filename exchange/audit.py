@@ -235,6 +235,9 @@ def audit_record(
     )
     values = _build(entry, _request_context.get(), timezone.now())
     with transaction.atomic():
+        # Two statements on purpose: under READ COMMITTED each statement sees what was committed
+        # when it started, so the last hash must be read by a statement that starts *after* the
+        # lock was granted, or an append that waited for the lock would fork the chain.
         _lock_chain()
         values["prev_hash"] = _last_hash()
         values["hash"] = event_hash(values)
