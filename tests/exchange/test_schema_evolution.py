@@ -3,6 +3,8 @@ through the catalogue's services and its ``schema_version_published`` signal."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from catalog import services as catalog
@@ -12,7 +14,7 @@ from tests.records_support import grant, load_rows
 
 pytestmark = pytest.mark.django_db
 
-FIELDS = [
+FIELDS: list[dict[str, Any]] = [
     {"name": "permit_id", "type": "integer", "is_key": True, "nullable": False, "sensitivity": "public"},
     {"name": "district", "type": "text", "sensitivity": "public"},
     {"name": "phone", "type": "text", "sensitivity": "personal"},
