@@ -220,6 +220,14 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several models have a `status`; name each choice set after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetStatusEnum": "catalog.models.DatasetStatus",
+        "SchemaStatusEnum": "catalog.models.SchemaStatus",
+        "AccessRequestStatusEnum": "exchange.models.access.RequestStatus",
+        "GrantStatusEnum": "exchange.models.access.GrantStatus",
+        "AccessFormEnum": "exchange.models.access.AccessForm",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------------
@@ -279,11 +287,6 @@ def _positive_days(name: str, default: int) -> int:
 ACCESS_REQUEST_MAX_DAYS = _positive_days("ACCESS_REQUEST_MAX_DAYS", 365)
 GRANT_REMINDER_DAYS = _positive_days("GRANT_REMINDER_DAYS", 14)
 GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
-SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update({  # type: ignore[attr-defined]
-    "AccessRequestStatusEnum": "exchange.models.access.RequestStatus",
-    "GrantStatusEnum": "exchange.models.access.GrantStatus",
-    "AccessFormEnum": "exchange.models.access.AccessForm",
-})
 
 # Key of the HMAC that signs audit checkpoints (see exchange/audit.py). Kept out of the
 # database so that whoever can rewrite the audit tables cannot forge a checkpoint. The default

@@ -37,7 +37,6 @@ from exchange.models.audit import ActorKind, AuditCheckpoint, AuditEvent, AuditO
 GENESIS_HASH = "0" * 64
 # Any constant works; it names the one lock every append takes on PostgreSQL.
 _CHAIN_LOCK_KEY = 7_310_442_901
-BULK_BATCH_SIZE = 2000
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,13 @@ _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=
 
 
 def _canonical_time(value: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC, as ``strftime(_TIME_FORMAT)`` spells it."""
     if value.tzinfo is not None and value.utcoffset():
         value = value.astimezone(UTC)
-    return value.strftime(_TIME_FORMAT)
+    if value.year < 1000:  # strftime does not zero-pad such years; keep its spelling
+        return value.strftime(_TIME_FORMAT)
+    text = value.isoformat(timespec="microseconds")  # the same text, in half the time
+    return (text[:-6] if value.tzinfo is not None else text) + "Z"
 
 
 def _canonical_value(value: Any) -> Any:
@@ -440,7 +443,7 @@ def _verify_range(
     return report
 
 
-def _verify_range_in_child(after: int, upto: int, checkpoint_ids: list[int], batch: int) -> _RangeReport:
+def _verify_range_in_child(after: int, upto: int | None, checkpoint_ids: list[int], batch: int) -> _RangeReport:
     try:
         return _verify_range(after, upto, checkpoint_ids, batch)
     finally:
@@ -513,9 +516,9 @@ def audit_verify(
         return _merge([_verify_range(0, None, checkpoint_ids, batch, progress, progress_every)], checkpoints)
     low, high = bounds["low"] - 1, bounds["high"]
     step = -(-(high - low) // workers)
-    ranges = [(a, min(a + step, high)) for a in range(low, high, step)]
+    ranges: list[tuple[int, int | None]] = [(a, min(a + step, high)) for a in range(low, high, step)]
     # The last range is open-ended: it also covers what is appended during the walk.
-    ranges[-1] = (ranges[-1][0], None)  # type: ignore[assignment]
+    ranges[-1] = (ranges[-1][0], None)
     connections.close_all()  # a forked child must not share the parent's socket
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [pool.submit(_verify_range_in_child, a, b, checkpoint_ids, batch) for a, b in ranges]

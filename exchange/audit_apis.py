@@ -12,7 +12,7 @@ import csv
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from django.contrib.auth.models import User
 from django.db.models import Max, QuerySet
@@ -47,6 +47,18 @@ def _require_auditor(request: Request, *, attempted: str) -> AuditScope:
         )
         raise PermissionDeniedError("Only auditors may read the audit trail.")
     return scope
+
+
+class AuditApi(APIView):
+    """Base of the audit endpoints: a request refused before the view runs (no or a bad
+    login) is audited like any other refused attempt to read the trail."""
+
+    def permission_denied(self, request: Request, message: str | None = None, code: str | None = None) -> NoReturn:
+        audit_record(
+            actor=request.user, action="audit.denied", outcome=AuditOutcome.DENIED,
+            details={"attempted": "audit", "path": request.path, "reason": "not authenticated"},
+        )
+        super().permission_denied(request, message=message, code=code)
 
 
 def _filtered(
@@ -88,7 +100,7 @@ class AuditEventOutput(serializers.ModelSerializer):
         fields = ["id", *selectors.EXPORT_COLUMNS[1:]]
 
 
-class AuditEventListApi(APIView):
+class AuditEventListApi(AuditApi):
     @extend_schema(
         parameters=_filter_parameters(AuditEventFilter),
         responses=AuditEventOutput(many=True),
@@ -153,7 +165,7 @@ class JsonErrorsNegotiation(DefaultContentNegotiation):
 EXPORT_FORMATS = {"csv": ("text/csv; charset=utf-8", _csv_lines), "ndjson": ("application/x-ndjson", _ndjson_lines)}
 
 
-class AuditEventExportApi(APIView):
+class AuditEventExportApi(AuditApi):
     content_negotiation_class = JsonErrorsNegotiation
 
     @extend_schema(
@@ -230,7 +242,7 @@ def _report_response(
     })
 
 
-class AuditUserReportApi(APIView):
+class AuditUserReportApi(AuditApi):
     @extend_schema(parameters=_filter_parameters(AuditReportFilter, selectors.REPORT_FILTERS),
                    responses=_ReportSummaryOutput)
     def get(self, request: Request, username: str) -> Response:
@@ -242,7 +254,7 @@ class AuditUserReportApi(APIView):
         )
 
 
-class AuditDepartmentReportApi(APIView):
+class AuditDepartmentReportApi(AuditApi):
     @extend_schema(parameters=_filter_parameters(AuditReportFilter, selectors.REPORT_FILTERS),
                    responses=_ReportSummaryOutput)
     def get(self, request: Request, slug: str) -> Response:
@@ -261,7 +273,7 @@ class AuditDepartmentReportApi(APIView):
         )
 
 
-class AuditVerifyApi(APIView):
+class AuditVerifyApi(AuditApi):
     class OutputSerializer(serializers.Serializer):
         intact = serializers.BooleanField()
         checked = serializers.IntegerField(help_text="Events checked (up to the first broken link).")

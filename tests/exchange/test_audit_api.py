@@ -79,8 +79,10 @@ def test_everybody_else_is_refused_and_the_attempt_is_audited(as_user, people, t
     assert not AuditEvent.objects.filter(action="audit.read").exists()
 
 
-def test_anonymous_callers_are_not_authenticated(api, trail):
+def test_anonymous_callers_are_refused_and_audited(api, trail):
     assert api.get(EVENTS).status_code in (401, 403)
+    denied = AuditEvent.objects.get(action="audit.denied")
+    assert denied.actor_kind == "anonymous" and denied.details["path"] == EVENTS
 
 
 def test_every_read_is_audited_once_with_filters_and_row_count(as_user, people, trail):

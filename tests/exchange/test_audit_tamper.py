@@ -268,3 +268,35 @@ def test_flush_empties_the_audit_tables_and_leaves_the_triggers_in_force():
     _chain(1)
     with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
         AuditEvent.objects.update(action="changed")
+
+
+def _reference_hash(values: dict[str, Any]) -> str:
+    """The hash as first specified (exchange/audit.py at the foundation commit)."""
+    import hashlib
+    import json
+
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    from exchange.audit import HASHED_FIELDS
+
+    payload = {
+        name: values[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if name == "occurred_at" else values[name]
+        for name in HASHED_FIELDS
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, cls=DjangoJSONEncoder)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [datetime(2026, 11, 22, 1, 2, 3, 456789, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC),
+     datetime(2026, 6, 1, 12, tzinfo=UTC).astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin"))],
+)
+def test_the_hash_format_is_unchanged(occurred_at):
+    values: dict[str, Any] = {
+        "occurred_at": occurred_at, "actor_kind": "user", "actor_id": 7, "actor_label": "ana", "action": "x.y",
+        "object_type": "t", "object_id": "1", "object_label": "Straße \"3\"", "department_id": 2, "dataset_id": None,
+        "fields": ["b", "a"], "row_count": 0, "filters": {"z": 1, "a": {"é": [1, None, True]}}, "purpose": "\n",
+        "outcome": "allowed", "client_ip": "::1", "request_id": "r", "details": {}, "prev_hash": "0" * 64,
+    }
+    assert event_hash(values) == _reference_hash(values)
