@@ -18,6 +18,11 @@ ROW_FILTER_OPS = [("", "—"), ("eq", "equals"), ("ne", "differs from"), ("lt", 
                   ("in", "one of (a, b, c)"), ("contains", "contains"), ("is_null", "is empty")]
 
 
+def _date_input() -> forms.DateInput:
+    # ISO whatever the locale: a browser's date input accepts no other format.
+    return forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
+
+
 def day_start(day: dt.date) -> dt.datetime:
     return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
 
@@ -27,8 +32,8 @@ class AccessRequestForm(forms.Form):
     on_behalf = forms.ChoiceField(label="For", required=False)
     purpose = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000, required=False)
     legal_basis = forms.CharField(label="Legal basis", max_length=300, required=False)
-    requested_start = forms.DateField(label="Start", widget=forms.DateInput(attrs={"type": "date"}))
-    requested_end = forms.DateField(label="End (inclusive)", widget=forms.DateInput(attrs={"type": "date"}))
+    requested_start = forms.DateField(label="Start", widget=_date_input())
+    requested_end = forms.DateField(label="End (inclusive)", widget=_date_input())
     rf_field = forms.ChoiceField(label="Row filter: field", required=False)
     rf_op = forms.ChoiceField(label="Operator", choices=ROW_FILTER_OPS, required=False)
     rf_value = forms.CharField(label="Value", max_length=500, required=False)
@@ -105,7 +110,7 @@ class CommentForm(forms.Form):
 class WhoCouldSeeForm(forms.Form):
     dataset = forms.TypedChoiceField(coerce=int, label="Dataset")
     field = forms.CharField(label="Field", max_length=63)
-    at = forms.DateField(label="Date", widget=forms.DateInput(attrs={"type": "date"}))
+    at = forms.DateField(label="Date", widget=_date_input())
 
     def __init__(self, *args: Any, datasets: list[tuple[int, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
