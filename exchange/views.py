@@ -13,6 +13,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from catalog.selectors import dataset_get_for_user, dataset_visible
@@ -288,7 +289,8 @@ def department_grants(request: HttpRequest) -> HttpResponse:
 
 def _grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpResponse:
     back = request.POST.get("next", "")
-    if not back.startswith("/") or back.startswith("//"):
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
         back = "/access/"
     form = ReasonForm(request.POST)
     form.is_valid()

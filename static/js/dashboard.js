@@ -20,7 +20,9 @@
           type: kind, data: { labels: part.labels, datasets: datasets },
           options: { animation: false, responsive: true, maintainAspectRatio: false,
                      plugins: { legend: { display: kind === "doughnut" || !!part.datasets } },
-                     scales: kind === "doughnut" ? {} : { y: { beginAtZero: true, ticks: { precision: 0 } } } }
+                     scales: kind === "doughnut" ? {} : {
+                       x: { stacked: !!canvas.dataset.stacked },
+                       y: { stacked: !!canvas.dataset.stacked, beginAtZero: true, ticks: { precision: 0 } } } }
         });
         canvas.dataset.drawn = "1";
       });

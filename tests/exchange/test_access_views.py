@@ -289,3 +289,11 @@ def test_grant_lists_take_constant_queries(client, cast, dataset, django_assert_
     with django_assert_num_queries(len(small)):
         page = client.get(url)
     assert page.status_code == 200 and page.content.decode().count("passenger_name") >= 4
+
+
+def test_grant_action_never_redirects_off_site(client, cast, dataset):
+    grant = active_grant(cast=cast, dataset=dataset)
+    client.force_login(cast["steward"])
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example/"):
+        response = client.post(f"/access/grants/{grant.pk}/certify/", {"next": target})
+        assert response.status_code == 302 and response.url == "/access/"
