@@ -25,7 +25,7 @@ from exchange import access_selectors, access_services, audit_selectors, dashboa
 from exchange.audit import audit_record, audit_verify
 from exchange.audit_selectors import AuditEventFilter, AuditScope
 from exchange.forms import AccessRequestForm, CommentForm, ReasonForm, WhoCouldSeeForm
-from exchange.models import AccessForm, AuditEvent, GrantStatus
+from exchange.models import AccessForm, AuditEvent, GrantStatus, RequestStatus
 from exchange.models.audit import AuditOutcome
 from exchange.policy import effective_view
 
@@ -92,6 +92,8 @@ def access_home(request: HttpRequest) -> HttpResponse:
         "awaiting_dpo": list(pending.grants_awaiting_dpo.order_by("created_at")[:100]),
         "to_recertify": list(pending.grants_to_recertify.order_by("last_certified_at")[:100]),
         "principal_roles": principal_of(request.user),
+        "my_open": list(access_selectors.access_request_list(user=request.user, mine=True).filter(
+            status__in=(RequestStatus.SUBMITTED, RequestStatus.AWAITING_DPO)).order_by("-created_at")[:50]),
     })
 
 

@@ -39,6 +39,7 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
     # The steward approves two (the personal one pseudonymised, the default) and denies one.
     login(cast["steward"].username)
     page.goto("/access/")
+    screenshot("access-home")
     page.click("a:has-text('Decide')")
     page.wait_for_url("**/decide/")
     assert page.input_value("#form-applicant_name") == "pseudonymised"
@@ -53,6 +54,7 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
     # The data protection officer gives the second approval.
     login(cast["dpo"].username)
     page.goto("/access/dpo/")
+    screenshot("dpo-queue")
     page.fill("textarea[name=reason] >> nth=0", "Pseudonymised names suffice.")
     page.click("button:has-text('Approve')")
     page.wait_for_url("**/access/dpo/")
@@ -63,12 +65,16 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
     login(cast["analyst_h"].username)
     page.goto("/access/grants/")
     assert "expires in" in page.inner_text("main")
+    screenshot("my-grants")
     page.click("a[role=button]:has-text('Records')")
     page.wait_for_url(f"**/datasets/{dataset.pk}/records/")
     headers = [h.split()[0] for h in page.locator("#records thead th").all_inner_texts()]
     assert headers == ["permit_id", "applicant_name"]
     body = page.inner_text("#records")
     assert "North" not in body and CANARY_NAME not in body
+    page.goto(f"/datasets/{dataset.pk}/access/explain/")
+    assert "denied in request" in page.inner_text("#hidden")
+    screenshot("explain")
     page.goto("/dashboard/")
     page.wait_for_selector("#chart-grants-sensitivity[data-drawn]")
     page.click("text=Sign out")
@@ -80,6 +86,15 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
     for action in ("access_request.submit", "access_request.decide", "grant.create", "grant.dpo_approve"):
         assert action in actions
     screenshot("audit-explorer")
+    page.goto("/audit/who-could-see/")
+    page.select_option("#id_dataset", str(dataset.pk))
+    page.fill("#id_field", "applicant_name")
+    page.fill("#id_at", dt.date.today().isoformat())
+    page.click("button:has-text('Ask')")
+    assert cast["analyst_h"].username in page.inner_text("#who")
+    screenshot("who-could-see")
+    page.goto("/audit/verify/")
+    assert "Intact" in page.inner_text("#verify-result")
     page.goto("/dashboard/")
     page.wait_for_selector("#chart-audit[data-drawn]")
     page.wait_for_selector("#chart-requests[data-drawn]")
