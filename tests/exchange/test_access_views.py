@@ -160,7 +160,7 @@ def test_steward_decides_two_of_three_fields_and_the_dpo_approves(client, cast, 
     client.force_login(cast["analyst_h"])
     grants_page = client.get("/access/grants/").content.decode()
     assert f'id="grant-{grant.pk}"' in grants_page and "passenger_name" in grants_page
-    assert "expires in" in grants_page and f"/datasets/{dataset.pk}/records/" in grants_page
+    assert "expires in 89 days" in grants_page and f"/datasets/{dataset.pk}/records/" in grants_page
     assert "Transport Act" in grants_page
 
 
@@ -297,3 +297,13 @@ def test_grant_action_never_redirects_off_site(client, cast, dataset):
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example/"):
         response = client.post(f"/access/grants/{grant.pk}/certify/", {"next": target})
         assert response.status_code == 302 and response.url == "/access/"
+
+
+def test_countdown_wording():
+    from exchange.templatetags.access_ui import countdown
+
+    now = timezone.now()
+    assert countdown(now + timedelta(days=12, hours=3), now) == "expires in 12 days"
+    assert countdown(now + timedelta(hours=30), now) == "expires in 30 hours"
+    assert countdown(now + timedelta(minutes=1, seconds=5), now) == "expires in 1 minute"
+    assert countdown(now - timedelta(seconds=1), now) == "ended"
