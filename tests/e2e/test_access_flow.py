@@ -99,3 +99,26 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
     page.wait_for_selector("#chart-audit[data-drawn]")
     page.wait_for_selector("#chart-requests[data-drawn]")
     screenshot("dashboard")
+
+
+def test_a_second_click_does_not_submit_the_form_again(page, login, people, department, other_department):
+    from exchange.models import AccessRequest
+
+    cast = make_cast(people, department, other_department)
+    dataset = published_dataset(department)
+    login(cast["analyst_h"].username)
+    page.goto(f"/datasets/{dataset.pk}/request-access/")
+    page.check("input[name=fields_][value=permit_id]")
+    page.fill("#id_purpose", "Plan inspections")
+    page.fill("#id_legal_basis", "Building Code §7")
+    # Count the submissions that would leave the page, and keep the page here so a second
+    # click can be tried: the listener on window runs after the page's own (on document).
+    page.evaluate("""() => {
+        window.sent = 0;
+        window.addEventListener("submit", (e) => { if (!e.defaultPrevented) window.sent++; e.preventDefault(); });
+    }""")
+    page.click("text=Send the request")
+    page.wait_for_function("document.querySelector('main form button[type=submit]').disabled")
+    page.evaluate("document.querySelector('main form[method=post]').requestSubmit()")
+    assert page.evaluate("window.sent") == 1
+    assert AccessRequest.objects.count() == 0

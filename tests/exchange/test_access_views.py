@@ -307,3 +307,27 @@ def test_countdown_wording():
     assert countdown(now + timedelta(hours=30), now) == "expires in 30 hours"
     assert countdown(now + timedelta(minutes=1, seconds=5), now) == "expires in 1 minute"
     assert countdown(now - timedelta(seconds=1), now) == "ended"
+
+
+def test_dpo_rejects_with_a_reason_only(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"passenger_name": None})
+    grant = Grant.objects.get(request=access_request)
+    client.force_login(cast["dpo"])
+    response = client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "", "next": "/access/dpo/"},
+                           follow=True)
+    assert "This field is required." in response.content.decode()
+    grant.refresh_from_db()
+    assert grant.status == GrantStatus.PENDING_DPO
+    client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "No legal basis for names"})
+    grant.refresh_from_db()
+    access_request.refresh_from_db()
+    assert grant.status == GrantStatus.REJECTED and access_request.status == RequestStatus.DENIED
+
+
+def test_the_steward_who_decided_is_not_offered_the_dpo_queue(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"passenger_name": None})
+    grant = Grant.objects.get(request=access_request)
+    client.force_login(cast["steward"])
+    assert client.post(f"/access/grants/{grant.pk}/dpo-approve/").status_code == 403
