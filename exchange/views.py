@@ -337,7 +337,8 @@ def dpo_queue(request: HttpRequest) -> HttpResponse:
     p = principal_of(request.user)
     if not p.is_dpo:
         return error_403(request)
-    grants = access_selectors.grants_awaiting_dpo(p).select_related("request", "request__requested_by")
+    grants = (access_selectors.grants_awaiting_dpo(p).prefetch_related(None)
+              .prefetch_related(access_selectors.grant_fields_with_sensitivity()))
     page = Paginator(grants.order_by("created_at", "id"), 50).get_page(request.GET.get("page"))
     return render(request, "exchange/dpo_queue.html", {"page": page})
 

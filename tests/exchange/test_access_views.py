@@ -331,3 +331,12 @@ def test_the_steward_who_decided_is_not_offered_the_dpo_queue(client, cast, data
     grant = Grant.objects.get(request=access_request)
     client.force_login(cast["steward"])
     assert client.post(f"/access/grants/{grant.pk}/dpo-approve/").status_code == 403
+
+
+def test_dpo_queue_shows_the_sensitivity_of_each_field(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id", "passenger_name"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"stop_id": None, "passenger_name": None})
+    client.force_login(cast["dpo"])
+    page = client.get("/access/dpo/").content.decode()
+    assert '<code>passenger_name</code> <span class="badge personal">' in page
+    assert '<code>stop_id</code> <span class="badge public">' in page
