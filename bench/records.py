@@ -158,7 +158,8 @@ def main() -> None:
     # interleaved with audited ones so that both see the same machine.
     from unittest import mock
 
-    audited_ms, silent_ms = [], []
+    audited_ms: list[float] = []
+    silent_ms: list[float] = []
     for i in range(args.pages * 2):
         audited = i % 2 == 0
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import BooleanField, Case, Exists, OuterRef, Prefetch, Q, QuerySet, Value, When
+from django.db.models import BooleanField, Case, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, When
 from django.utils import timezone
 
 from catalog.models import Dataset, Field
@@ -303,3 +303,12 @@ def explain_hidden(*, dataset: Dataset, user: User | None, department: Departmen
             elif name in decided and not decided[name].approved:
                 reasons[name] = f"denied in request #{access_request.pk}: {decided[name].reason}"
     return {name: f"{why}; {reasons[name]}" if name in reasons else why for name, why in hidden.items()}
+
+
+def grant_fields_with_sensitivity() -> Prefetch:
+    """Prefetch of a grant's fields, each annotated with its ``sensitivity`` in the dataset's
+    current schema (empty when no longer there): one query for every grant of a page."""
+    sensitivity = Subquery(Field.objects.filter(
+        schema_id=OuterRef("grant__dataset__current_schema_id"), name=OuterRef("field_name"),
+    ).values("sensitivity")[:1])
+    return Prefetch("fields", queryset=GrantField.objects.annotate(sensitivity=sensitivity).order_by("id"))

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.contrib.auth.models import User
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
 
-from catalog.selectors import dataset_get_for_user
+from catalog.selectors import dataset_get_for_user, dataset_visible
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from departments.models import Role
+from departments.selectors import principal_of, user_memberships
 from departments.views import error_403, error_404
-from exchange import records
+from exchange import access_selectors, access_services, audit_selectors, dashboard_selectors, grant_history, records
+from exchange.audit import audit_record, audit_verify
+from exchange.audit_selectors import AuditEventFilter, AuditScope
+from exchange.forms import AccessRequestForm, CommentForm, ReasonForm, WhoCouldSeeForm
+from exchange.models import AccessForm, AuditEvent, GrantStatus, RequestStatus
+from exchange.models.audit import AuditOutcome
+from exchange.policy import effective_view
 
 
 @login_required
@@ -55,3 +71,432 @@ def _with(request: HttpRequest, **changes: Any) -> str:
     for key, value in changes.items():
         query[key] = value
     return query.urlencode()
+
+
+# --- Access pages ---------------------------------------------------------------------------
+# Each view fetches through a scoped selector (404 for what the user may not know exists),
+# calls one service (403 for what they know but may not do) and redirects after a POST.
+
+def _user(request: HttpRequest) -> User:
+    user = request.user
+    assert isinstance(user, User)
+    return user
+
+
+@login_required
+def access_home(request: HttpRequest) -> HttpResponse:
+    """What waits on me: decisions as steward, second approvals as DPO, recertifications."""
+    pending = access_selectors.pending_for(user=request.user)
+    return render(request, "exchange/access_home.html", {
+        "to_decide": list(pending.requests_to_decide.order_by("created_at")[:100]),
+        "awaiting_dpo": list(pending.grants_awaiting_dpo.order_by("created_at")[:100]),
+        "to_recertify": list(pending.grants_to_recertify.order_by("last_certified_at")[:100]),
+        "principal_roles": principal_of(request.user),
+        "my_open": list(access_selectors.access_request_list(user=request.user, mine=True).filter(
+            status__in=(RequestStatus.SUBMITTED, RequestStatus.AWAITING_DPO)).order_by("-created_at")[:50]),
+    })
+
+
+@login_required
+def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    try:
+        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
+    except NotFoundError:
+        return error_404(request)
+    user = _user(request)
+    schema = access_selectors.current_fields(dataset)
+    p = principal_of(user)
+    stewarded = [(str(m.department.slug), f"My department: {m.department.name}")
+                 for m in user_memberships(user=user)
+                 if m.role == Role.STEWARD and m.department_id != dataset.department_id]
+    today = timezone.localdate()
+    form = AccessRequestForm(
+        request.POST or None, schema=schema, departments=stewarded,
+        initial={"requested_start": today, "requested_end": today + dt.timedelta(days=90)},
+    )
+    if request.method == "POST" and form.is_valid():
+        department = None
+        if form.cleaned_data["on_behalf"]:
+            department = access_selectors.department_by_slug(slug=form.cleaned_data["on_behalf"])
+        start, end = form.period()
+        try:
+            access_request = access_services.access_request_submit(
+                actor=user, dataset=dataset, fields=form.cleaned_data["fields_"],
+                purpose=form.cleaned_data["purpose"], legal_basis=form.cleaned_data["legal_basis"],
+                requested_start=start, requested_end=end, row_filter=form.row_filter(),
+                principal_department=department, comment=form.cleaned_data["comment"],
+            )
+        except PermissionDeniedError as exc:
+            return error_403(request, exc)
+        except ApplicationError as exc:
+            form.add_service_errors(exc)
+        else:
+            messages.success(request, f"Your request for {len(access_request.fields)} field(s) of "
+                                      f"{dataset.title} was sent to its stewards.")
+            return redirect("ui-access-request", request_id=access_request.pk)
+    rows = [{"field": f, "default_form": access_services.DEFAULT_FORM[f.sensitivity],
+             "checked": f.name in (form["fields_"].value() or [])} for f in schema.values()]
+    return render(request, "exchange/request_access.html", {
+        "dataset": dataset, "form": form, "field_rows": rows,
+        "is_owner_member": dataset.department_id in p.department_ids,
+        "may_request": bool(p.departments_where(Role.ANALYST, Role.STEWARD)),
+    }, status=400 if form.errors else 200)
+
+
+REQUEST_SCOPES = {"mine": "Made by or for me", "all": "All I may see", "to_decide": "To decide"}
+
+
+@login_required
+def access_requests(request: HttpRequest) -> HttpResponse:
+    scope = request.GET.get("scope", "mine")
+    if scope not in REQUEST_SCOPES:
+        scope = "mine"
+    qs = access_selectors.access_request_list(user=request.user, mine=scope == "mine",
+                                              to_decide=scope == "to_decide")
+    page = Paginator(qs.order_by("-created_at", "-id"), 50).get_page(request.GET.get("page"))
+    return render(request, "exchange/access_requests.html", {
+        "page": page, "scope": scope, "scopes": REQUEST_SCOPES,
+    })
+
+
+@login_required
+def access_request_detail(request: HttpRequest, request_id: int) -> HttpResponse:
+    try:
+        access_request = access_selectors.access_request_get(user=request.user, request_id=request_id)
+    except NotFoundError:
+        return error_404(request)
+    comment_form = CommentForm(request.POST or None)
+    if request.method == "POST" and comment_form.is_valid():
+        try:
+            access_services.access_request_comment(actor=_user(request), access_request=access_request,
+                                                   comment=comment_form.cleaned_data["comment"])
+        except PermissionDeniedError as exc:
+            return error_403(request, exc)
+        except ApplicationError as exc:
+            _form_errors(comment_form, exc)
+        else:
+            messages.success(request, "Your comment was added.")
+            return redirect("ui-access-request", request_id=access_request.pk)
+    p = principal_of(request.user)
+    grant_id = access_selectors.request_grant_id(access_request)
+    return render(request, "exchange/access_request_detail.html", {
+        "r": access_request, "comment_form": comment_form, "grant_id": grant_id,
+        "can_withdraw": access_request.requested_by_id == p.user_id
+        and access_request.status in access_services.UNDECIDED,
+        "can_decide": access_request.status in access_services.UNDECIDED
+        and access_selectors.access_request_decidable(p).filter(pk=access_request.pk).exists(),
+        "schema": access_selectors.current_fields(access_request.dataset),
+    }, status=400 if comment_form.errors else 200)
+
+
+@login_required
+@require_POST
+def access_request_withdraw(request: HttpRequest, request_id: int) -> HttpResponse:
+    try:
+        access_request = access_selectors.access_request_get(user=request.user, request_id=request_id)
+        access_services.access_request_withdraw(actor=_user(request), access_request=access_request,
+                                                comment=request.POST.get("comment", "")[:5000])
+    except NotFoundError:
+        return error_404(request)
+    except PermissionDeniedError as exc:
+        return error_403(request, exc)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "The request was withdrawn.")
+    return redirect("ui-access-request", request_id=request_id)
+
+
+@login_required
+def access_request_decide(request: HttpRequest, request_id: int) -> HttpResponse:
+    """Decide the request field by field: approve in a form (pre-set to the classification's
+    default) or deny with a reason."""
+    try:
+        access_request = access_selectors.access_request_get(user=request.user, request_id=request_id)
+        access_services.four_eyes_check(actor=_user(request), access_request=access_request)
+    except NotFoundError:
+        return error_404(request)
+    except PermissionDeniedError as exc:
+        return error_403(request, exc)
+    schema = access_selectors.current_fields(access_request.dataset)
+    errors: dict[str, list[str]] = {}
+    general: list[str] = []
+    post = request.POST
+    if request.method == "POST":
+        decisions = [
+            access_services.FieldDecisionInput(
+                name=name, approved=post.get(f"decision-{name}") == "approve",
+                form=post.get(f"form-{name}", "")[:16], reason=post.get(f"reason-{name}", "")[:5000],
+            )
+            for name in access_request.fields if post.get(f"decision-{name}") in ("approve", "deny")
+        ]
+        try:
+            access_services.access_request_decide(
+                actor=_user(request), access_request=access_request, decisions=decisions,
+                comment=post.get("comment", "")[:5000], clear_reason=post.get("clear_reason", "")[:5000],
+            )
+        except PermissionDeniedError as exc:
+            return error_403(request, exc)
+        except ApplicationError as exc:
+            errors = dict(exc.fields)
+            general = [exc.message, *errors.pop("fields", [])]
+        else:
+            messages.success(request, "Your decision was recorded.")
+            return redirect("ui-access-request", request_id=access_request.pk)
+    rows = []
+    for name in access_request.fields:
+        field = schema.get(name)
+        default = access_services.DEFAULT_FORM[field.sensitivity] if field else ""
+        rows.append({
+            "name": name, "field": field, "default_form": default,
+            "decision": post.get(f"decision-{name}", "approve" if field else "deny"),
+            "form": post.get(f"form-{name}", default), "reason": post.get(f"reason-{name}", ""),
+            "errors": errors.get(f"fields.{name}", []) + errors.get(f"fields.{name}.form", [])
+            + errors.get(f"fields.{name}.reason", []),
+        })
+    return render(request, "exchange/decide.html", {
+        "r": access_request, "rows": rows, "forms": AccessForm.choices, "general_errors": general,
+        "clear_reason_errors": errors.get("clear_reason", []), "post": post,
+    }, status=400 if (errors or general) else 200)
+
+
+@login_required
+def my_grants(request: HttpRequest) -> HttpResponse:
+    grants = access_selectors.grant_list(user=request.user, mine=True).order_by("-created_at", "-id")
+    page = Paginator(grants, 50).get_page(request.GET.get("page"))
+    return render(request, "exchange/my_grants.html", {"page": page, "now": timezone.now()})
+
+
+@login_required
+def department_grants(request: HttpRequest) -> HttpResponse:
+    """Grants on the datasets of the departments I steward, with revoke and certify."""
+    p = principal_of(request.user)
+    stewarded = p.departments_where(Role.STEWARD)
+    if not stewarded and not p.is_dpo:
+        return error_403(request)
+    grants = access_selectors.grant_list(user=request.user)
+    if not p.is_dpo:
+        grants = grants.filter(dataset__department_id__in=stewarded)
+    status = request.GET.get("status", GrantStatus.ACTIVE)
+    if status in GrantStatus.values:
+        grants = grants.filter(status=status)
+    if request.GET.get("recertify"):
+        grants = grants.filter(access_selectors.needs_recertification_q())
+    page = Paginator(grants.order_by("valid_until", "id"), 50).get_page(request.GET.get("page"))
+    return render(request, "exchange/department_grants.html", {
+        "page": page, "status": status, "statuses": GrantStatus.choices, "now": timezone.now(),
+        "recertify": bool(request.GET.get("recertify")),
+    })
+
+
+def _grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpResponse:
+    back = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()},
+                                           require_https=request.is_secure()):
+        back = "/access/"
+    form = ReasonForm(request.POST)
+    form.is_valid()
+    text = form.cleaned_data.get("reason", "")
+    try:
+        grant = access_selectors.grant_get(user=request.user, grant_id=grant_id)
+        user = _user(request)
+        if action == "revoke":
+            access_services.grant_revoke(actor=user, grant=grant, reason=text)
+            done = "The grant was revoked."
+        elif action == "certify":
+            access_services.grant_certify(actor=user, grant=grant, comment=text)
+            done = "The grant was confirmed as still needed."
+        elif action == "dpo-approve":
+            access_services.grant_dpo_approve(actor=user, grant=grant, comment=text)
+            done = "You gave the second approval; the grant is active."
+        else:
+            access_services.grant_dpo_reject(actor=user, grant=grant, reason=text)
+            done = "You refused the grant; the request is denied."
+    except NotFoundError:
+        return error_404(request)
+    except PermissionDeniedError as exc:
+        return error_403(request, exc)
+    except ApplicationError as exc:
+        detail = " ".join(m for ms in exc.fields.values() for m in ms)
+        messages.error(request, f"Grant #{grant_id}: {exc.message} {detail}".strip())
+    else:
+        messages.success(request, done)
+    return redirect(back)
+
+
+@login_required
+@require_POST
+def grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpResponse:
+    if action not in ("revoke", "certify", "dpo-approve", "dpo-reject"):
+        return error_404(request)
+    return _grant_action(request, grant_id, action)
+
+
+@login_required
+def dpo_queue(request: HttpRequest) -> HttpResponse:
+    p = principal_of(request.user)
+    if not p.is_dpo:
+        return error_403(request)
+    grants = (access_selectors.grants_awaiting_dpo(p).prefetch_related(None)
+              .prefetch_related(access_selectors.grant_fields_with_sensitivity()))
+    page = Paginator(grants.order_by("created_at", "id"), 50).get_page(request.GET.get("page"))
+    return render(request, "exchange/dpo_queue.html", {"page": page})
+
+
+@login_required
+def access_explain(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    """For the signed-in user: each field visible in which form through which grants, and why
+    the others are not."""
+    try:
+        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
+    except NotFoundError:
+        return error_404(request)
+    user = _user(request)
+    view = effective_view(dataset=dataset, user=user)
+    hidden = access_selectors.explain_hidden(dataset=dataset, user=user, department=None, hidden=view.hidden)
+    return render(request, "exchange/explain.html", {
+        "dataset": dataset, "view": view, "hidden": hidden,
+        "grants": {g.id: g for g in view.grants},
+        "schema": view.schema_fields,
+    })
+
+
+def _form_errors(form: forms.Form, exc: ApplicationError) -> None:
+    if not exc.fields:
+        form.add_error(None, exc.message)
+    for key, msgs in exc.fields.items():
+        for message in msgs:
+            form.add_error(key if key in form.fields else None, message)
+
+
+# --- Audit pages ----------------------------------------------------------------------------
+
+def _auditor_scope(request: HttpRequest, *, attempted: str) -> AuditScope | None:
+    """The caller's audit scope, or None after auditing the refused attempt (as the API does)."""
+    scope = audit_selectors.audit_scope_of(request.user)
+    if scope is None:
+        audit_record(actor=request.user, action="audit.denied", outcome=AuditOutcome.DENIED,
+                     details={"attempted": attempted, "path": request.path})
+    return scope
+
+
+AUDIT_PAGE = 50
+
+
+@login_required
+def audit_explorer(request: HttpRequest) -> HttpResponse:
+    scope = _auditor_scope(request, attempted="audit.read")
+    if scope is None:
+        return error_403(request)
+    data: dict[str, str] = {k: str(v) for k, v in request.GET.items() if k in AuditEventFilter.base_filters and v}
+    filterset = AuditEventFilter(data=data, queryset=audit_selectors.audit_event_list(scope=scope))
+    events: list[AuditEvent] = []
+    next_before = ""
+    if filterset.is_valid():
+        qs = filterset.qs.order_by("-id")
+        before = request.GET.get("before", "")
+        if before.isdigit():
+            qs = qs.filter(id__lt=int(before))
+        events = list(qs[: AUDIT_PAGE + 1])
+        if len(events) > AUDIT_PAGE:
+            events = events[:AUDIT_PAGE]
+            next_before = str(events[-1].pk)
+        audit_record(actor=request.user, action="audit.read", filters=data, row_count=len(events),
+                     details={"endpoint": "ui.explorer"})
+    query = QueryDict(mutable=True)
+    query.update(data)
+    next_query = query.copy()
+    if next_before:
+        next_query["before"] = next_before
+    return render(request, "exchange/audit_explorer.html", {
+        "events": events, "filters": data, "errors": filterset.errors,
+        "outcomes": AuditOutcome.choices, "export_query": query.urlencode(),
+        "next_query": next_query.urlencode() if next_before else "",
+        "first_page": "before" in request.GET,
+    }, status=400 if filterset.errors else 200)
+
+
+@login_required
+def audit_timeline(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    try:
+        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
+        grant_history.require_auditor(user=request.user, dataset=dataset, action="grant_timeline")
+    except NotFoundError:
+        return error_404(request)
+    except PermissionDeniedError as exc:
+        return error_403(request, exc)
+    events = list(grant_history.grant_timeline(dataset=dataset)[:1000])
+    audit_record(actor=request.user, action="audit.read", obj=dataset, dataset_id=dataset.pk,
+                 department_id=dataset.department_id, row_count=len(events),
+                 filters={"question": "grant_timeline"})
+    return render(request, "exchange/audit_timeline.html", {"dataset": dataset, "events": events})
+
+
+@login_required
+def audit_who_could_see(request: HttpRequest) -> HttpResponse:
+    scope = _auditor_scope(request, attempted="who_could_see")
+    if scope is None:
+        return error_403(request)
+    datasets = dataset_visible(user=request.user).order_by("title")
+    if not scope.everything:
+        datasets = datasets.filter(department_id__in=scope.department_ids)
+    form = WhoCouldSeeForm(request.GET or None, datasets=list(datasets.values_list("pk", "title")[:1000]))
+    answer = None
+    dataset = None
+    if request.GET and form.is_valid():
+        try:
+            dataset = dataset_get_for_user(user=request.user, dataset_id=form.cleaned_data["dataset"])
+            grant_history.require_auditor(user=request.user, dataset=dataset, action="who_could_see")
+        except NotFoundError:
+            return error_404(request)
+        except PermissionDeniedError as exc:
+            return error_403(request, exc)
+        field = form.cleaned_data["field"]
+        at = timezone.make_aware(dt.datetime.combine(form.cleaned_data["at"], dt.time.max))
+        answer = grant_history.who_could_see(dataset=dataset, field=field, at=at)
+        audit_record(actor=request.user, action="audit.read", obj=dataset, dataset_id=dataset.pk,
+                     department_id=dataset.department_id, fields=[field], row_count=len(answer),
+                     filters={"question": "who_could_see", "at": at.isoformat()})
+    return render(request, "exchange/audit_who_could_see.html",
+                  {"form": form, "answer": answer, "dataset": dataset},
+                  status=400 if form.errors else 200)
+
+
+@login_required
+def audit_verify_page(request: HttpRequest) -> HttpResponse:
+    scope = _auditor_scope(request, attempted="audit.verify")
+    if scope is None:
+        return error_403(request)
+    # Read-only, so a GET: reloading the page verifies again.
+    result = audit_verify()
+    audit_record(actor=request.user, action="audit.verify",
+                 outcome=AuditOutcome.ALLOWED if result.intact else AuditOutcome.FAILED,
+                 details={"intact": result.intact, "checked": result.checked, "broken_at": result.broken_at,
+                          "via": "ui"})
+    return render(request, "exchange/audit_verify.html", {"result": result})
+
+
+# --- Dashboard ------------------------------------------------------------------------------
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(request, "exchange/dashboard.html",
+                  {"is_auditor": audit_selectors.audit_scope_of(request.user) is not None})
+
+
+@login_required
+def dashboard_requests(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(dashboard_selectors.requests_per_week(user=request.user))
+
+
+@login_required
+def dashboard_grants(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(dashboard_selectors.active_grants_breakdown(user=request.user))
+
+
+@login_required
+def dashboard_audit(request: HttpRequest) -> HttpResponse:
+    scope = _auditor_scope(request, attempted="dashboard.audit")
+    if scope is None:
+        return JsonResponse({"detail": "Only auditors may read the audit trail."}, status=403)
+    return JsonResponse(dashboard_selectors.audit_events_per_day(scope=scope))

@@ -1,20 +1,23 @@
-// Forms marked data-once send once: after the browser has read the form, the button that sent
-// it is disabled, so a second click or Enter cannot post it again (the server answers with a
-// redirect, so a reload does not either). htmx requests use hx-disabled-elt instead.
+// Every POST form is sent once: a second click (or Enter) while the first submission is on its
+// way is ignored, and the buttons show they are busy. The buttons are disabled after the submit
+// event so the clicked button's own name and value are still sent.
 document.addEventListener("submit", function (event) {
   var form = event.target;
-  if (!(form instanceof HTMLFormElement) || !form.hasAttribute("data-once")) return;
-  if (form.dataset.sending) { event.preventDefault(); return; }
-  form.dataset.sending = "1";
-  var button = event.submitter;
+  if (!(form instanceof HTMLFormElement) || (form.method || "").toLowerCase() !== "post") return;
+  if (form.dataset.submitted) { event.preventDefault(); return; }
+  form.dataset.submitted = "1";
   setTimeout(function () {
-    if (button) { button.disabled = true; button.setAttribute("aria-busy", "true"); }
+    form.querySelectorAll("button, input[type=submit]").forEach(function (b) {
+      b.disabled = true; b.setAttribute("aria-busy", "true");
+    });
   }, 0);
 });
-// Coming back through the history cache shows the page as it was left: let it be sent again.
+// Coming back with the browser's back button shows the page from cache: enable it again.
 window.addEventListener("pageshow", function () {
-  document.querySelectorAll("form[data-once]").forEach(function (form) {
-    delete form.dataset.sending;
-    form.querySelectorAll("[aria-busy]").forEach(function (b) { b.disabled = false; b.removeAttribute("aria-busy"); });
+  document.querySelectorAll("form[data-submitted]").forEach(function (form) {
+    delete form.dataset.submitted;
+    form.querySelectorAll("button, input[type=submit]").forEach(function (b) {
+      b.disabled = false; b.removeAttribute("aria-busy");
+    });
   });
 });
