@@ -8,25 +8,20 @@ measured in the same run:
 - page: a records page of 1,000 rows (first page and a deep page through the cursor), ms
 - memory: peak Python allocation during the export (tracemalloc), MB
 
-Run: ``DATABASE_URL=postgres://… python -m bench.records [--rows N]`` (``make bench``).
+Run: ``DATABASE_URL=postgres://… python -m bench.records [--rows N]`` (or ``make bench``); it works
+in a scratch database ``bench_records`` next to the configured one and drops it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import time
 import tracemalloc
 from typing import Any
 
-
-def _setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    os.environ.setdefault("DEBUG", "1")
-    import django
-
-    django.setup()
+from bench.setup import configure, scratch_database
 
 
 def build(rows: int) -> tuple[Any, Any]:
@@ -34,7 +29,6 @@ def build(rows: int) -> tuple[Any, Any]:
     from datetime import timedelta
 
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.db import connection
     from django.utils import timezone
 
@@ -44,7 +38,6 @@ def build(rows: int) -> tuple[Any, Any]:
     from exchange.models import Grant, GrantField, GrantStatus, PrincipalKind
     from exchange.store import ident, store_drop_table, store_ensure_table
 
-    call_command("migrate", verbosity=0)
     owner = Department.objects.filter(code="bench-owner").first() or services.department_create(
         actor=None, code="bench-owner", name="Bench owner")
     reader = User.objects.filter(username="bench-reader").first() or User.objects.create_user("bench-reader")
@@ -92,19 +85,26 @@ def build(rows: int) -> tuple[Any, Any]:
     return dataset, reader
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pages", type=int, default=20)
-    args = parser.parse_args()
-    _setup()
+    args = parser.parse_args(argv)
+    configure()
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        print("bench.records needs PostgreSQL: set DATABASE_URL=postgres://…")
+        return 2
+    with scratch_database("records"):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from django.db import connection
 
     from exchange import records
     from exchange.store import ident, store_table
-
-    if connection.vendor != "postgresql":
-        raise SystemExit("bench.records needs PostgreSQL: set DATABASE_URL=postgres://…")
 
     t0 = time.perf_counter()
     dataset, reader = build(args.rows)
@@ -182,7 +182,8 @@ def main() -> None:
           f"+{(with_audit - without) / without * 100:4.1f} %")
     print(f"export peak Python memory: CSV {peak / 1e6:6.1f} MB, NDJSON {ndjson_peak / 1e6:6.1f} MB "
           f"(flat: independent of the row count)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

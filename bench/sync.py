@@ -140,11 +140,11 @@ def run_job(**job: Any) -> Callable[[], dict[str, Any]]:
     return go
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="Keep the scratch databases and the store table.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if connection.vendor != "postgresql":
         sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
     rows = args.rows
@@ -205,7 +205,8 @@ def main() -> None:
         store_drop_table(source.dataset_id)
         for db in (src, tgt):
             admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
