@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from config.api.errors import ApplicationError, NotFoundError
 from departments.views import error_404
-from exchange.models import Run, RunStatus, Subscription
+from exchange.models import Run, RunStatus, Source, Subscription
 from exchange.sync import selectors
 from exchange.sync import services as sync_services
 
@@ -44,15 +44,23 @@ def dataset_sync(request: HttpRequest, dataset_id: int) -> HttpResponse:
     return render(request, "exchange/sync/dataset.html", context)
 
 
-@login_required
-@require_POST
-def dataset_sync_run(request: HttpRequest, dataset_id: int) -> HttpResponse:
+def _managed_source(request: HttpRequest, dataset_id: int) -> tuple[User, Source] | HttpResponse:
+    """The signed-in steward and the source they manage, or the 404 page."""
     user = request.user
     assert isinstance(user, User)
     try:
-        source = selectors.source_get(user=user, dataset_id=dataset_id)
+        return user, selectors.source_get(user=user, dataset_id=dataset_id)
     except NotFoundError:
         return error_404(request)
+
+
+@login_required
+@require_POST
+def dataset_sync_run(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    found = _managed_source(request, dataset_id)
+    if isinstance(found, HttpResponse):
+        return found
+    user, source = found
     mode = "incremental" if request.POST.get("mode") == "incremental" else "full"
     try:
         run = sync_services.run_now(actor=user, source=source, mode=mode)
@@ -65,12 +73,10 @@ def dataset_sync_run(request: HttpRequest, dataset_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def dataset_sync_upload(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    user = request.user
-    assert isinstance(user, User)
-    try:
-        source = selectors.source_get(user=user, dataset_id=dataset_id)
-    except NotFoundError:
-        return error_404(request)
+    found = _managed_source(request, dataset_id)
+    if isinstance(found, HttpResponse):
+        return found
+    user, source = found
     upload = request.FILES.get("file")
     if upload is None:
         messages.error(request, "Choose a file to upload.")
