@@ -90,6 +90,11 @@ def dataset_visible_q(user: UserLike) -> Q | None:
     if p.is_reviewer or p.is_dpo:
         q |= Q(status=DatasetStatus.IN_REVIEW) | Q(Exists(
             SchemaVersion.objects.filter(dataset=OuterRef("pk"), status=SchemaStatus.IN_REVIEW)))
+    if p.is_dpo:
+        # A data protection officer second-approves access to any published dataset, restricted
+        # ones included, so they must be able to read what they approve. Metadata only: records
+        # still need a grant.
+        q |= Q(status__in=LISTED)
     return q
 
 

@@ -128,7 +128,8 @@ class TestVisibility:
         "outsider": {"public", "theirs"},
         "nobody": {"public"},
         "reviewer": {"review", "public"},
-        "dpo": {"review", "public"},
+        # A DPO second-approves access to restricted datasets too, so sees their metadata.
+        "dpo": {"review", "public", "restricted"},
         "city_auditor": {"draft", "review", "public", "restricted", "retired", "theirs"},
         "operator": {"draft", "review", "public", "restricted", "retired", "theirs"},
     }

@@ -136,3 +136,18 @@ def test_token_clients_walk_the_same_paths(api, world):
             continue
         body = _body(api.get(path))
         assert not any(c in body for c in CANARIES), path
+
+
+def test_dpo_sees_restricted_metadata_but_no_values(client, department, people):
+    from catalog.models import Visibility
+    from departments import services as department_services
+
+    restricted = published_dataset(department, slug="restricted-permits", visibility=Visibility.RESTRICTED)
+    load_rows(restricted, rows())
+    dpo = UserFactory()
+    department_services.city_role_grant(actor=None, user=dpo, role="data_protection_officer")
+    client.force_login(dpo)
+    assert client.get(f"/api/v1/datasets/{restricted.pk}/").status_code == 200
+    assert client.get(f"/api/v1/datasets/{restricted.pk}/records/").status_code == 403
+    client.force_login(people["nobody"])
+    assert client.get(f"/api/v1/datasets/{restricted.pk}/").status_code == 404
