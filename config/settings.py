@@ -257,11 +257,9 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
 # --- Exchange-specific ----------------------------------------------------------------------
 def _derived_key(label: str) -> str:
-    # Development convenience only: a key derived from SECRET_KEY. Production sets its own, so
-    # that rotating SECRET_KEY (sessions) does not change pseudonyms or break signatures.
-    import hashlib
-    import hmac
-
+    # A key derived from SECRET_KEY, so that a deployment works without extra setup. Production
+    # sets its own, so that rotating SECRET_KEY (sessions) does not change pseudonyms or break
+    # signatures.
     return hmac.new(SECRET_KEY.encode(), label.encode(), hashlib.sha256).hexdigest()
 
 
@@ -293,9 +291,7 @@ GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
 # is derived from SECRET_KEY so that every deployment signs without extra setup; set it
 # explicitly in production, because rotating SECRET_KEY would otherwise make every existing
 # checkpoint fail verification.
-AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or hmac.new(
-    SECRET_KEY.encode(), b"exchange.audit.checkpoint", hashlib.sha256
-).hexdigest()
+AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or _derived_key("exchange.audit.checkpoint")
 
 # --- Sync engine (ingest and delivery jobs) ---------------------------------------------------
 # Fernet key(s) encrypting connection secrets at rest, comma-separated: the first encrypts,

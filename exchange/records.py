@@ -44,11 +44,15 @@ READABLE_STATUSES = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
 PSEUDONYM_HEX_CHARS = 32
 
 
-def _hmac_pads() -> tuple[bytes, bytes]:
+def _hmac_key() -> bytes:
+    # HMAC hashes a key longer than the block (64 bytes) first; doing it here once lets the
+    # SQL version below use the same key.
     key = settings.PSEUDONYM_KEY.encode()
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(64, b"\0")
+    return hashlib.sha256(key).digest() if len(key) > 64 else key
+
+
+def _hmac_pads() -> tuple[bytes, bytes]:
+    key = _hmac_key().ljust(64, b"\0")
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
 
 
@@ -59,9 +63,7 @@ def pseudonymise(value: Any) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else _text_form(value)
-    digest = hmac.new(settings.PSEUDONYM_KEY.encode() if len(settings.PSEUDONYM_KEY.encode()) <= 64
-                      else hashlib.sha256(settings.PSEUDONYM_KEY.encode()).digest(),
-                      text.encode("utf-8"), hashlib.sha256).hexdigest()
+    digest = hmac.new(_hmac_key(), text.encode("utf-8"), hashlib.sha256).hexdigest()
     return digest[:PSEUDONYM_HEX_CHARS]
 
 
