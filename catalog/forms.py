@@ -20,6 +20,7 @@ from catalog.models import (
     Visibility,
 )
 from config.api.errors import ApplicationError
+from config.web import add_service_errors  # noqa: F401  (re-exported for the catalogue views)
 from departments.selectors import user_by_username
 
 
@@ -79,16 +80,6 @@ class DatasetCreateForm(DatasetMetadataForm):
         department = self.fields["department"]
         assert isinstance(department, forms.ChoiceField)
         department.choices = departments
-
-
-def add_service_errors(form: forms.Form, exc: ApplicationError) -> None:
-    """Put a service's ``fields`` errors next to the form fields they name."""
-    for key, messages in (exc.fields or {}).items():
-        target = key if key in form.fields else None
-        for message in messages:
-            form.add_error(target, message)
-    if not exc.fields:
-        form.add_error(None, exc.message)
 
 
 # --- The schema editor -------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import authenticate
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from knox.models import AuthToken
 from rest_framework import serializers, status
@@ -282,8 +281,7 @@ class LoginApi(APIView):
 class TokenListApi(APIView):
     @extend_schema(responses=TokenOutput(many=True))
     def get(self, request: Request) -> Response:
-        tokens = AuthToken.objects.filter(user=request.user, expiry__gt=timezone.now()).order_by("-created")
-        return Response(TokenOutput(tokens, many=True).data)
+        return Response(TokenOutput(selectors.token_list(user=request_user(request)), many=True).data)
 
 
 class TokenDetailApi(APIView):

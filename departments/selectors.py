@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+from knox.models import AuthToken
 
 from config.api.errors import NotFoundError, PermissionDeniedError
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
@@ -145,3 +147,8 @@ def user_by_username(*, username: str) -> User | None:
 
 def city_role_list() -> QuerySet[CityRoleAssignment]:
     return CityRoleAssignment.objects.select_related("user", "granted_by").order_by("role", "user__username")
+
+
+def token_list(*, user: User) -> QuerySet[AuthToken]:
+    """The user's API tokens that still work, newest first (their digests, never the tokens)."""
+    return AuthToken.objects.filter(user=user, expiry__gt=timezone.now()).order_by("-created")

@@ -1,3 +1,11 @@
+// A form with data-confirm asks before it is sent (removing a member, revoking a token ...).
+document.addEventListener("submit", function (event) {
+  var form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.confirm && !form.dataset.submitted
+      && !window.confirm(form.dataset.confirm)) {
+    event.preventDefault(); event.stopImmediatePropagation();
+  }
+});
 // Every POST form is sent once: a second click (or Enter) while the first submission is on its
 // way is ignored, and the buttons show they are busy. The buttons are disabled after the submit
 // event so the clicked button's own name and value are still sent.
