@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import authenticate
 from drf_spectacular.utils import extend_schema, inline_serializer
 from knox.models import AuthToken
@@ -14,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.auth import request_user
-from config.api.errors import ApplicationError, NotFoundError
+from config.api.errors import ApplicationError, LockedOutError, NotFoundError
 from config.api.pagination import PageNumberPagination
 from departments import selectors, services
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Notification, Role
@@ -269,6 +270,11 @@ class LoginApi(APIView):
         data.is_valid(raise_exception=True)
         user = authenticate(request, username=data.validated_data["username"], password=data.validated_data["password"])
         if user is None:
+            if getattr(request, "axes_locked_out", False):  # set by django-axes' backend
+                raise LockedOutError(
+                    "Too many failed logins for this username from this address; try again later.",
+                    extra={"retry_after_seconds": int(settings.AXES_COOLOFF_TIME.total_seconds())},
+                )
             services.login_failed(username=data.validated_data["username"], channel="api")
             raise ApplicationError("Wrong username or password.", code="authentication_failed")
         instance, token = services.token_issue(user=user)

@@ -19,3 +19,8 @@ def on_login_failed(sender: Any, credentials: dict[str, Any], request: HttpReque
 
 def on_logged_in(sender: Any, request: HttpRequest, user: User, **_: Any) -> None:
     services.login_succeeded(user=user, channel="web")
+
+
+def on_locked_out(sender: Any, request: HttpRequest | None = None, username: str | None = None,
+                  ip_address: str | None = None, **_: Any) -> None:
+    services.login_locked_out(username=username or "", client_ip=ip_address)

@@ -196,6 +196,14 @@ def login_failed(*, username: str, channel: str) -> None:
     )
 
 
+def login_locked_out(*, username: str, client_ip: str | None) -> None:
+    """Too many failed logins of this username from this address: further attempts are refused."""
+    audit_record(
+        actor=None, actor_label="anonymous", action="auth.locked_out", outcome=AuditOutcome.DENIED,
+        details={"username": username[:150], "client_ip": client_ip},
+    )
+
+
 def login_succeeded(*, user: User, channel: str) -> None:
     audit_record(actor=user, action="auth.login", details={"channel": channel})
 

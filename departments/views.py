@@ -106,7 +106,8 @@ def _member_action(request: HttpRequest, slug: str, membership_id: int, action: 
         else:
             form = MemberRoleForm(request.POST)
             if not form.is_valid():
-                raise ApplicationError("Choose one of the roles.", fields={"role": [str(e) for e in form.errors["role"]]})
+                raise ApplicationError("Choose one of the roles.",
+                                       fields={"role": [str(e) for e in form.errors["role"]]})
             services.membership_change_role(actor=request.user, membership=membership, role=form.cleaned_data["role"])
             messages.success(request, f"{username} is now {Role(form.cleaned_data['role']).label.lower()}.")
     except ApplicationError as exc:

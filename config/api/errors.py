@@ -58,6 +58,13 @@ class ConflictError(ApplicationError):
     code = "conflict"
 
 
+class LockedOutError(ApplicationError):
+    """Too many failed logins of one username from one address (django-axes)."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "locked_out"
+
+
 def _field_errors(detail: Any) -> dict[str, Any]:
     if isinstance(detail, dict):
         return {str(k): _field_errors(v) if isinstance(v, dict) else _messages(v) for k, v in detail.items()}

@@ -40,3 +40,9 @@ def test_ci_runs_on_the_backends_it_asked_for():
         "redis" if settings.CELERY_BROKER_URL.startswith("redis") else "filesystem",
     }
     assert actual == expected
+    if "redis" in expected:  # processes share their counters (the login throttle) through Redis
+        from django.core.cache import cache
+
+        assert settings.CACHES["default"]["BACKEND"].endswith("RedisCache")
+        cache.set("ci-probe", "shared", 5)
+        assert cache.get("ci-probe") == "shared"
