@@ -72,6 +72,7 @@ urlpatterns = [
     path("dashboard/", exchange_views.dashboard, name="ui-dashboard"),
     path("dashboard/data/requests.json", exchange_views.dashboard_requests, name="ui-dashboard-requests"),
     path("dashboard/data/grants.json", exchange_views.dashboard_grants, name="ui-dashboard-grants"),
+    path("dashboard/data/sync.json", exchange_views.dashboard_sync, name="ui-dashboard-sync"),
     path("dashboard/data/audit.json", exchange_views.dashboard_audit, name="ui-dashboard-audit"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),

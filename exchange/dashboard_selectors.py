@@ -7,14 +7,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, OuterRef, Subquery
-from django.db.models.functions import TruncDate, TruncWeek
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce, TruncDate, TruncWeek
 from django.utils import timezone
 
 from catalog.models import Field
+from departments.models import Role
+from departments.selectors import principal_of
 from exchange import access_selectors as sel
 from exchange.audit_selectors import AuditScope, audit_event_list
-from exchange.models import GrantField, GrantStatus
+from exchange.models import GrantField, GrantStatus, Run, RunKind, RunStatus
 
 AnyUser = User | AnonymousUser
 
@@ -80,3 +82,48 @@ def audit_events_per_day(*, scope: AuditScope, days: int = 30, now: datetime | N
     outcomes = sorted({k for v in series.values() for k in v})
     return {"labels": day_labels,
             "datasets": [{"label": o, "data": [series[d].get(o, 0) for d in day_labels]} for o in outcomes]}
+
+
+def _day_series(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """Chart.js data from rows of (day, ``key``, n): one dataset per ``key``, a label per day."""
+    series: dict[str, dict[str, int]] = {}
+    for row in rows:
+        series.setdefault(str(row["day"]), {})[str(row[key])] = int(row["n"] or 0)
+    days = sorted(series)
+    names = sorted({k for v in series.values() for k in v})
+    return {"labels": days, "datasets": [{"label": n, "data": [series[d].get(n, 0) for d in days]} for n in names]}
+
+
+def runs_in_view(*, user: AnyUser) -> QuerySet[Run]:
+    """The runs whose figures a user may see: operators and city auditors all of them; stewards,
+    administrators and auditors of a department those that fed its datasets or delivered to it.
+    Counts only: a run's figures never carry a record value."""
+    p = principal_of(user)
+    if p.is_staff or p.is_city_auditor:
+        return Run.objects.all()
+    mine = p.departments_where(Role.STEWARD, Role.ADMIN, Role.AUDITOR)
+    return Run.objects.filter(Q(dataset__department_id__in=mine) | Q(subscription__department_id__in=mine))
+
+
+def sync_per_day(*, user: AnyUser, days: int = 30, now: datetime | None = None) -> dict[str, Any]:
+    """Rows written per day per department (ingest: into the owner's store; delivery: to the
+    receiving department), and failed runs per day by kind; two grouped queries."""
+    since = (now or timezone.now()) - timedelta(days=days)
+    finished = runs_in_view(user=user).filter(finished_at__gte=since).order_by()
+    written = (
+        finished.filter(status=RunStatus.SUCCEEDED)
+        .annotate(day=TruncDate("finished_at"),
+                  department=Coalesce("subscription__department__name", "dataset__department__name"))
+        .values("day", "department")
+        .annotate(n=Sum(F("rows_inserted") + F("rows_updated") + F("rows_deleted")))
+        .order_by("day", "department")
+    )
+    failed = (
+        finished.filter(status=RunStatus.FAILED).annotate(day=TruncDate("finished_at"))
+        .values("day", "kind").annotate(n=Count("id")).order_by("day", "kind")
+    )
+    kinds = dict(RunKind.choices)
+    return {
+        "rows": _day_series([dict(r) for r in written], "department"),
+        "failed": _day_series([{**r, "kind": kinds.get(r["kind"], r["kind"])} for r in failed], "kind"),
+    }

@@ -480,8 +480,10 @@ def audit_verify_page(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "exchange/dashboard.html",
-                  {"is_auditor": audit_selectors.audit_scope_of(request.user) is not None})
+    return render(request, "exchange/dashboard.html", {
+        "is_auditor": audit_selectors.audit_scope_of(request.user) is not None,
+        "sees_runs": dashboard_selectors.runs_in_view(user=request.user).exists(),
+    })
 
 
 @login_required
@@ -492,6 +494,11 @@ def dashboard_requests(request: HttpRequest) -> JsonResponse:
 @login_required
 def dashboard_grants(request: HttpRequest) -> JsonResponse:
     return JsonResponse(dashboard_selectors.active_grants_breakdown(user=request.user))
+
+
+@login_required
+def dashboard_sync(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(dashboard_selectors.sync_per_day(user=request.user))
 
 
 @login_required

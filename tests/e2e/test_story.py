@@ -87,6 +87,9 @@ def test_one_story_across_every_role(page, login, screenshot, people, department
     assert progress.get_attribute("value") == progress.get_attribute("max") == "100"
     assert "30" in page.locator("#runs tbody tr").first.inner_text()
     screenshot("story-sync")
+    page.click("nav.site >> text=Dashboard")
+    page.wait_for_selector("#chart-sync-rows[data-drawn]")
+    screenshot("story-dashboard-sync")
     page.click("text=Sign out")
 
     # 4. An analyst of another department asks for three fields, one of them personal.
