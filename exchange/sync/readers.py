@@ -57,6 +57,8 @@ class Reader:
     pg_types: dict[str, str] = field(default_factory=dict)
     selected: list[str] = field(default_factory=list)
     copy_out: Callable[[], Iterator[bytes]] | None = None
+    # Column sets a unique constraint (or primary key) of the source table holds unique.
+    unique_columns: list[frozenset[str]] = field(default_factory=list)
 
 
 def check_read_only_query(query: str) -> str:
@@ -127,7 +129,17 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                     pg_types[d.name] = info.name if info else ""
                     kinds[d.name] = PG_KINDS.get(pg_types[d.name], "other")
                 estimate = None
+                unique_columns: list[frozenset[str]] = []
                 if source.table and not source.query:
+                    # Whole-column unique indexes only: a partial or expression index proves nothing.
+                    cur.execute(
+                        "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
+                        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid "
+                        "AND i.indpred IS NULL AND i.indexprs IS NULL GROUP BY i.indexrelid",
+                        [sql.Identifier(*source.table.split(".", 1)).as_string(conn)],
+                    )
+                    unique_columns = [frozenset(r[0]) for r in cur.fetchall()]
                     cur.execute(
                         "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
                         [sql.Identifier(*source.table.split(".", 1)).as_string(conn)],
@@ -180,7 +192,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
 
         yield Reader(columns=columns, kinds=kinds, estimate=estimate, rows=rows(),
-                     description=source.table or "query", pg_types=pg_types, selected=wanted, copy_out=copy_out)
+                     description=source.table or "query", pg_types=pg_types, selected=wanted, copy_out=copy_out,
+                     unique_columns=unique_columns)
     finally:
         conn.close()
 
