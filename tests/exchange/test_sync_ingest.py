@@ -285,7 +285,8 @@ def test_malformed_json_mid_stream_fails_the_run_with_nothing_merged(dataset):
     good = int(run.error.split("after record ")[1].split(" ")[0])
     assert 2_000 < good < 3_000  # the records before the break were read, then the run stopped
     assert store_rows(dataset, include_deleted=True) == before
-    for document, message in (("[1, 2", "not valid JSON"), ("{\"a\": 1}", "must be an array"), ("42", "must be an array"),
+    for document, message in (("[1, 2", "not valid JSON"), ("{\"a\": 1}", "must be an array"),
+                              ("42", "must be an array"),
                               (json.dumps(_json_records(1)) + " trailing", "not valid JSON after record 1")):
         (Path(settings.MEDIA_ROOT) / source.upload).write_text(document)
         run = run_ingest(source)
