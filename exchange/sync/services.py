@@ -341,7 +341,11 @@ def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None 
                                    details={"grant": grant.pk}):
             ended.append(subscription)
             if subscription.purge_on_end:
-                from exchange import tasks
-
-                transaction.on_commit(lambda pk=subscription.pk: tasks.deliver_purge.delay(pk))
+                _purge_after_commit(subscription.pk)
     return ended
+
+
+def _purge_after_commit(subscription_id: int) -> None:
+    from exchange import tasks
+
+    transaction.on_commit(lambda: tasks.deliver_purge.delay(subscription_id))

@@ -161,7 +161,7 @@ def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_departmen
     from tests.factories import MembershipFactory
 
     dataset, _, g = setup
-    health_steward = MembershipFactory(department=other_department, role="steward").user
+    health_steward = MembershipFactory.create(department=other_department, role="steward").user
     path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True, schedule="0 3 * * *",
                            people_admin=people["outsider"])
     assert sub.periodic_task is not None and sub.periodic_task.enabled
