@@ -590,6 +590,11 @@ def _geopoint_ok_sql(column: str) -> str:
             f"AND abs(split_part({column}, ',', 2)::float8) <= 180 ELSE false END")
 
 
+def _point_check(table: str, position: int) -> str:
+    # By position: names built from long field names could be cut to the same 63 characters.
+    return f"{table}_point_{position}"
+
+
 @contextmanager
 def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
     """A new table shaped like the store (constraints as the store's rows must satisfy them,
@@ -604,11 +609,11 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
     qualified = ident(table.schema, name)
     now = sql.Literal(timezone.now()).as_string(connection.connection)
     columns = []
-    for f in plan.fields:
+    for i, f in enumerate(plan.fields):
         null = " NOT NULL" if f.is_key or not f.nullable else ""
         check = ""
         if f.type == "geopoint":
-            check = f" CONSTRAINT {ident(f'{name}_{f.name}_point')} CHECK ({_geopoint_ok_sql(ident(f.name))})"
+            check = f" CONSTRAINT {ident(_point_check(name, i))} CHECK ({_geopoint_ok_sql(ident(f.name))})"
         columns.append(f"{ident(f.name)} {column_type(f.type)}{null}{check}")
     columns += [
         f"{ident('_seq')} bigint NOT NULL",
@@ -682,8 +687,8 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
                     raise FirstLoadRefused("the store changed during the run")
                 resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
                           for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
-                resets += [f"DROP CONSTRAINT {ident(f'{name}_{f.name}_point')}"
-                           for f in plan.fields if f.type == "geopoint"]
+                resets += [f"DROP CONSTRAINT {ident(_point_check(name, i))}"
+                           for i, f in enumerate(plan.fields) if f.type == "geopoint"]
                 cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
                 cursor.execute(f"DROP TABLE {table.qualified}")
                 cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")

@@ -198,3 +198,28 @@ def test_duplicate_search_is_skipped_only_when_the_source_key_is_unique(source, 
         run = run_ingest(source)
     assert any("HAVING count(*) > 1" in q["sql"] for q in queries.captured_queries)
     assert (run.rows_read, run.rows_unchanged, run.rows_quarantined) == (101, 100, 1)
+
+
+def test_first_load_checks_points_as_constraints_and_leaves_none_behind(department, source_db):
+    fields = [("site_id", "integer", True, "public"), ("location", "geopoint", False, "public"),
+              ("entrance", "geopoint", False, "public")]
+    dataset = published_dataset(department=department, slug="sites", fields=fields)
+    pg_execute(source_db, "CREATE TABLE sites (site_id bigint PRIMARY KEY, location text, entrance text)")
+    pg_execute(source_db, "INSERT INTO sites VALUES (%s, %s, %s)",
+               many=[(1, "48.1,11.5", " 48.2 , 11.6 "), (2, None, "-33.9,151.2")])
+    conn = connection(department=department, kind="postgresql", secret=source_db, name="sites db")
+    source = Source.objects.create(dataset=dataset, connection=conn, table="sites",
+                                   mapping={"site_id": "site_id", "location": "location", "entrance": "entrance"})
+    run = run_ingest(source)
+    assert (run.status, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 2, 0)
+    with django_connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
+                       [f"exchange_store.ds_{dataset.pk}"])
+        assert cursor.fetchone()[0] == 0  # the store keeps no load-time checks
+    # A bad point in a fresh store: the load is refused and the staged path quarantines the row.
+    other = published_dataset(department=department, slug="sites-2", fields=fields)
+    pg_execute(source_db, "INSERT INTO sites VALUES (3, '91,0', NULL)")
+    source2 = Source.objects.create(dataset=other, connection=conn, table="sites", mapping=source.mapping)
+    run = run_ingest(source2)
+    assert (run.status, run.rows_read, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 3, 2, 1)
+    assert "not a point" in run.quarantined.get().reason
