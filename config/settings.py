@@ -337,6 +337,15 @@ SYNC_SQLITE_DIRS: list[str] = env.list(
     "SYNC_SQLITE_DIRS", default=[str(VAR_DIR / "demo-sources"), str(VAR_DIR / "sqlite")]
 )
 SYNC_HTTP_TIMEOUT = env.int("SYNC_HTTP_TIMEOUT_SECONDS", default=60)
+# URL connections never reach loopback, private, link-local (cloud metadata), multicast or
+# reserved addresses (SSRF), except the networks (CIDR) and host names listed here.
+SYNC_URL_ALLOWED_NETWORKS: list[str] = env.list("SYNC_URL_ALLOWED_NETWORKS", default=[])
+try:
+    from exchange.sync.allowlist import parse_allowed
+
+    parse_allowed(SYNC_URL_ALLOWED_NETWORKS)
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"SYNC_URL_ALLOWED_NETWORKS: {_exc}") from None
 SYNC_UPLOAD_MAX_BYTES = env.int("SYNC_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
 
 LOGGING = {

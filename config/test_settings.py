@@ -8,6 +8,8 @@ os.environ.setdefault("DEBUG", "0")
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-used-anywhere-else-0123456789abcdef")
 os.environ.setdefault("ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
+# The suite serves its URL sources from loopback; the SSRF tests take the allowance away.
+os.environ.setdefault("SYNC_URL_ALLOWED_NETWORKS", "127.0.0.1/32")
 # Tests never share a broker directory with a `make run` on the same checkout.
 os.environ.setdefault("BROKER_DIR", str(Path(__file__).resolve().parent.parent / "var" / "test-broker"))
 

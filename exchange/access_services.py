@@ -73,6 +73,13 @@ def _link_request(access_request: AccessRequest) -> str:
     return f"/api/v1/access-requests/{access_request.pk}/"
 
 
+def _end_subscriptions(grant: Grant, *, reason: str, at: dt.datetime | None) -> None:
+    """Deliveries stop with the grant, in the same transaction (see the sync service)."""
+    from exchange.sync.services import subscriptions_end_for_grant
+
+    subscriptions_end_for_grant(grant=grant, reason=reason, at=at)
+
+
 def _link_grant(grant: Grant) -> str:
     return f"/api/v1/grants/{grant.pk}/"
 
@@ -701,6 +708,7 @@ def grant_revoke(*, actor: User, grant: Grant, reason: str, now: dt.datetime | N
            details={"grant": grant.pk})
     _audit_grant(actor=actor, action="grant.revoke", grant=grant, details={"reason": grant.revoke_reason})
     _sync_view_permission(grant)
+    _end_subscriptions(grant, reason=f"the grant was revoked ({grant.revoke_reason})", at=grant.revoked_at)
     notify(recipients=sel.grantee_recipients(grant), kind="grant.revoked",
            subject=f"Access revoked: {grant.dataset.title}", body=grant.revoke_reason, link=_link_grant(grant),
            obj=grant)
@@ -756,6 +764,7 @@ def grant_expire_due(*, now: dt.datetime | None = None, batch: int = 500) -> int
                 body = "The requested period ended before the data protection officer decided."
             else:
                 _sync_view_permission(grant)
+                _end_subscriptions(grant, reason="the grant reached its end date", at=now)
                 body = "The grant reached its end date. Request access again if you still need it."
             notify(recipients=sel.grantee_recipients(grant), kind="grant.expired",
                    subject=f"Access ended: {grant.dataset.title}", body=body, link=_link_grant(grant), obj=grant)
@@ -851,6 +860,7 @@ def grant_fields_lapse(*, dataset: Dataset, removed_or_changed: list[str], reaso
                details={"grant": grant.pk, "fields": lapsed})
         _audit_grant(actor=actor, action="grant.lapse", grant=grant, fields=lapsed,
                      details={"reason": why, "row_filter_lapsed": grant.pk in unscoped})
+        _end_subscriptions(grant, reason=f"the granted fields lapsed ({why})", at=now)
         notify(recipients=sel.grantee_recipients(grant), kind="grant.fields_lapsed",
                subject=f"Fields no longer granted on {grant.dataset.title}: {', '.join(lapsed)}",
                body=f"{why}\nRequest the fields of the new schema if you still need them.",

@@ -12,7 +12,8 @@ System columns, next to the dataset's own fields:
 ``_seq``        a per-table monotonic change number, set on every insert, update and deletion
                 (a run numbers its changes above the table's maximum, and runs of one dataset
                 never overlap); deliveries resume from the last ``_seq`` they sent
-``_hash``       content hash of the row's field values (incremental ingest by hash)
+``_hash``       content hash of the row's field values, by which a SQLite merge tells unchanged
+                records from changed ones (PostgreSQL compares the typed values and leaves it empty)
 ``_deleted``    tombstone: a record deleted at the source stays as a tombstone so that
                 deliveries can delete it downstream; every reader filters it out
 ``_first_seen``, ``_last_seen``, ``_first_run``, ``_last_run``: when and by which run a

@@ -95,6 +95,20 @@ def deliver_scheduled(subscription_id: int) -> None:
         sync_services.run_now(actor=None, subscription=subscription, trigger=RunTrigger.SCHEDULE)
 
 
+@shared_task(name="exchange.tasks.deliver_purge", ignore_result=True, acks_late=True, autoretry_for=(OSError,),
+             retry_backoff=30, max_retries=5)
+def deliver_purge(subscription_id: int) -> None:
+    """Drop the delivered copy of a subscription that ended with ``purge_on_end`` (idempotent:
+    dropping a dropped table is a no-op)."""
+    from exchange.models import Subscription, SubscriptionStatus
+    from exchange.sync.delivery import subscription_purge_target
+
+    subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ENDED,
+                                               purge_on_end=True).first()
+    if subscription is not None:
+        subscription_purge_target(subscription=subscription)
+
+
 # --- Grants: expiry, renewal reminders, recertification ----------------------------------------
 # Each service works in fixed-size batches and claims every grant with a conditional update, so
 # overlapping runs (or a run redelivered after a worker died) never act on a grant twice. What a

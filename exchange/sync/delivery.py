@@ -307,18 +307,39 @@ class _Progress:
 
 # --- The service ----------------------------------------------------------------------------
 
-def subscription_end(*, subscription: Subscription, reason: str) -> None:
-    """Stop a subscription whose grant ended; purge the copy if the steward asked for it."""
-    with transaction.atomic():
-        Subscription.objects.filter(pk=subscription.pk).update(status=SubscriptionStatus.ENDED,
-                                                               ended_at=timezone.now())
-        if subscription.periodic_task_id:
-            from django_celery_beat.models import PeriodicTask
+def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_label: str,
+                            details: dict[str, Any] | None = None) -> bool:
+    """End the subscription (status, beat row disabled, audit, the subscribing department's
+    stewards told) unless it has ended already; returns whether this call ended it. Runs in
+    the caller's transaction, so the subscription ends together with what ended its grant."""
+    from django_celery_beat.models import PeriodicTask
 
+    from departments.notifications import notify
+    from exchange.access_selectors import stewards_of
+
+    with transaction.atomic():
+        if not Subscription.objects.filter(pk=subscription.pk).exclude(status=SubscriptionStatus.ENDED).update(
+                status=SubscriptionStatus.ENDED, ended_at=timezone.now()):
+            return False
+        if subscription.periodic_task_id:
             PeriodicTask.objects.filter(pk=subscription.periodic_task_id).update(enabled=False)
-        audit_record(actor=None, actor_label="job:delivery", action="subscription.ended", obj=subscription,
+        audit_record(actor=None, actor_label=actor_label, action="subscription.ended", obj=subscription,
                      dataset_id=subscription.dataset_id, department_id=subscription.department_id,
-                     details={"reason": reason})
+                     details={"reason": reason, **(details or {})})
+        dataset = subscription.dataset
+        notify(recipients=stewards_of(subscription.department_id), kind="subscription.ended",
+               subject=f"Delivery of {dataset.title} stopped",
+               body=f"The subscription delivering {dataset.title} into {subscription.target_table} ended: {reason}."
+                    + (" The delivered copy will be removed, as chosen." if subscription.purge_on_end else
+                       " The delivered copy stays where it is; a steward may purge it."),
+               link=f"/api/v1/sync/subscriptions/{subscription.pk}/", obj=subscription)
+    return True
+
+
+def subscription_end(*, subscription: Subscription, reason: str) -> None:
+    """Stop a subscription whose grant ended (found by a delivery run); purge the copy if the
+    steward asked for it."""
+    subscription_mark_ended(subscription=subscription, reason=reason, actor_label="job:delivery")
     if subscription.purge_on_end:
         subscription_purge_target(subscription=subscription)
 

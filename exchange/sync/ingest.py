@@ -232,7 +232,7 @@ def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
             if key_only is not None:
                 buffer.append([*key_only, None, raw.number, True])
         else:
-            # PostgreSQL hashes in SQL during the merge (see _hash_sql), as the bulk path must.
+            # PostgreSQL compares values in SQL during the merge (see _changed_sql).
             buffer.append([*values, None if is_postgres() else content_hash(values), raw.number, False])
             counts.staged += 1
         if len(buffer) >= batch_size or time.monotonic() - last_progress > PROGRESS_EVERY_SECONDS:
@@ -342,8 +342,17 @@ def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
     return bad
 
 
-def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts) -> None:
-    """Of several rows with one key, the first is kept; the others go to quarantine."""
+def source_key_unique(plan: Plan, reader: Reader) -> bool:
+    """Whether the source itself holds the key unique (a primary key or unique constraint on
+    some of the key's columns). Only meaningful on the bulk path, where values reach the store
+    as the source has them: converting in Python may make two distinct source values one."""
+    key_columns = {plan.columns[k] for k in plan.key_fields}
+    return any(unique <= key_columns for unique in reader.unique_columns)
+
+
+def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts, *, known_unique: bool = False) -> None:
+    """Of several rows with one key, the first is kept; the others go to quarantine. With
+    ``known_unique`` (the source guarantees it) the search is skipped."""
     keys = ", ".join(ident(k) for k in plan.key_fields)
     names = [f.name for f in plan.fields]
     cols = ", ".join(ident(n) for n in names)
@@ -354,12 +363,13 @@ def quarantine_duplicates(run: Run, plan: Plan, stage: str, counts: Counts) -> N
     with connection.cursor() as cursor:
         # A hash aggregate finds out cheaply whether there is any duplicate at all; only then
         # the window (a sort of the staged rows) says which rows to quarantine.
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {stage} WHERE NOT {ident('_bad')} "  # noqa: S608
-                       f"GROUP BY {keys} HAVING count(*) > 1)")
         dupes = []
-        if cursor.fetchone()[0]:
-            cursor.execute(sql)
-            dupes = cursor.fetchall()
+        if not known_unique:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {stage} WHERE NOT {ident('_bad')} "  # noqa: S608
+                           f"GROUP BY {keys} HAVING count(*) > 1)")
+            if cursor.fetchone()[0]:
+                cursor.execute(sql)
+                dupes = cursor.fetchall()
         for rn, first, *values in dupes:
             key = ", ".join(f"{k}={v}" for k, v in zip(names, values, strict=True) if k in plan.key_fields)
             _quarantine(run, counts, rn, dict(zip(names, values, strict=True)),
@@ -386,15 +396,20 @@ class MergeResult:
 
 
 def _hash_sql(plan: Plan, alias: str) -> str:
-    """The content hash of a staged row: computed by PostgreSQL from the typed row, or the
-    one the Python path computed (SQLite)."""
+    """The ``_hash`` a merged row gets: the content hash the Python path computed (SQLite), or
+    nothing on PostgreSQL, which compares the typed values themselves (see ``_changed_sql``)."""
+    return f"{alias}.{ident('_hash')}" if not is_postgres() else "''"
+
+
+def _changed_sql(plan: Plan) -> str:
+    """Whether staged row ``st`` differs from stored record ``s``. PostgreSQL compares the typed
+    values (NULL-safe, by each type's equality, so 1.0 = 1.00 as numbers and jsonb by value):
+    exact, and cheaper than hashing every staged row."""
     if not is_postgres():
-        return f"{alias}.{ident('_hash')}"
-    row = f"ROW({', '.join(f'{alias}.{ident(f.name)}' for f in plan.fields)})"
-    if connection.pg_version >= 140000:  # type: ignore[attr-defined]
-        # Hashes each value with its type's own hash function: no text conversion, 3x faster.
-        return f"hash_record_extended({row}, 0)::text"
-    return f"md5({row}::text)"
+        return f"s.{ident('_hash')} <> st.{ident('_hash')}"
+    names = [ident(f.name) for f in plan.fields]
+    return (f"ROW({', '.join(f's.{n}' for n in names)}) IS DISTINCT FROM "
+            f"ROW({', '.join(f'st.{n}' for n in names)})")
 
 
 def _ts(value: datetime) -> Any:
@@ -421,7 +436,7 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         cursor.execute(
             f"UPDATE {store} AS s SET {sets}, {h} = {st_hash}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
             f"{ident('_last_seen')} = %s, {ident('_last_run')} = %s "
-            f"FROM {stage} AS st WHERE {key_match} AND NOT st.{bad} AND (s.{h} <> {st_hash} OR s.{dele})",
+            f"FROM {stage} AS st WHERE {key_match} AND NOT st.{bad} AND ({_changed_sql(plan)} OR s.{dele})",
             [base, now, run.pk],
         )
         updated = cursor.rowcount
@@ -474,35 +489,225 @@ def ingest_execute(*, run: Run) -> None:
     plan = plan_for(dataset, source.mapping)
     incremental = run.mode == RunMode.INCREMENTAL
     since = source.watermark_value if incremental and source.watermark_column and source.watermark_value else None
-    counts = Counts()
+    result: MergeResult | None = None
+    refused = False
     with open_source(source, since=since) as reader:
-        check_source_shape(plan, reader)
-        if source.watermark_column and reader.columns and source.watermark_column not in reader.columns:
-            raise SchemaMismatch(f"The watermark column {source.watermark_column} is missing at the source.")
+        _check_reader(plan, reader, source.watermark_column)
         run.rows_total_estimate = reader.estimate
-        with staging_table(run, plan) as stage:
-            if bulk_eligible(plan, reader, source.watermark_column):
-                copy_into_stage(run, plan, reader, stage, counts)
-                if source.watermark_column:
-                    counts.watermark = _stage_max(stage, [f for f, c in plan.columns.items()
-                                                          if c == source.watermark_column][0])
-            else:
-                read_into_stage(run, plan, reader, stage, counts,
-                                watermark_column=source.watermark_column or None)
-            quarantine_duplicates(run, plan, stage, counts)
-            with transaction.atomic():
-                # Re-check the claim inside the merge transaction: a reaper may have given up on
-                # this run (and queued another) while it was reading.
-                locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
-                if locked is None or locked.cancel_requested:
-                    raise RunCancelled()
-                result = merge(run, plan, stage, counts, detect_deletes=not incremental)
-                finish_ingest(run, plan, counts, result)
+        if first_load_eligible(plan, reader, source.watermark_column):
+            try:
+                result = first_load(run, plan, reader, Counts(), watermark_column=source.watermark_column)
+            except FirstLoadRefused:
+                _reset_progress(run)
+                refused = True
+        else:
+            result = ingest_staged(run, plan, reader, Counts(), watermark_column=source.watermark_column,
+                                   incremental=incremental)
+    if refused:
+        # Read again from the start: the refused load stopped reading in the middle.
+        with open_source(source, since=since) as reader:
+            _check_reader(plan, reader, source.watermark_column)
+            result = ingest_staged(run, plan, reader, Counts(), watermark_column=source.watermark_column,
+                                   incremental=incremental)
+    assert result is not None
     if is_postgres() and result.inserted + result.updated + result.deleted > ANALYZE_AFTER:
         # Fresh statistics now rather than whenever autovacuum gets there: the next run's merge
         # joins the store to a small staging table and must be planned as index lookups.
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {plan.table.qualified} ({quoted_list([*plan.key_fields, '_seq', '_deleted'])})")
+
+
+def _check_reader(plan: Plan, reader: Reader, watermark_column: str) -> None:
+    check_source_shape(plan, reader)
+    if watermark_column and reader.columns and watermark_column not in reader.columns:
+        raise SchemaMismatch(f"The watermark column {watermark_column} is missing at the source.")
+
+
+def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermark_column: str,
+                  incremental: bool) -> MergeResult:
+    """Stage every row, check it, then merge the staging table into the store in one transaction."""
+    bulk = bulk_eligible(plan, reader, watermark_column)
+    with staging_table(run, plan) as stage:
+        if bulk:
+            copy_into_stage(run, plan, reader, stage, counts)
+            if watermark_column:
+                counts.watermark = _stage_max(stage, _field_of(plan, watermark_column))
+        else:
+            read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
+        quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
+        with transaction.atomic():
+            _recheck_claim(run)
+            result = merge(run, plan, stage, counts, detect_deletes=not incremental)
+            finish_ingest(run, plan, counts, result)
+    return result
+
+
+def _recheck_claim(run: Run) -> None:
+    """Inside the merge transaction: a reaper may have given up on this run (and queued
+    another) while it was reading, or the steward may have cancelled it."""
+    locked = Run.objects.select_for_update().filter(pk=run.pk, status=RunStatus.RUNNING).first()
+    if locked is None or locked.cancel_requested:
+        raise RunCancelled()
+
+
+def _field_of(plan: Plan, column: str) -> str:
+    return next(f for f, c in plan.columns.items() if c == column)
+
+
+def _reset_progress(run: Run) -> None:
+    QuarantinedRow.objects.filter(run_id=run.pk).delete()
+    Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+        rows_read=0, rows_done=0, rows_quarantined=0, heartbeat_at=timezone.now())
+
+
+# --- First load -----------------------------------------------------------------------------
+# A PostgreSQL source copied into an empty store needs no merge: there is nothing to compare
+# with, update or delete. The source's COPY stream goes straight into a new table shaped like
+# the store (system columns filled by defaults, the key and the checks enforced as
+# constraints), which then replaces the empty store table in the run's one transaction. A row
+# the store would refuse (missing key or required value, duplicate key, malformed point)
+# violates a constraint: the load is dropped and the run starts over on the staged path, which
+# quarantines such rows one by one.
+
+class FirstLoadRefused(Exception):
+    pass
+
+
+def _store_is_empty(plan: Plan) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {plan.table.qualified})")  # noqa: S608
+        return bool(cursor.fetchone()[0])
+
+
+def first_load_eligible(plan: Plan, reader: Reader, watermark_column: str) -> bool:
+    return (bulk_eligible(plan, reader, watermark_column)
+            and _store_is_empty(plan))
+
+
+def _geopoint_ok_sql(column: str) -> str:
+    """The bulk path's point check as one boolean (CASE: the casts run only on matching text)."""
+    return (f"CASE WHEN {column} ~ '{_GEOPOINT_RE}' THEN abs(split_part({column}, ',', 1)::float8) <= 90 "
+            f"AND abs(split_part({column}, ',', 2)::float8) <= 180 ELSE false END")
+
+
+def _point_check(table: str, position: int) -> str:
+    # By position: names built from long field names could be cut to the same 63 characters.
+    return f"{table}_point_{position}"
+
+
+@contextmanager
+def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
+    """A new table shaped like the store (constraints as the store's rows must satisfy them,
+    system columns filled by defaults), dropped again unless it replaced the store.
+    Yields its bare and its qualified name. One left behind by a killed worker is dropped by
+    the next run of the dataset."""
+    from psycopg import sql
+
+    table = plan.table
+    assert table.schema is not None
+    name = f"{table.name}_load"
+    qualified = ident(table.schema, name)
+    now = sql.Literal(timezone.now()).as_string(connection.connection)
+    columns = []
+    for i, f in enumerate(plan.fields):
+        null = " NOT NULL" if f.is_key or not f.nullable else ""
+        check = ""
+        if f.type == "geopoint":
+            check = f" CONSTRAINT {ident(_point_check(name, i))} CHECK ({_geopoint_ok_sql(ident(f.name))})"
+        columns.append(f"{ident(f.name)} {column_type(f.type)}{null}{check}")
+    columns += [
+        f"{ident('_seq')} bigint NOT NULL",
+        f"{ident('_hash')} text NOT NULL DEFAULT ''",
+        f"{ident('_deleted')} boolean NOT NULL DEFAULT false",
+        f"{ident('_first_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"{ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"{ident('_first_run')} bigint DEFAULT {int(run.pk)}",
+        f"{ident('_last_run')} bigint DEFAULT {int(run.pk)}",
+        f"CONSTRAINT {ident(name + '_pkey')} PRIMARY KEY ({quoted_list(plan.key_fields)})",
+    ]
+    replaced = False
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {qualified}")
+        cursor.execute(f"CREATE TABLE {qualified} ({', '.join(columns)})")
+        cursor.execute(f"CREATE INDEX {ident(name + '_seq')} ON {qualified} ({ident('_seq')})")
+    try:
+        yield name, qualified
+        replaced = True
+    finally:
+        if not replaced and connection.connection is not None and not connection.needs_rollback:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f"DROP TABLE IF EXISTS {qualified}")
+            except Exception:  # noqa: BLE001, S110 - the connection may be gone; the next run drops it
+                pass
+
+
+def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermark_column: str) -> MergeResult:
+    """Load an empty store from a PostgreSQL source by COPY; raises FirstLoadRefused when a
+    row needs the staged path. Precondition: as for ``merge``, and ``first_load_eligible``."""
+    import psycopg
+
+    assert reader.copy_out is not None
+    table = plan.table
+    by_column = {c: f for f, c in plan.columns.items() if c is not None}
+    targets = [by_column[c] for c in reader.selected] + ["_seq"]
+    with load_table(run, plan) as (name, load):
+        copy_sql = f"COPY {load} ({', '.join(ident(n) for n in targets)}) FROM STDIN"
+        batch = settings.SYNC_BATCH_SIZE * 4
+        chunks = reader.copy_out()
+        done = False
+        with connection.cursor() as cursor:
+            try:
+                while not done:
+                    n = 0
+                    # A transaction per batch outside the run's (a savepoint inside a caller's).
+                    with transaction.atomic(), cursor.cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+                        for chunk in chunks:
+                            copy.write(chunk)  # one row per chunk
+                            n += 1
+                            if n >= batch:
+                                break
+                        else:
+                            done = True
+                    counts.read += n
+                    _progress(run, counts)
+            except psycopg.errors.IntegrityError as exc:
+                raise FirstLoadRefused(str(exc)) from exc
+        counts.staged = counts.read
+        if watermark_column:
+            counts.watermark = _stage_max(load, _field_of(plan, watermark_column))
+        with transaction.atomic():
+            _recheck_claim(run)
+            with connection.cursor() as cursor:
+                # Readers of the (empty) store wait for this transaction's commit, then see the
+                # loaded table; none sees it half loaded.
+                cursor.execute(f"LOCK TABLE {table.qualified} IN ACCESS EXCLUSIVE MODE")
+                if not _store_is_empty(plan) or _columns_of(table.qualified) != _columns_of(load):
+                    # The store gained rows or columns meanwhile (a schema version published).
+                    raise FirstLoadRefused("the store changed during the run")
+                resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
+                          for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
+                resets += [f"DROP CONSTRAINT {ident(_point_check(name, i))}"
+                           for i, f in enumerate(plan.fields) if f.type == "geopoint"]
+                cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
+                cursor.execute(f"DROP TABLE {table.qualified}")
+                cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")
+                cursor.execute(f"ALTER TABLE {table.qualified} RENAME CONSTRAINT {ident(name + '_pkey')} "
+                               f"TO {ident(table.name + '_pkey')}")
+                cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
+                               f"RENAME TO {ident(table.name + '_seq')}")
+            loaded = counts.read
+            result = MergeResult(inserted=loaded, updated=0, deleted=0, unchanged=0,
+                                 seq_from=1 if loaded else None, seq_to=loaded or None)
+            finish_ingest(run, plan, counts, result)
+    return result
+
+
+def _columns_of(qualified: str) -> list[tuple[str, int, bool]]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT attname, atttypid, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass "
+                       "AND attnum > 0 AND NOT attisdropped ORDER BY attname", [qualified])
+        return [(r[0], int(r[1]), bool(r[2])) for r in cursor.fetchall()]
 
 
 def _stage_max(stage: str, name: str) -> Any:

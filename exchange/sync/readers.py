@@ -57,6 +57,8 @@ class Reader:
     pg_types: dict[str, str] = field(default_factory=dict)
     selected: list[str] = field(default_factory=list)
     copy_out: Callable[[], Iterator[bytes]] | None = None
+    # Column sets a unique constraint (or primary key) of the source table holds unique.
+    unique_columns: list[frozenset[str]] = field(default_factory=list)
 
 
 def check_read_only_query(query: str) -> str:
@@ -127,7 +129,17 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                     pg_types[d.name] = info.name if info else ""
                     kinds[d.name] = PG_KINDS.get(pg_types[d.name], "other")
                 estimate = None
+                unique_columns: list[frozenset[str]] = []
                 if source.table and not source.query:
+                    # Whole-column unique indexes only: a partial or expression index proves nothing.
+                    cur.execute(
+                        "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a "
+                        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+                        "WHERE i.indrelid = to_regclass(%s) AND i.indisunique AND i.indisvalid "
+                        "AND i.indpred IS NULL AND i.indexprs IS NULL GROUP BY i.indexrelid",
+                        [sql.Identifier(*source.table.split(".", 1)).as_string(conn)],
+                    )
+                    unique_columns = [frozenset(r[0]) for r in cur.fetchall()]
                     cur.execute(
                         "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)",
                         [sql.Identifier(*source.table.split(".", 1)).as_string(conn)],
@@ -180,7 +192,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
 
         yield Reader(columns=columns, kinds=kinds, estimate=estimate, rows=rows(),
-                     description=source.table or "query", pg_types=pg_types, selected=wanted, copy_out=copy_out)
+                     description=source.table or "query", pg_types=pg_types, selected=wanted, copy_out=copy_out,
+                     unique_columns=unique_columns)
     finally:
         conn.close()
 
@@ -302,17 +315,92 @@ def _ndjson_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
 
 
 def _json_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
-    # A JSON array must be parsed whole; large sources should use NDJSON or CSV instead.
+    """The objects of a JSON array (or of the first array an object holds), parsed as a stream
+    with ijson: one record at a time in memory, whatever the size of the document. Malformed
+    JSON anywhere, even after the last record, fails the run (nothing has been merged yet)."""
+    import ijson
+
+    events = ijson.basic_parse(_as_utf8(stream, encoding), use_float=True)
+    n = 0
+
+    def step() -> tuple[str, Any]:
+        try:
+            return next(events)
+        except StopIteration:
+            raise SourceError("The JSON document ends too early.") from None
+
     try:
-        data = json.loads(stream.read().decode(encoding))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise SourceError(f"The file is not valid JSON ({exc}).") from exc
-    if isinstance(data, dict):
-        data = next((v for v in data.values() if isinstance(v, list)), None)
-    if not isinstance(data, list):
-        raise SourceError("The JSON document must be an array of objects (or an object holding one).")
-    for n, obj in enumerate(data, start=1):
-        yield RawRow(n, obj) if isinstance(obj, dict) else RawRow(n, {"value": obj}, "not a JSON object")
+        event, _ = step()
+        if event == "start_map":
+            while True:  # the first member whose value is an array holds the records
+                event, _ = step()
+                if event == "end_map":
+                    raise SourceError("The JSON document must be an array of objects (or an object holding one).")
+                event, value = step()
+                if event == "start_array":
+                    break
+                _build(events, event, value)
+        elif event != "start_array":
+            raise SourceError("The JSON document must be an array of objects (or an object holding one).")
+        while True:
+            event, value = step()
+            if event == "end_array":
+                break
+            n += 1
+            obj = _build(events, event, value)
+            yield RawRow(n, obj) if isinstance(obj, dict) else RawRow(n, {"value": obj}, "not a JSON object")
+        for _ in events:  # the rest must be well-formed too
+            pass
+    except ijson.JSONError as exc:
+        where = f"after record {n}" if n else "before the first record"
+        raise SourceError(f"The file is not valid JSON {where} ({exc}).") from exc
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"The file is not valid {encoding} after record {n}. {_ENCODING_HINT}") from exc
+
+
+def _build(events: Iterator[tuple[str, Any]], event: str, value: Any) -> Any:
+    """The value that starts with (event, value), read to its end from ``events``."""
+    import ijson
+
+    if event not in ("start_map", "start_array"):
+        return value
+    builder = ijson.ObjectBuilder()
+    builder.event(event, value)
+    depth = 1
+    for event, value in events:
+        builder.event(event, value)
+        depth += 1 if event in ("start_map", "start_array") else -1 if event in ("end_map", "end_array") else 0
+        if depth == 0:
+            return builder.value
+    raise SourceError("The JSON document ends too early.")
+
+
+class _Utf8(io.RawIOBase):
+    """A byte stream in another encoding, re-encoded as UTF-8 (what ijson parses) on the fly."""
+
+    def __init__(self, stream: IO[bytes], encoding: str) -> None:
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder(encoding)()
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._stream.read(64 * 1024)
+            self._pending = memoryview(self._decoder.decode(chunk, final=not chunk).encode("utf-8"))
+            if not chunk:
+                break
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _as_utf8(stream: IO[bytes], encoding: str) -> IO[bytes]:
+    """UTF-8 bytes without a byte order mark, as ijson wants them."""
+    return io.BufferedReader(_Utf8(stream, "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding))
 
 
 def _peek_columns(rows: Iterator[RawRow]) -> tuple[list[str], Iterator[RawRow]]:
@@ -354,11 +442,10 @@ def _file_reader(source: Source) -> Iterator[Reader]:
 
 @contextmanager
 def _url_reader(source: Source, url: str) -> Iterator[Reader]:
-    if not url.lower().startswith(("http://", "https://")):
-        raise SourceError("Only http:// and https:// URLs can be sources.")
-    request = urllib.request.Request(url, headers={"User-Agent": "city-data-exchange/1"})  # noqa: S310
+    from exchange.sync import urlguard
+
     try:
-        response = urllib.request.urlopen(request, timeout=settings.SYNC_HTTP_TIMEOUT)  # noqa: S310
+        response = urlguard.urlopen(url, timeout=settings.SYNC_HTTP_TIMEOUT)
     except urllib.error.HTTPError as exc:
         error = f"The URL answered {exc.code} {exc.reason}."
         raise (TransientSourceError(error) if exc.code >= 500 or exc.code == 429 else SourceError(error)) from exc
@@ -435,11 +522,10 @@ def test_connection(connection: Connection) -> str:
         except sqlite3.Error as exc:
             raise SourceError(f"Not a readable SQLite database: {exc}") from exc
         return f"Opened {path.name}: {tables} tables."
-    request = urllib.request.Request(secret, method="HEAD", headers={"User-Agent": "city-data-exchange/1"})  # noqa: S310
-    if not secret.lower().startswith(("http://", "https://")):
-        raise SourceError("Only http:// and https:// URLs can be sources.")
+    from exchange.sync import urlguard
+
     try:
-        with urllib.request.urlopen(request, timeout=settings.SYNC_HTTP_TIMEOUT) as response:  # noqa: S310
+        with urlguard.urlopen(secret, method="HEAD", timeout=settings.SYNC_HTTP_TIMEOUT) as response:
             return f"The URL answered {response.status} ({response.headers.get('Content-Type', 'no content type')})."
     except urllib.error.HTTPError as exc:
         raise SourceError(f"The URL answered {exc.code} {exc.reason}.") from exc

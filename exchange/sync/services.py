@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,39 @@ def subscription_purge(*, actor: User, subscription: Subscription) -> Subscripti
                  department_id=subscription.department_id)
     subscription.refresh_from_db()
     return subscription
+
+
+def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None = None) -> list[Subscription]:
+    """Called by the grant services in the transaction that revoked, expired or narrowed
+    ``grant``: every subscription of the grant's department on the dataset that no grant in
+    force still lets read anything ends now, in that same transaction (audited, the
+    department's stewards told), not at its next run. A purge of the delivered copy, where the
+    steward chose it, is a job queued after commit: it writes to the department's database.
+    ``at``: the moment the grant ended (the grant services' ``now``)."""
+    from exchange.models import PrincipalKind
+    from exchange.sync.delivery import subscription_mark_ended
+
+    if grant.principal_kind != PrincipalKind.DEPARTMENT or grant.principal_department_id is None:
+        return []
+    subscriptions = list(
+        Subscription.objects.select_for_update().select_related("dataset")
+        .filter(dataset_id=grant.dataset_id, department_id=grant.principal_department_id)
+        .exclude(status=SubscriptionStatus.ENDED)
+    )
+    if not subscriptions or effective_view(dataset=grant.dataset, department=grant.principal_department,
+                                           at=at).can_read:
+        return []
+    ended = []
+    for subscription in subscriptions:
+        if subscription_mark_ended(subscription=subscription, reason=reason, actor_label="job:grants",
+                                   details={"grant": grant.pk}):
+            ended.append(subscription)
+            if subscription.purge_on_end:
+                _purge_after_commit(subscription.pk)
+    return ended
+
+
+def _purge_after_commit(subscription_id: int) -> None:
+    from exchange import tasks
+
+    transaction.on_commit(lambda: tasks.deliver_purge.delay(subscription_id))

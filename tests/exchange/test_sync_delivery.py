@@ -140,6 +140,90 @@ def test_grant_expiry_stops_the_subscription_and_purges_on_request(setup, other_
     assert tables == []
 
 
+def _subscribe(dataset, other_department, tmp_path, *, purge_on_end: bool, schedule: str = "", people_admin=None):
+    from exchange.sync import services as sync_services
+
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits", purge_on_end=purge_on_end)
+    if schedule:
+        sub = sync_services.subscription_update(actor=people_admin, subscription=sub, schedule=schedule)
+    assert deliver(sub).status == RunStatus.SUCCEEDED
+    return path, sub
+
+
+def _tables(path: Path) -> list[str]:
+    return [r[0] for r in sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE type='table'")]
+
+
+def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_department, people, tmp_path):
+    from exchange import access_services
+    from tests.factories import MembershipFactory
+
+    dataset, _, g = setup
+    health_steward = MembershipFactory.create(department=other_department, role="steward").user
+    path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True, schedule="0 3 * * *",
+                           people_admin=people["outsider"])
+    assert sub.periodic_task is not None and sub.periodic_task.enabled
+    access_services.grant_revoke(actor=people["steward"], grant=g, reason="Purpose fulfilled")
+    # No delivery run was needed: the revocation ended it, audited, told, and purged the copy.
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.ended_at is not None
+    assert not Run.objects.filter(subscription=sub).exclude(status=RunStatus.SUCCEEDED).exists()
+    sub.periodic_task.refresh_from_db()
+    assert not sub.periodic_task.enabled
+    event = AuditEvent.objects.get(action="subscription.ended", object_id=str(sub.pk))
+    assert event.details["grant"] == g.pk and "revoked (Purpose fulfilled)" in event.details["reason"]
+    assert event.pk > AuditEvent.objects.get(action="grant.revoke").pk
+    told = health_steward.notifications.get(kind="subscription.ended")
+    assert "the grant was revoked" in told.body and "will be removed" in told.body
+    assert not people["outsider"].notifications.filter(kind="subscription.ended").exists()  # an admin, not a steward
+    assert sub.purged_at is not None and _tables(path) == []
+    run = deliver(sub)
+    assert run.status == RunStatus.CANCELLED and "subscription is ended" in run.error
+
+
+def test_expiry_ends_the_subscription_and_keeps_the_copy_unless_asked(setup, other_department, tmp_path):
+    from exchange import access_services
+
+    dataset, _, g = setup
+    path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    assert access_services.grant_expire_due(now=g.valid_until + dt.timedelta(seconds=1)) == 1
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is None and _tables(path) == ["permits"]
+    assert "end date" in AuditEvent.objects.get(action="subscription.ended").details["reason"]
+
+
+def test_a_subscription_lives_on_while_another_grant_covers_the_department(setup, other_department, people,
+                                                                          tmp_path):
+    from exchange import access_services
+
+    dataset, _, g = setup
+    _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True)
+    grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"})
+    user_grant = grant(dataset, user=people["outsider"], approved_by=people["admin"], fields={"fee": "clear"})
+    access_services.grant_revoke(actor=people["steward"], grant=user_grant, reason="Not needed")
+    access_services.grant_revoke(actor=people["steward"], grant=g, reason="Narrowed")
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ACTIVE
+    assert not AuditEvent.objects.filter(action="subscription.ended").exists()
+
+
+def test_lapsed_fields_end_the_subscription_when_nothing_is_left(setup, other_department, tmp_path):
+    from exchange import access_services
+
+    dataset, _, _ = setup
+    _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    access_services.grant_fields_lapse(dataset=dataset, removed_or_changed=["fee"], reason="Retyped.")
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ACTIVE  # other granted fields remain
+    access_services.grant_fields_lapse(dataset=dataset, removed_or_changed=["permit_id", "address", "approved"],
+                                       reason="Removed.")
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED
+    assert "lapsed" in AuditEvent.objects.get(action="subscription.ended").details["reason"]
+
+
 def test_target_altered_by_hand_fails_clearly(setup, other_department, tmp_path):
     dataset, source, _ = setup
     path, conn = sqlite_target(tmp_path, other_department)

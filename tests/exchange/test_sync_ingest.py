@@ -224,3 +224,71 @@ def test_sqlite_file_outside_allowed_directories_is_refused(dataset, tmp_path):
     source = Source.objects.create(dataset=dataset, connection=conn, table="auth_user", mapping=identity_mapping())
     run = run_ingest(source)
     assert run.status == RunStatus.FAILED and "SYNC_SQLITE_DIRS" in run.error
+
+
+def _json_records(n: int) -> list[dict[str, object]]:
+    records: list[dict[str, object]] = [dict(zip(HEADER, r, strict=True)) for r in permit_rows(n)]
+    for r in records:
+        r["fee"] = float(str(r["fee"]))  # numbers as numbers, as JSON sources send them
+        r["approved"] = r["approved"] == "true"
+    return records
+
+
+def test_json_array_is_streamed_across_chunks_and_batches(dataset, settings):
+    import json
+    import tracemalloc
+
+    from exchange.sync.readers import open_source
+
+    settings.SYNC_BATCH_SIZE = 500
+    records = _json_records(30_000)
+    # The records sit in an object next to other members, nested ones included; Latin-1 text.
+    records[7]["applicant"] = "Zoë Müller"
+    document = {"meta": {"source": "permits", "pages": [1, 2]}, "count": 30_000, "permits": records, "after": []}
+    content = json.dumps(document, ensure_ascii=False).encode("latin-1")
+    assert len(content) > 5_000_000  # many times ijson's buffer and the read chunk
+    source = upload_source(dataset=dataset, content=content, file_format="json", encoding="latin-1", name="p.json")
+
+    tracemalloc.start()
+    with open_source(source) as reader:
+        assert reader.columns == HEADER
+        assert sum(1 for _ in reader.rows) == 30_000
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Parsed whole, the records alone would take several times the document's size.
+    assert peak < len(content) / 2, f"{peak} bytes at the peak: the document was held whole"
+
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (run.rows_read, run.rows_inserted, run.rows_quarantined) == (30_000, 30_000, 0)
+    rows = store_rows(dataset)
+    assert rows[7]["applicant"] == "Zoë Müller" and rows[-1]["permit_id"] == 30_000
+    assert Decimal(str(rows[0]["fee"])) == Decimal("101.5") and bool(rows[0]["approved"]) is True
+
+
+def test_malformed_json_mid_stream_fails_the_run_with_nothing_merged(dataset):
+    import json
+
+    source = upload_source(dataset=dataset, content=json.dumps(_json_records(3)).encode(), file_format="json",
+                           name="p.json")
+    assert run_ingest(source).rows_inserted == 3
+    before = store_rows(dataset, include_deleted=True)
+    body = json.dumps(_json_records(5_000))
+    broken = body[: len(body) // 2].rsplit("}, {", 1)[0] + "}, {\"permit_id\": 9999, oops} ]"
+    from pathlib import Path
+
+    from django.conf import settings
+    (Path(settings.MEDIA_ROOT) / source.upload).write_text(broken)
+    run = run_ingest(source)
+    assert run.status == RunStatus.FAILED
+    assert run.error.startswith("The file is not valid JSON after record ")
+    good = int(run.error.split("after record ")[1].split(" ")[0])
+    assert 2_000 < good < 3_000  # the records before the break were read, then the run stopped
+    assert store_rows(dataset, include_deleted=True) == before
+    for document, message in (("[1, 2", "not valid JSON"), ("{\"a\": 1}", "must be an array"),
+                              ("42", "must be an array"),
+                              (json.dumps(_json_records(1)) + " trailing", "not valid JSON after record 1")):
+        (Path(settings.MEDIA_ROOT) / source.upload).write_text(document)
+        run = run_ingest(source)
+        assert run.status == RunStatus.FAILED and message in run.error, (document, run.error)
+    assert store_rows(dataset, include_deleted=True) == before

@@ -120,3 +120,106 @@ def test_bulk_path_checks_keys_required_values_and_points_in_sql(department, sou
     assert "duplicate key (site_id=1)" in reasons[7]
     assert run.quarantined.get(row_number=4).raw["location"] == "north of here"
     assert [r["site_id"] for r in store_rows(dataset)] == [1, 6]
+
+
+def _store_indexes(dataset) -> set[str]:
+    from exchange.store import store_table
+
+    table = store_table(dataset)
+    with django_connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s AND tablename LIKE %s",
+                       [table.schema, f"{table.name}%"])
+        return {r[0] for r in cursor.fetchall()}
+
+
+def test_first_load_copies_into_a_new_table_that_replaces_the_empty_store(source, source_db):
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (run.rows_read, run.rows_inserted, run.rows_quarantined, run.seq_from, run.seq_to) == (100, 100, 0, 1, 100)
+    assert not any("INSERT INTO \"exchange_store\"" in q["sql"] for q in queries.captured_queries)  # no merge
+    table = f"ds_{source.dataset_id}"
+    # The same shape and index names as a store created by the exchange, and nothing left over.
+    assert _store_indexes(source.dataset) == {f"{table}_pkey", f"{table}_seq"}
+    rows = store_rows(source.dataset)
+    assert [r["permit_id"] for r in rows] == list(range(1, 101))
+    assert {(r["_first_run"], r["_last_run"], r["_deleted"]) for r in rows} == {(run.pk, run.pk, False)}
+    assert sorted(r["_seq"] for r in rows) == list(range(1, 101))
+    source.refresh_from_db()
+    assert source.watermark_value.startswith("2024-02-01")
+    # A second full run compares the values themselves: nothing changed, nothing rewritten.
+    again = run_ingest(source)
+    assert (again.rows_unchanged, again.rows_updated, again.rows_inserted, again.seq_from) == (100, 0, 0, None)
+    pg_execute(source_db, "UPDATE permits SET fee = fee + 0.000 WHERE permit_id = 1")  # 1.0 = 1.000 as numbers
+    pg_execute(source_db, "UPDATE permits SET applicant = NULL WHERE permit_id = 2")
+    again = run_ingest(source)
+    assert (again.rows_unchanged, again.rows_updated, again.seq_from) == (99, 1, 101)
+    assert store_rows(source.dataset)[1]["applicant"] is None
+
+
+def test_a_load_table_left_by_a_killed_worker_is_replaced(source):
+    from exchange.store import ident, store_ensure_table
+
+    table = store_ensure_table(source.dataset)
+    with django_connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {ident(table.schema, table.name + '_load')} (half_written int)")
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED and run.rows_inserted == 100
+    assert _store_indexes(source.dataset) == {f"{table.name}_pkey", f"{table.name}_seq"}
+
+
+def test_a_refused_first_load_starts_over_on_the_staged_path_with_nothing_left(department, source_db):
+    dataset = published_dataset(department=department, slug="dupes")
+    pg_execute(source_db, "CREATE TABLE permits_copy (LIKE permits)")  # no primary key
+    pg_execute(source_db, "INSERT INTO permits_copy SELECT * FROM permits")
+    pg_execute(source_db, "INSERT INTO permits_copy SELECT * FROM permits WHERE permit_id = 70")
+    conn = connection(department=department, kind="postgresql", secret=source_db, name="copy db")
+    source = Source.objects.create(dataset=dataset, connection=conn, table="permits_copy", mapping=identity_mapping())
+    run = run_ingest(source)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    # Counted once: the refused load's progress was reset before reading again.
+    assert (run.rows_read, run.rows_inserted, run.rows_quarantined) == (101, 100, 1)
+    assert "duplicate key (permit_id=70)" in run.quarantined.get().reason
+    assert _store_indexes(dataset) == {f"ds_{dataset.pk}_pkey", f"ds_{dataset.pk}_seq"}
+
+
+def test_duplicate_search_is_skipped_only_when_the_source_key_is_unique(source, source_db, department):
+    from django.test.utils import CaptureQueriesContext
+
+    run_ingest(source)  # first load
+    with CaptureQueriesContext(django_connection) as queries:
+        assert run_ingest(source).status == RunStatus.SUCCEEDED
+    assert not any("HAVING count(*) > 1" in q["sql"] for q in queries.captured_queries)
+    pg_execute(source_db, "ALTER TABLE permits DROP CONSTRAINT permits_pkey")
+    pg_execute(source_db, "INSERT INTO permits SELECT * FROM permits WHERE permit_id = 5")
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(source)
+    assert any("HAVING count(*) > 1" in q["sql"] for q in queries.captured_queries)
+    assert (run.rows_read, run.rows_unchanged, run.rows_quarantined) == (101, 100, 1)
+
+
+def test_first_load_checks_points_as_constraints_and_leaves_none_behind(department, source_db):
+    fields = [("site_id", "integer", True, "public"), ("location", "geopoint", False, "public"),
+              ("entrance", "geopoint", False, "public")]
+    dataset = published_dataset(department=department, slug="sites", fields=fields)
+    pg_execute(source_db, "CREATE TABLE sites (site_id bigint PRIMARY KEY, location text, entrance text)")
+    pg_execute(source_db, "INSERT INTO sites VALUES (%s, %s, %s)",
+               many=[(1, "48.1,11.5", " 48.2 , 11.6 "), (2, None, "-33.9,151.2")])
+    conn = connection(department=department, kind="postgresql", secret=source_db, name="sites db")
+    source = Source.objects.create(dataset=dataset, connection=conn, table="sites",
+                                   mapping={"site_id": "site_id", "location": "location", "entrance": "entrance"})
+    run = run_ingest(source)
+    assert (run.status, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 2, 0)
+    with django_connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
+                       [f"exchange_store.ds_{dataset.pk}"])
+        assert cursor.fetchone()[0] == 0  # the store keeps no load-time checks
+    # A bad point in a fresh store: the load is refused and the staged path quarantines the row.
+    other = published_dataset(department=department, slug="sites-2", fields=fields)
+    pg_execute(source_db, "INSERT INTO sites VALUES (3, '91,0', NULL)")
+    source2 = Source.objects.create(dataset=other, connection=conn, table="sites", mapping=source.mapping)
+    run = run_ingest(source2)
+    assert (run.status, run.rows_read, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 3, 2, 1)
+    assert "not a point" in run.quarantined.get().reason
