@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from exchange import audit_guard
 from exchange.audit import (
+    HASHED_FIELDS,
     AuditEntry,
     RequestContext,
     audit_checkpoint_create,
@@ -199,6 +200,22 @@ def test_bulk_appends_continue_the_chain_in_order():
     assert len(events) == 52 and events[0] == first
     assert [e.row_count for e in events[1:51]] == list(range(50))
     assert all(b.prev_hash == a.hash for a, b in zip(events, events[1:], strict=False))
+    assert audit_verify().intact
+
+
+def test_one_append_is_one_statement_and_hashes_as_python_does(django_assert_num_queries):
+    audit_record(actor=None, action="test.first")
+    # PostgreSQL: one call of the append function; SQLite: read the chain's end, then INSERT,
+    # inside a savepoint (the test's transaction is open).
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 4):
+        event = audit_record(
+            actor=None, action="test.ünïcode", object_label="Straße \"quoted\" \\ \n tab\t", row_count=None,
+            fields=["b", "a"], filters={"z": [1, {"y": None}], "a": "é"}, details={"nested": {"b": 2, "a": True}},
+        )
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (stored.prev_hash, stored.hash) == (event.prev_hash, event.hash)
+    assert stored.prev_hash == AuditEvent.objects.get(action="test.first").hash
+    assert event_hash({name: getattr(stored, name) for name in HASHED_FIELDS}) == stored.hash
     assert audit_verify().intact
 
 
