@@ -105,7 +105,8 @@ def _grants(n: int) -> tuple[Any, Any]:
                                      description="Benchmark.", status=DatasetStatus.PUBLISHED)
     schema = SchemaVersion.objects.create(dataset=dataset, number=1, status=SchemaStatus.PUBLISHED)
     for pos, name in enumerate(["id", "name", "street", "count"]):
-        Field.objects.create(schema=schema, position=pos, name=name, type="text", is_key=pos == 0, nullable=pos > 0)
+        Field.objects.create(schema=schema, position=pos, name=name, type="text", is_key=pos == 0,
+                             nullable=pos > 0, sensitivity="personal" if name == "street" else "internal")
     dataset.current_schema = schema
     dataset.save()
     now = timezone.now()
