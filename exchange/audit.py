@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import json.scanner
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -423,13 +424,24 @@ class VerifyResult:
         return f"BROKEN at event #{self.broken_at}: {self.reason} ({self.checked} events checked before it)"
 
 
+# The C scanner that json.loads runs after two whitespace regexes and a wrapper; called
+# directly it parses the database's JSON text in less than half the time.
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+
+
 def _json_loader(value: Any) -> Any:
     if isinstance(value, str):
         if value == "{}":
             return {}
         if value == "[]":
             return []
-        return json.loads(value)
+        try:
+            parsed, end = _SCAN_JSON(value, 0)
+        except StopIteration:
+            end = -1
+        if end == len(value):
+            return parsed
+        return json.loads(value)  # surrounding whitespace, or not JSON: json's own answer
     return value
 
 
