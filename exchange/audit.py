@@ -198,13 +198,11 @@ def _row_for_insert(values: dict[str, Any], adapt_time: Callable[[Any], Any],
 # head + previous hash + tail on the server, the same bytes that event_hash hashes.
 _HEAD_FIELDS = tuple(name for name in sorted(HASHED_FIELDS) if name < "prev_hash")
 _TAIL_FIELDS = tuple(name for name in sorted(HASHED_FIELDS) if name > "prev_hash")
+_APPEND_MARKS = ", ".join(
+    "%s::jsonb" if name in _JSON_FIELDS else "%s::inet" if name == "client_ip" else "%s" for name in HASHED_FIELDS[:-1]
+)
 _APPEND_SQL = (
-    "SELECT event_id, event_prev_hash, event_hash FROM exchange_audit_append(%s, %s, %s, "
-    + ", ".join(
-        "%s::jsonb" if name in _JSON_FIELDS else "%s::inet" if name == "client_ip" else "%s"
-        for name in HASHED_FIELDS[:-1]
-    )
-    + ")"
+    f"SELECT event_id, event_prev_hash, event_hash FROM exchange_audit_append(%s, %s, %s, {_APPEND_MARKS})"  # noqa: S608
 )
 
 
@@ -426,7 +424,7 @@ class VerifyResult:
 
 # The C scanner that json.loads runs after two whitespace regexes and a wrapper; called
 # directly it parses the database's JSON text in less than half the time.
-_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())
+_SCAN_JSON = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed names it oddly
 
 
 def _json_loader(value: Any) -> Any:
