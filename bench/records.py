@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"deep page (cursor)       median {statistics.median(deep_ms):6.1f} ms")
     with_audit, without = statistics.median(audited_ms), statistics.median(silent_ms)
     print(f"audit cost per page      median {with_audit:6.1f} ms audited vs {without:6.1f} ms not: "
-          f"+{(with_audit - without) / without * 100:4.1f} % ({len(audited_ms)} pages each, interleaved); "
+          f"{(with_audit - without) / without * 100:+.1f} % ({len(audited_ms)} pages each, interleaved); "
           f"a one-row durable INSERT alone: median {statistics.median(write_ms):.2f} ms")
     print(f"export peak Python memory: CSV {peak / 1e6:6.1f} MB, NDJSON {ndjson_peak / 1e6:6.1f} MB "
           f"(flat: independent of the row count)")
