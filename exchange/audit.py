@@ -185,11 +185,12 @@ def _row_for_insert(values: dict[str, Any], adapt_time: Callable[[Any], Any],
                     columns: Sequence[str] = _INSERT_COLUMNS) -> list[Any]:
     """The values of ``columns`` (which start with occurred_at and hold the JSON fields at
     their HASHED_FIELDS positions): the timestamp as the backend takes it, the JSON fields
-    as (canonical) JSON text."""
+    as the very text Django's JSONField writes (SQLite keeps it as it is, and Django's
+    lookups there compare with that spelling)."""
     row = [values[c] for c in columns]
     row[0] = adapt_time(row[0])
     for index in _JSON_POSITIONS:
-        row[index] = _ENCODER.encode(row[index])
+        row[index] = json.dumps(row[index])
     return row
 
 

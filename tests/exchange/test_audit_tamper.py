@@ -317,3 +317,10 @@ def test_the_hash_format_is_unchanged(occurred_at):
         "outcome": "allowed", "client_ip": "::1", "request_id": "r", "details": {}, "prev_hash": "0" * 64,
     }
     assert event_hash(values) == _reference_hash(values)
+
+
+def test_events_written_in_raw_sql_answer_the_orms_json_lookups():
+    audit_record(actor=None, action="test.one", fields=["b", "a"], details={"k": "é", "n": [1]})
+    audit_record_many([AuditEntry(action="test.many", fields=("b", "a"), details={"k": "é", "n": [1]})])
+    found = AuditEvent.objects.filter(fields=["b", "a"], details={"k": "é", "n": [1]})
+    assert sorted(found.values_list("action", flat=True)) == ["test.many", "test.one"]
