@@ -7,9 +7,12 @@ measured in the same run:
 - export: the exchange's streaming CSV export of the grantee's view, rows/s, and its ratio to raw
 - page: a records page of 1,000 rows (first page and a deep page through the cursor), ms
 - memory: peak Python allocation during the export (tracemalloc), MB
+- audit: the first page with and without its audit event (interleaved, 5 x --pages each), and
+  beside it a one-row INSERT committed on its own: the WAL flush every durable write waits for
 
 Run: ``DATABASE_URL=postgres://… python -m bench.records [--rows N]`` (or ``make bench``); it works
-in a scratch database ``bench_records`` next to the configured one and drops it afterwards.
+in a scratch database ``<configured name>_bench_records`` next to the configured one and drops it
+afterwards.
 """
 
 from __future__ import annotations
@@ -158,9 +161,14 @@ def _run(args: argparse.Namespace) -> int:
     # interleaved with audited ones so that both see the same machine.
     from unittest import mock
 
+    # The floor: any durable write per page waits for one WAL flush, whatever it writes; a
+    # one-row INSERT committed on its own, measured beside the pages, shows what that costs.
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE bench_durable_write (id bigserial PRIMARY KEY, at timestamptz)")
     audited_ms: list[float] = []
     silent_ms: list[float] = []
-    for i in range(args.pages * 2):
+    write_ms: list[float] = []
+    for i in range(args.pages * 5 * 2):
         audited = i % 2 == 0
         t0 = time.perf_counter()
         if audited:
@@ -169,6 +177,10 @@ def _run(args: argparse.Namespace) -> int:
             with mock.patch.object(records, "audit_record"):
                 records.read_page(user=reader, dataset=dataset, params={"page_size": "1000"})
         (audited_ms if audited else silent_ms).append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO bench_durable_write (at) VALUES (now())")
+        write_ms.append((time.perf_counter() - t0) * 1000)
 
     rows = args.rows
     print(f"raw COPY (5 columns)     {rows / raw_s:>12,.0f} rows/s   {raw_s:6.2f} s   {raw_bytes / 1e6:7.1f} MB")
@@ -179,7 +191,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"deep page (cursor)       median {statistics.median(deep_ms):6.1f} ms")
     with_audit, without = statistics.median(audited_ms), statistics.median(silent_ms)
     print(f"audit cost per page      median {with_audit:6.1f} ms audited vs {without:6.1f} ms not: "
-          f"+{(with_audit - without) / without * 100:4.1f} %")
+          f"{(with_audit - without) / without * 100:+.1f} % ({len(audited_ms)} pages each, interleaved); "
+          f"a one-row durable INSERT alone: median {statistics.median(write_ms):.2f} ms")
     print(f"export peak Python memory: CSV {peak / 1e6:6.1f} MB, NDJSON {ndjson_peak / 1e6:6.1f} MB "
           f"(flat: independent of the row count)")
     return 0

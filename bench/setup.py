@@ -17,18 +17,21 @@ def configure() -> None:
 
 @contextmanager
 def scratch_database(name: str) -> Iterator[str]:
-    """Create a fresh database called ``bench_<name>`` next to the configured one, migrate it,
+    """Create a fresh database called ``<configured name>_bench_<name>`` next to the configured
+    one (on SQLite ``var/bench-<name>.sqlite3``), migrate it,
     point the default connection at it, and drop it afterwards."""
     from django.conf import settings
     from django.db import connection
 
     settings_dict = connection.settings_dict
+    original = settings_dict["NAME"]
     if connection.vendor == "sqlite":
         test_name = str(settings.VAR_DIR / f"bench-{name}.sqlite3")
     else:
-        test_name = f"bench_{name}"
+        # Named after the configured database, so benchmarks run from two checkouts against
+        # one server (each with its own database) never drop each other's scratch database.
+        test_name = f"{original}_bench_{name}"
     settings_dict.setdefault("TEST", {})["NAME"] = test_name
-    original = settings_dict["NAME"]
     created = connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
     try:
         yield created

@@ -39,3 +39,15 @@ def test_a_deleted_event_is_found():
         AuditEvent.objects.filter(pk=events[2].pk).delete()
     result = audit_verify()
     assert not result.intact and result.broken_at == events[3].pk
+
+
+def test_the_verifiers_json_reader_answers_as_json_loads():
+    import json
+
+    from exchange.audit import _json_loader
+
+    for text in ['{"b": [1, 2.5, null], "a": "é"}', ' {"a": 1} ', "[]", "{}", '"x"', "3"]:
+        assert _json_loader(text) == json.loads(text)
+    for bad in ['{"a": 1}x', "", "{"]:
+        with pytest.raises(json.JSONDecodeError):
+            _json_loader(bad)

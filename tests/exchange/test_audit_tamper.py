@@ -13,6 +13,7 @@ from django.test import override_settings
 
 from exchange import audit_guard
 from exchange.audit import (
+    HASHED_FIELDS,
     AuditEntry,
     RequestContext,
     audit_checkpoint_create,
@@ -202,6 +203,22 @@ def test_bulk_appends_continue_the_chain_in_order():
     assert audit_verify().intact
 
 
+def test_one_append_is_one_statement_and_hashes_as_python_does(django_assert_num_queries):
+    audit_record(actor=None, action="test.first")
+    # PostgreSQL: one call of the append function; SQLite: read the chain's end, then INSERT,
+    # inside a savepoint (the test's transaction is open).
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 4):
+        event = audit_record(
+            actor=None, action="test.ünïcode", object_label="Straße \"quoted\" \\ \n tab\t", row_count=None,
+            fields=["b", "a"], filters={"z": [1, {"y": None}], "a": "é"}, details={"nested": {"b": 2, "a": True}},
+        )
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert (stored.prev_hash, stored.hash) == (event.prev_hash, event.hash)
+    assert stored.prev_hash == AuditEvent.objects.get(action="test.first").hash
+    assert event_hash({name: getattr(stored, name) for name in HASHED_FIELDS}) == stored.hash
+    assert audit_verify().intact
+
+
 @pytest.mark.django_db(transaction=True)
 def test_eight_parallel_writers_keep_one_unforked_chain():
     writers, per_writer = 8, 15
@@ -300,3 +317,10 @@ def test_the_hash_format_is_unchanged(occurred_at):
         "outcome": "allowed", "client_ip": "::1", "request_id": "r", "details": {}, "prev_hash": "0" * 64,
     }
     assert event_hash(values) == _reference_hash(values)
+
+
+def test_events_written_in_raw_sql_answer_the_orms_json_lookups():
+    audit_record(actor=None, action="test.one", fields=["b", "a"], details={"k": "é", "n": [1]})
+    audit_record_many([AuditEntry(action="test.many", fields=("b", "a"), details={"k": "é", "n": [1]})])
+    found = AuditEvent.objects.filter(fields=["b", "a"], details={"k": "é", "n": [1]})
+    assert sorted(found.values_list("action", flat=True)) == ["test.many", "test.one"]
