@@ -6,6 +6,7 @@ that caused them (:func:`add_service_errors`)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -80,6 +81,16 @@ class SourceKind:
 MAP_PREFIX = "map__"
 
 
+def _column_list(raw: str) -> list[str]:
+    """The columns carried in the hidden input (JSON); anything else is ignored: they only
+    decide which inputs are offered, never what is saved."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return []
+    return [c for c in value if isinstance(c, str) and c] if isinstance(value, list) else []
+
+
 class SourceForm(forms.Form):
     """The dataset's source, with one mapping input per field of the published schema: a
     choice of the source's columns when they could be read, a text input otherwise."""
@@ -104,13 +115,13 @@ class SourceForm(forms.Form):
         self.connections = {c.pk: c for c in connections}
         self.schema = schema
         if columns is None and self.is_bound:
-            columns = [c for c in (self.data.get("columns") or "").split("\n") if c]
+            columns = _column_list(self.data.get("columns") or "")
         self.source_columns = columns or []
         set_choices(self, "connection", [("", "— none: an uploaded file —"),
                                          *[(c.pk, f"{c.name} ({c.get_kind_display()})") for c in connections]])
         column_choices = [("", "— not mapped —"), *[(c, c) for c in self.source_columns]]
         if self.source_columns:
-            self.fields["columns"].initial = "\n".join(self.source_columns)
+            self.fields["columns"].initial = json.dumps(self.source_columns)
             self.fields["watermark_column"] = forms.ChoiceField(
                 choices=[("", "— none —"), *[(c, c) for c in self.source_columns]], required=False,
                 label="Watermark column (optional)", help_text=self.fields["watermark_column"].help_text)

@@ -4,6 +4,7 @@ input kept, nothing half-written, and a 404 for other departments' objects."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,13 @@ def test_steward_sets_up_a_table_source_with_the_columns_offered(client, cast, d
     assert '<option value="permit_id" selected>' in page  # same-named column preselected
     assert not Source.objects.exists() and actions(action="source.set") == []  # looking writes nothing
     form = {"action": "save", "kind": "table", "connection": conn.pk, "table": "permits", "file_format": "csv",
-            "encoding": "utf-8", "watermark_column": "updated_at", "columns": "\n".join(f[0] for f in PERMIT_FIELDS),
+            "encoding": "utf-8", "watermark_column": "updated_at", "columns": json.dumps([f[0] for f in PERMIT_FIELDS]),
             **{f"map__{f[0]}": f[0] for f in PERMIT_FIELDS}}
     form["map__applicant"] = ""  # not every field has to come from the source
+    response = client.post(url, {**form, "map__permit_id": ""})
+    html = response.content.decode()  # an error keeps the columns offered and the choices made
+    assert response.status_code == 400 and "key field must be mapped" in field_error(html, "map__permit_id")
+    assert '<select name="map__fee"' in html and '<option value="fee" selected>' in html
     response = client.post(url, form)
     assert response.status_code == 302 and response.url == f"/datasets/{dataset.pk}/sync/"
     source = Source.objects.get(dataset=dataset)
