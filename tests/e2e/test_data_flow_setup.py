@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from django.contrib.auth.models import User
 
 from exchange.models import Connection, Run, RunStatus, Source, Subscription
 from tests.factories import MembershipFactory
@@ -75,7 +76,7 @@ def test_steward_sets_up_a_source_and_a_granted_department_subscribes(
     # Health holds a department-level grant on three of the fields.
     grant(dataset, department=other_department, approved_by=people["admin"],
           fields={"permit_id": "clear", "address": "masked", "fee": "clear"})
-    health_steward = MembershipFactory(department=other_department, role="steward").user
+    health_steward: User = MembershipFactory(department=other_department, role="steward").user
     target_file = tmp_path / "health.sqlite3"
     sqlite3.connect(target_file).close()
     page.context.clear_cookies()
