@@ -6,6 +6,7 @@ department-level grant subscribes its own database and a delivery succeeds."""
 from __future__ import annotations
 
 import sqlite3
+from typing import cast
 
 import pytest
 from django.contrib.auth.models import User
@@ -76,7 +77,7 @@ def test_steward_sets_up_a_source_and_a_granted_department_subscribes(
     # Health holds a department-level grant on three of the fields.
     grant(dataset, department=other_department, approved_by=people["admin"],
           fields={"permit_id": "clear", "address": "masked", "fee": "clear"})
-    health_steward: User = MembershipFactory(department=other_department, role="steward").user
+    health_steward = cast(User, MembershipFactory(department=other_department, role="steward").user)
     target_file = tmp_path / "health.sqlite3"
     sqlite3.connect(target_file).close()
     page.context.clear_cookies()
