@@ -29,6 +29,8 @@ class Connection(models.Model):
     kind = models.CharField(max_length=16, choices=ConnectionKind.choices)
     secret_encrypted = models.TextField(help_text="The DSN, path or URL, Fernet-encrypted. Never shown.")
     redacted = models.CharField(max_length=500, help_text="The DSN or URL with credentials replaced by ***.")
+    # Pages say only that a secret is set and since when; the secret itself never comes back.
+    secret_changed_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)

@@ -8,14 +8,23 @@ Everyone else gets a 404, as for anything they may not know exists.
 
 from __future__ import annotations
 
+import zoneinfo
+from dataclasses import dataclass
+from datetime import datetime
+
+from celery.schedules import crontab
+from cron_descriptor import get_description
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from catalog.models import Dataset
 from config.api.errors import NotFoundError
 from departments.models import Role
 from departments.selectors import principal_of
-from exchange.models import Connection, QuarantinedRow, Run, Source, Subscription
+from exchange.models import Connection, ConnectionKind, Grant, PrincipalKind, QuarantinedRow, Run, Source, Subscription
+from exchange.policy import active_grants_q
 
 
 def _steward_departments(user: User | AnonymousUser) -> frozenset[int]:
@@ -25,6 +34,11 @@ def _steward_departments(user: User | AnonymousUser) -> frozenset[int]:
 def connection_list(*, user: User | AnonymousUser) -> QuerySet[Connection]:
     return (Connection.objects.filter(department_id__in=_steward_departments(user))
             .select_related("department", "created_by").order_by("department__name", "name"))
+
+
+def database_connection_list(*, user: User | AnonymousUser) -> QuerySet[Connection]:
+    """Connections a delivery can write to (or a table or query can be read from)."""
+    return connection_list(user=user).filter(kind__in=[ConnectionKind.POSTGRESQL, ConnectionKind.SQLITE])
 
 
 def connection_get(*, user: User | AnonymousUser, connection_id: int) -> Connection:
@@ -41,6 +55,16 @@ def source_dataset_get(*, user: User | AnonymousUser, dataset_id: int) -> Datase
     if dataset is None:
         raise NotFoundError("No such dataset, or you do not manage its source.")
     return dataset
+
+
+def source_dataset_list(*, user: User | AnonymousUser) -> QuerySet[Dataset]:
+    """The datasets whose sources the user manages, each with its source (or none) joined."""
+    return (Dataset.objects.filter(department_id__in=_steward_departments(user))
+            .select_related("department", "source__connection").order_by("title", "id"))
+
+
+def steward_departments(*, user: User | AnonymousUser) -> frozenset[int]:
+    return _steward_departments(user)
 
 
 def source_get(*, user: User | AnonymousUser, dataset_id: int) -> Source:
@@ -83,3 +107,42 @@ def run_get(*, user: User | AnonymousUser, run_id: int) -> Run:
 
 def quarantine_list(*, run: Run) -> QuerySet[QuarantinedRow]:
     return QuarantinedRow.objects.filter(run=run).order_by("row_number", "id")
+
+
+def subscribable_dataset_list(*, user: User | AnonymousUser) -> QuerySet[Dataset]:
+    """Datasets on which a department the user stewards holds a department-level grant in
+    force now: what that department may subscribe to (the service checks the view again)."""
+    grants = Grant.objects.filter(active_grants_q(timezone.now()), dataset=OuterRef("pk"),
+                                  principal_kind=PrincipalKind.DEPARTMENT,
+                                  principal_department_id__in=_steward_departments(user))
+    return (Dataset.objects.filter(Exists(grants), current_schema__isnull=False)
+            .select_related("department").order_by("title", "id"))
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    expression: str
+    description: str
+    next_run: datetime | None
+
+
+def schedule_describe(expression: str, *, now: datetime | None = None) -> ScheduleInfo | None:
+    """A stored cron expression in words, with the next time beat will start it (in the
+    exchange's time zone, as the beat rows are written). None for no or an unreadable schedule."""
+    parts = expression.split()
+    if len(parts) != 5:
+        return None
+    tz = zoneinfo.ZoneInfo(settings.TIME_ZONE)
+    at = (now or timezone.now()).astimezone(tz)
+    minute, hour, day, month, weekday = parts
+    try:
+        description = get_description(expression)
+    except Exception:  # noqa: BLE001 - a description must never break a page
+        return None
+    try:
+        cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday,
+                       nowfun=lambda: at)
+        next_run: datetime | None = at + cron.remaining_estimate(at)
+    except Exception:  # noqa: BLE001 - e.g. 31 February: a valid expression that never fires
+        next_run = None
+    return ScheduleInfo(expression=expression, description=description, next_run=next_run)

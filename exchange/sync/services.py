@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from catalog.models import Dataset, Field
@@ -57,7 +58,8 @@ def connection_create(*, actor: User, department: Department, name: str, kind: s
     if Connection.objects.filter(department=department, name=name).exists():
         raise ConflictError("The department already has a connection with this name.")
     connection = Connection.objects.create(department=department, name=name, kind=kind, created_by=actor,
-                                           secret_encrypted=secrets.encrypt(secret), redacted=secrets.redact(secret))
+                                           secret_encrypted=secrets.encrypt(secret), redacted=secrets.redact(secret),
+                                           secret_changed_at=timezone.now())
     audit_record(actor=actor, action="connection.created", obj=connection, department_id=department.pk,
                  details={"kind": kind, "target": connection.redacted})
     return connection
@@ -74,6 +76,7 @@ def connection_update(*, actor: User, connection: Connection, name: str | None =
         _check_secret(connection.kind, secret)
         connection.secret_encrypted = secrets.encrypt(secret)
         connection.redacted = secrets.redact(secret)
+        connection.secret_changed_at = timezone.now()
         changed.append("secret")
     if changed:
         connection.save()
@@ -88,6 +91,17 @@ def connection_delete(*, actor: User, connection: Connection) -> None:
         raise ConflictError("The connection is used by a source or a subscription; remove those first.")
     audit_record(actor=actor, action="connection.deleted", obj=connection, department_id=connection.department_id)
     connection.delete()
+
+
+def source_columns(*, source: Source) -> list[str]:
+    """The columns the (possibly unsaved) source would read, without reading its rows.
+
+    Raises ApplicationError with the reader's message when the source cannot be opened."""
+    try:
+        with readers.open_source(source) as reader:
+            return list(reader.columns)
+    except readers.SourceError as exc:
+        raise ApplicationError(str(exc)) from exc
 
 
 def connection_test(*, connection: Connection) -> tuple[bool, str]:
