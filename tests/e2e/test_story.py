@@ -16,7 +16,7 @@ import pytest
 from catalog.models import Dataset
 from exchange.models import AuditEvent
 from tests.access_factories import make_cast
-from tests.sync_factories import csv_bytes, upload_source
+from tests.sync_factories import csv_bytes
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -76,9 +76,15 @@ def test_one_story_across_every_role(page, login, screenshot, people, department
 
     # 3. The steward uploads the data and watches the ingest run reach 100 %.
     header = [f[0] for f in FIELDS]
-    upload_source(dataset=dataset, content=csv_bytes(header, []), mapping={h: h for h in header})
     login(cast["steward"].username)
     page.goto(f"/datasets/{dataset.pk}/sync/")
+    page.click("text=Set up the source")
+    page.check("input[name=kind][value=file]")
+    page.select_option("#id_file_format", "csv")
+    for name in header:
+        page.fill(f"#id_map__{name}", name)
+    page.click("text=Save the source")
+    page.wait_for_selector("text=Source saved.")
     page.set_input_files("#upload-file", files=[{
         "name": "permits.csv", "mimeType": "text/csv", "buffer": csv_bytes(header, ROWS)}])
     page.click("text=Upload and ingest")
@@ -147,7 +153,7 @@ def test_one_story_across_every_role(page, login, screenshot, people, department
     login(cast["city_auditor"].username)
     page.goto(f"/audit/?dataset={dataset.pk}")
     actions = set(page.locator("#audit-events tbody td:nth-child(4)").all_inner_texts())
-    expected = {"dataset.create", "dataset.submit", "dataset.approve", "ingest.run",
+    expected = {"dataset.create", "dataset.submit", "dataset.approve", "source.set", "ingest.run",
                 "access_request.submit", "access_request.decide", "grant.create", "grant.dpo_approve",
                 "records.read"}
     assert expected <= actions, expected - actions
