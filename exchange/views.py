@@ -24,7 +24,19 @@ from departments.views import error_403, error_404
 from exchange import access_selectors, access_services, audit_selectors, dashboard_selectors, grant_history, records
 from exchange.audit import audit_record, audit_verify
 from exchange.audit_selectors import AuditEventFilter, AuditScope
-from exchange.forms import AccessRequestForm, CommentForm, ReasonForm, WhoCouldSeeForm
+from exchange.forms import (
+    ROW_FILTER_OPS,
+    AccessRequestForm,
+    CommentForm,
+    ConditionRow,
+    ReasonForm,
+    WhoCouldSeeForm,
+    apply_condition_operation,
+    attach_condition_errors,
+    check_condition_rows,
+    conditions_from_post,
+    row_filter_of,
+)
 from exchange.models import AccessForm, AuditEvent, GrantStatus, RequestStatus
 from exchange.models.audit import AuditOutcome
 from exchange.policy import effective_view
@@ -97,8 +109,15 @@ def access_home(request: HttpRequest) -> HttpResponse:
     })
 
 
+ACCESS_REQUEST_INPUTS = ("on_behalf", "purpose", "legal_basis", "requested_start", "requested_end", "comment")
+
+
 @login_required
 def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    """Ask for fields, for me or my department, with any number of row conditions. The "add" and
+    "remove" condition buttons (``op``) re-render the form and save nothing; "Send" validates
+    through ``access_request_submit`` (the API's validator) and shows each error next to its
+    input or its condition."""
     try:
         dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     except NotFoundError:
@@ -110,37 +129,59 @@ def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
                  for m in user_memberships(user=user)
                  if m.role == Role.STEWARD and m.department_id != dataset.department_id]
     today = timezone.localdate()
-    form = AccessRequestForm(
-        request.POST or None, schema=schema, departments=stewarded,
-        initial={"requested_start": today, "requested_end": today + dt.timedelta(days=90)},
-    )
-    if request.method == "POST" and form.is_valid():
+    post = request.POST if request.method == "POST" else None
+    op = post.get("op", "") if post is not None else ""
+    conditions: list[ConditionRow] = conditions_from_post(post) if post is not None else []
+    condition_errors: list[str] = []
+    announce = ""
+    initial: dict[str, Any] = {"requested_start": today, "requested_end": today + dt.timedelta(days=90)}
+    if op and post is not None:
+        # A row tool: keep what was typed, validate nothing yet.
+        conditions, announce = apply_condition_operation(conditions, op,
+                                                         limit=access_services.ROW_FILTER_MAX_CONDITIONS)
+        initial.update({k: post.get(k) for k in ACCESS_REQUEST_INPUTS if k in post})
+        initial["fields_"] = post.getlist("fields_")
+        post = None
+    form = AccessRequestForm(post, schema=schema, departments=stewarded, initial=initial)
+    if post is not None and check_condition_rows(conditions) and form.is_valid():
         department = None
         if form.cleaned_data["on_behalf"]:
             department = access_selectors.department_by_slug(slug=form.cleaned_data["on_behalf"])
         start, end = form.period()
+        row_filter, origin = row_filter_of(conditions, schema)
         try:
             access_request = access_services.access_request_submit(
                 actor=user, dataset=dataset, fields=form.cleaned_data["fields_"],
                 purpose=form.cleaned_data["purpose"], legal_basis=form.cleaned_data["legal_basis"],
-                requested_start=start, requested_end=end, row_filter=form.row_filter(),
+                requested_start=start, requested_end=end, row_filter=row_filter or None,
                 principal_department=department, comment=form.cleaned_data["comment"],
             )
         except PermissionDeniedError as exc:
             return error_403(request, exc)
         except ApplicationError as exc:
             form.add_service_errors(exc)
+            condition_errors = attach_condition_errors(conditions, origin, exc)
         else:
             messages.success(request, f"Your request for {len(access_request.fields)} field(s) of "
                                       f"{dataset.title} was sent to its stewards.")
             return redirect("ui-access-request", request_id=access_request.pk)
+    elif post is not None:
+        form.is_valid()  # the form's own errors, next to the condition errors found above
+    invalid = bool(form.errors) or bool(condition_errors) or any(c.errors for c in conditions)
     rows = [{"field": f, "default_form": access_services.DEFAULT_FORM[f.sensitivity],
              "checked": f.name in (form["fields_"].value() or [])} for f in schema.values()]
+    # After a row tool, keyboard focus goes to the new row, or back to "add" after a removal.
+    focus_row = len(conditions) - 1 if op == "rf-add" and conditions else None
+    focus_add = op.startswith("rf-remove")
     return render(request, "exchange/request_access.html", {
         "dataset": dataset, "form": form, "field_rows": rows,
         "is_owner_member": dataset.department_id in p.department_ids,
         "may_request": bool(p.departments_where(Role.ANALYST, Role.STEWARD)),
-    }, status=400 if form.errors else 200)
+        "conditions": conditions, "condition_errors": condition_errors, "announce": announce,
+        "focus_row": focus_row, "focus_add": focus_add,
+        "condition_fields": list(schema.values()), "condition_ops": ROW_FILTER_OPS,
+        "max_conditions": access_services.ROW_FILTER_MAX_CONDITIONS,
+    }, status=400 if invalid else 200)
 
 
 REQUEST_SCOPES = {"mine": "Made by or for me", "all": "All I may see", "to_decide": "To decide"}

@@ -44,13 +44,16 @@ def test_request_submitted_through_the_form_creates_the_request(client, cast, da
     client.force_login(cast["analyst_h"])
     response = client.post(f"/datasets/{dataset.pk}/request-access/", {
         "fields_": ["stop_id", "district", "passenger_name"], "purpose": "Plan bus routes",
-        "legal_basis": "Transport Act §12", **_period(), "rf_field": "district", "rf_op": "eq", "rf_value": "North",
+        "legal_basis": "Transport Act §12", **_period(), "rf-0-field": "district", "rf-0-op": "eq",
+        "rf-0-value": "North", "rf-1-field": "stop_id", "rf-1-op": "in", "rf-1-value": "3, 5",
+        "rf-2-field": "", "rf-2-op": "eq", "rf-2-value": "",  # a blank row is no condition
     })
     access_request = AccessRequest.objects.get()
     assert response.status_code == 302 and response.url == f"/access/requests/{access_request.pk}/"
     assert access_request.fields == ["stop_id", "district", "passenger_name"]
     assert access_request.principal_user == cast["analyst_h"]
-    assert access_request.row_filter == [{"field": "district", "op": "eq", "value": "North"}]
+    assert access_request.row_filter == [{"field": "district", "op": "eq", "value": "North"},
+                                         {"field": "stop_id", "op": "in", "value": [3, 5]}]
     page = client.get(response.url).content.decode()
     assert "was sent to its stewards" in page and "Submitted" in page
 
@@ -72,15 +75,84 @@ def test_bad_request_form_shows_errors_next_to_fields_and_writes_nothing(client,
     response = client.post(f"/datasets/{dataset.pk}/request-access/", {
         "fields_": [], "purpose": "", "legal_basis": "Act",
         "requested_start": today.isoformat(), "requested_end": (today - timedelta(days=3)).isoformat(),
-        "rf_field": "stop_id", "rf_op": "eq", "rf_value": "not-a-number",
+        "rf-0-field": "stop_id", "rf-0-op": "eq", "rf-0-value": "not-a-number",
     })
     assert response.status_code == 400
     page = response.content.decode()
     assert 'id="fields-errors"' in page and "Name at least one field." in page
     assert 'id="id_purpose-error"' in page and "Say what the data is for." in page
     assert 'id="id_requested_end-error"' in page
-    assert 'id="id_rf_value-error"' in page and "whole number" in page
+    assert 'id="rf-0-value-error"' in page and "whole number" in page
     assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def _request_form(**extra: str) -> dict[str, object]:
+    return {"fields_": ["stop_id", "district"], "purpose": "Plan bus routes", "legal_basis": "Transport Act §12",
+            **_period(), **extra}
+
+
+def test_condition_rows_are_added_and_removed_without_saving(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    url = f"/datasets/{dataset.pk}/request-access/"
+    events = AuditEvent.objects.count()
+    page = client.get(url).content.decode()
+    assert 'id="add-condition"' in page and 'id="rf-0-field"' not in page and "All rows." in page
+    response = client.post(url, _request_form(op="rf-add", **{"rf-0-field": "district", "rf-0-op": "eq",
+                                                              "rf-0-value": "North"}))
+    page = response.content.decode()
+    assert response.status_code == 200 and "field-error" not in page
+    assert 'name="rf-1-field"' in page and 'id="rf-1-field" name="rf-1-field" autofocus' in page
+    assert 'value="North"' in page and "Plan bus routes</textarea>" in page and 'value="stop_id" checked' in page
+    assert "Condition 2 added." in page
+    response = client.post(url, _request_form(op="rf-remove:0", **{
+        "rf-0-field": "district", "rf-0-value": "North", "rf-1-field": "boardings", "rf-1-op": "gte",
+        "rf-1-value": "10"}), HTTP_HX_REQUEST="true")
+    page = response.content.decode()
+    assert 'name="rf-1-field"' not in page and 'value="boardings" selected' in page and 'value="10"' in page
+    assert 'value="North"' not in page and "Condition 1 removed." in page and 'id="add-condition"' in page
+    assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def test_each_condition_error_is_shown_next_to_its_condition_and_nothing_is_saved(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    events = AuditEvent.objects.count()
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**{
+        "rf-0-field": "district", "rf-0-op": "eq", "rf-0-value": "North",
+        "rf-1-field": "", "rf-1-op": "eq", "rf-1-value": "",  # blank: left out, numbering follows the page
+        "rf-2-field": "boardings", "rf-2-op": "contains", "rf-2-value": "1",
+        "rf-3-field": "measured_on", "rf-3-op": "gte", "rf-3-value": "yesterday",
+    }))
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'id="rf-2-op-error"' in page and "does not fit a integer field" in page
+    assert 'id="rf-3-value-error"' in page and "YYYY-MM-DD" in page
+    assert 'id="rf-0-field-error"' not in page and 'id="rf-0-value-error"' not in page
+    assert 'aria-describedby="rf-2-op-error"' in page and 'value="yesterday"' in page
+    assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def test_a_condition_without_a_field_is_refused_next_to_it(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**{
+        "rf-0-field": "", "rf-0-op": "eq", "rf-0-value": "North", "requested_start": "soon"}))
+    page = response.content.decode()
+    assert response.status_code == 400 and 'id="rf-0-field-error"' in page and "Choose a field" in page
+    assert 'id="id_requested_start-error"' in page  # the form's own errors are shown at the same time
+    assert not AccessRequest.objects.exists()
+
+
+def test_too_many_conditions_are_refused_by_the_service(client, cast, dataset):
+    from exchange.access_services import ROW_FILTER_MAX_CONDITIONS
+
+    client.force_login(cast["analyst_h"])
+    rows = {}
+    for i in range(ROW_FILTER_MAX_CONDITIONS + 1):
+        rows.update({f"rf-{i}-field": "stop_id", f"rf-{i}-op": "gte", f"rf-{i}-value": str(i)})
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**rows))
+    page = response.content.decode()
+    assert response.status_code == 400 and 'id="conditions-errors"' in page
+    assert f"At most {ROW_FILTER_MAX_CONDITIONS} conditions." in page and 'id="add-condition"' not in page
+    assert not AccessRequest.objects.exists()
 
 
 def test_request_access_404_for_a_dataset_I_may_not_see(client, cast, department):
