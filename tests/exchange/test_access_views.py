@@ -276,10 +276,16 @@ def test_steward_revokes_and_certifies_on_the_department_grants_page(client, cas
     page = client.get("/access/grants/department/").content.decode()
     assert f"#{grant.pk}" in page and "Revoke" in page and "Certify" in page
     assert client.post(f"/access/grants/{grant.pk}/certify/", {"next": "/access/grants/department/"}).status_code == 302
-    response = client.post(f"/access/grants/{grant.pk}/revoke/", {"reason": ""})
-    assert response.status_code == 302
+    response = client.post(f"/access/grants/{grant.pk}/revoke/",
+                           {"reason": "   ", "next": "/access/grants/department/?status=active"})
+    # A revocation needs a reason: the page comes back with the message next to that grant's
+    # reason input, the list as it was filtered, and nothing changed.
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert f'id="revoke-{grant.pk}-error"' in page and f'aria-describedby="revoke-{grant.pk}-error"' in page
+    assert 'id="grant-error"' not in page and 'value="/access/grants/department/?status=active"' in page
     grant.refresh_from_db()
-    assert grant.status == GrantStatus.ACTIVE  # a revocation needs a reason
+    assert grant.status == GrantStatus.ACTIVE
     client.post(f"/access/grants/{grant.pk}/revoke/", {"reason": "Project ended"})
     grant.refresh_from_db()
     assert grant.status == GrantStatus.REVOKED
@@ -388,13 +394,42 @@ def test_dpo_rejects_with_a_reason_only(client, cast, dataset):
     client.force_login(cast["dpo"])
     response = client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "", "next": "/access/dpo/"},
                            follow=True)
-    assert "This field is required." in response.content.decode()
+    page = response.content.decode()
+    assert response.status_code == 400 and not response.redirect_chain
+    assert f'<small id="reject-{grant.pk}-error" class="field-error" role="alert">This field is required.' in page
+    assert f'aria-describedby="reject-{grant.pk}-error"' in page
+    assert 'class="message error"' not in page  # next to the field, not a flash message
     grant.refresh_from_db()
     assert grant.status == GrantStatus.PENDING_DPO
     client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "No legal basis for names"})
     grant.refresh_from_db()
     access_request.refresh_from_db()
     assert grant.status == GrantStatus.REJECTED and access_request.status == RequestStatus.DENIED
+
+
+def test_dpo_approval_refused_keeps_the_comment_next_to_the_form(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"passenger_name": None})
+    grant = Grant.objects.get(request=access_request)
+    grant_dpo_approve(actor=cast["dpo"], grant=grant, comment="first")
+    client.force_login(cast["dpo2"])
+    response = client.post(f"/access/grants/{grant.pk}/dpo-approve/",
+                           {"reason": "Names are fine", "next": "/access/dpo/"})
+    page = response.content.decode()
+    # The grant is no longer in the queue, so the message is shown at the top of the page.
+    assert response.status_code == 409 and 'id="grant-error"' in page and f"Grant #{grant.pk}" in page
+
+
+def test_withdraw_refused_is_shown_next_to_the_withdraw_form(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"stop_id": None})
+    client.force_login(cast["analyst_h"])
+    response = client.post(f"/access/requests/{access_request.pk}/withdraw/", {"comment": "Changed my mind"})
+    page = response.content.decode()
+    assert response.status_code == 409 and 'id="withdraw-comment-error"' in page
+    assert 'value="Changed my mind"' in page and "Withdraw the request</button>" not in page
+    access_request.refresh_from_db()
+    assert access_request.status == RequestStatus.APPROVED
 
 
 def test_the_steward_who_decided_is_not_offered_the_dpo_queue(client, cast, dataset):
