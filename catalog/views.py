@@ -42,6 +42,8 @@ from config.api.errors import ApplicationError, ConflictError, NotFoundError, Pe
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from departments.views import error_403, error_404
+from exchange import dataset_page
+from exchange.policy import effective_view
 
 PAGE_SIZE = 20
 FACETS = ("department", "theme", "sensitivity", "status", "licence")
@@ -129,13 +131,33 @@ def _timeline(dataset: Dataset) -> list[Any]:
     return steps
 
 
+def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
+    """Lineage, sync status and my records preview, each scoped by ``exchange.dataset_page``."""
+    user = request.user
+    view = effective_view(dataset=dataset, user=user)
+    try:
+        preview = dataset_page.dataset_preview(user=user, dataset=dataset, view=view)
+    except PermissionDeniedError:  # a grant ended between the two reads
+        preview = dataset_page.Preview(readable=False)
+    return {
+        "view": view,
+        "preview": preview,
+        "lineage": dataset_page.dataset_lineage(user=user, dataset=dataset),
+        "lineage_complete": dataset_page.sees_all_receivers(user=user, dataset=dataset),
+        "preview_rows": dataset_page.PREVIEW_ROWS,
+        "sync": dataset_page.dataset_sync_status(user=user, dataset=dataset),
+    }
+
+
 @login_required
 def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     try:
         dataset = selectors.dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     except NotFoundError:
         return error_404(request)
-    return render(request, "catalog/dataset_detail.html", _detail_context(request, dataset))
+    context = _detail_context(request, dataset)
+    context.update(_flow_context(request, dataset))
+    return render(request, "catalog/dataset_detail.html", context)
 
 
 @login_required

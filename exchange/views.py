@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
@@ -24,10 +25,25 @@ from departments.views import error_403, error_404
 from exchange import access_selectors, access_services, audit_selectors, dashboard_selectors, grant_history, records
 from exchange.audit import audit_record, audit_verify
 from exchange.audit_selectors import AuditEventFilter, AuditScope
-from exchange.forms import AccessRequestForm, CommentForm, ReasonForm, WhoCouldSeeForm
+from exchange.forms import (
+    ROW_FILTER_OPS,
+    AccessRequestForm,
+    CommentForm,
+    ConditionRow,
+    ReasonForm,
+    WhoCouldSeeForm,
+    apply_condition_operation,
+    attach_condition_errors,
+    check_condition_rows,
+    conditions_from_post,
+    row_filter_of,
+)
 from exchange.models import AccessForm, AuditEvent, GrantStatus, RequestStatus
 from exchange.models.audit import AuditOutcome
 from exchange.policy import effective_view
+
+RECORD_FILTER_OPS = [("eq", "equals"), ("ne", "differs from"), ("contains", "contains"), ("gt", "greater than"),
+                     ("lt", "less than"), ("in", "one of (a,b,c)")]
 
 
 @login_required
@@ -43,7 +59,8 @@ def dataset_records(request: HttpRequest, dataset_id: int) -> HttpResponse:
     field, op, value = params.pop("f_field", ""), params.pop("f_op", "eq"), params.pop("f_value", "")
     if field and value:
         params[field if op == "eq" else f"{field}__{op}"] = value
-    context: dict[str, Any] = {"dataset": dataset, "params": request.GET, "error": None}
+    context: dict[str, Any] = {"dataset": dataset, "params": request.GET, "error": None,
+                               "filter_ops": RECORD_FILTER_OPS}
     try:
         view, query, page = records.read_page(user=request.user, dataset=dataset, params=params)
     except PermissionDeniedError as exc:
@@ -97,8 +114,15 @@ def access_home(request: HttpRequest) -> HttpResponse:
     })
 
 
+ACCESS_REQUEST_INPUTS = ("on_behalf", "purpose", "legal_basis", "requested_start", "requested_end", "comment")
+
+
 @login_required
 def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    """Ask for fields, for me or my department, with any number of row conditions. The "add" and
+    "remove" condition buttons (``op``) re-render the form and save nothing; "Send" validates
+    through ``access_request_submit`` (the API's validator) and shows each error next to its
+    input or its condition."""
     try:
         dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
     except NotFoundError:
@@ -110,37 +134,59 @@ def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
                  for m in user_memberships(user=user)
                  if m.role == Role.STEWARD and m.department_id != dataset.department_id]
     today = timezone.localdate()
-    form = AccessRequestForm(
-        request.POST or None, schema=schema, departments=stewarded,
-        initial={"requested_start": today, "requested_end": today + dt.timedelta(days=90)},
-    )
-    if request.method == "POST" and form.is_valid():
+    post = request.POST if request.method == "POST" else None
+    op = post.get("op", "") if post is not None else ""
+    conditions: list[ConditionRow] = conditions_from_post(post) if post is not None else []
+    condition_errors: list[str] = []
+    announce = ""
+    initial: dict[str, Any] = {"requested_start": today, "requested_end": today + dt.timedelta(days=90)}
+    if op and post is not None:
+        # A row tool: keep what was typed, validate nothing yet.
+        conditions, announce = apply_condition_operation(conditions, op,
+                                                         limit=access_services.ROW_FILTER_MAX_CONDITIONS)
+        initial.update({k: post.get(k) for k in ACCESS_REQUEST_INPUTS if k in post})
+        initial["fields_"] = post.getlist("fields_")
+        post = None
+    form = AccessRequestForm(post, schema=schema, departments=stewarded, initial=initial)
+    if post is not None and check_condition_rows(conditions) and form.is_valid():
         department = None
         if form.cleaned_data["on_behalf"]:
             department = access_selectors.department_by_slug(slug=form.cleaned_data["on_behalf"])
         start, end = form.period()
+        row_filter, origin = row_filter_of(conditions, schema)
         try:
             access_request = access_services.access_request_submit(
                 actor=user, dataset=dataset, fields=form.cleaned_data["fields_"],
                 purpose=form.cleaned_data["purpose"], legal_basis=form.cleaned_data["legal_basis"],
-                requested_start=start, requested_end=end, row_filter=form.row_filter(),
+                requested_start=start, requested_end=end, row_filter=row_filter or None,
                 principal_department=department, comment=form.cleaned_data["comment"],
             )
         except PermissionDeniedError as exc:
             return error_403(request, exc)
         except ApplicationError as exc:
             form.add_service_errors(exc)
+            condition_errors = attach_condition_errors(conditions, origin, exc)
         else:
             messages.success(request, f"Your request for {len(access_request.fields)} field(s) of "
                                       f"{dataset.title} was sent to its stewards.")
             return redirect("ui-access-request", request_id=access_request.pk)
+    elif post is not None:
+        form.is_valid()  # the form's own errors, next to the condition errors found above
+    invalid = bool(form.errors) or bool(condition_errors) or any(c.errors for c in conditions)
     rows = [{"field": f, "default_form": access_services.DEFAULT_FORM[f.sensitivity],
              "checked": f.name in (form["fields_"].value() or [])} for f in schema.values()]
+    # After a row tool, keyboard focus goes to the new row, or back to "add" after a removal.
+    focus_row = len(conditions) - 1 if op == "rf-add" and conditions else None
+    focus_add = op.startswith("rf-remove")
     return render(request, "exchange/request_access.html", {
         "dataset": dataset, "form": form, "field_rows": rows,
         "is_owner_member": dataset.department_id in p.department_ids,
         "may_request": bool(p.departments_where(Role.ANALYST, Role.STEWARD)),
-    }, status=400 if form.errors else 200)
+        "conditions": conditions, "condition_errors": condition_errors, "announce": announce,
+        "focus_row": focus_row, "focus_add": focus_add,
+        "condition_fields": list(schema.values()), "condition_ops": ROW_FILTER_OPS,
+        "max_conditions": access_services.ROW_FILTER_MAX_CONDITIONS,
+    }, status=400 if invalid else 200)
 
 
 REQUEST_SCOPES = {"mine": "Made by or for me", "all": "All I may see", "to_decide": "To decide"}
@@ -177,34 +223,54 @@ def access_request_detail(request: HttpRequest, request_id: int) -> HttpResponse
         else:
             messages.success(request, "Your comment was added.")
             return redirect("ui-access-request", request_id=access_request.pk)
+    return render(request, "exchange/access_request_detail.html",
+                  _request_detail_context(request, access_request, comment_form=comment_form),
+                  status=400 if comment_form.errors else 200)
+
+
+def _request_detail_context(request: HttpRequest, access_request: Any, *, comment_form: CommentForm,
+                            withdraw_errors: list[str] | None = None, withdraw_comment: str = "") -> dict[str, Any]:
     p = principal_of(request.user)
-    grant_id = access_selectors.request_grant_id(access_request)
-    return render(request, "exchange/access_request_detail.html", {
-        "r": access_request, "comment_form": comment_form, "grant_id": grant_id,
+    return {
+        "r": access_request, "comment_form": comment_form,
+        "grant_id": access_selectors.request_grant_id(access_request),
         "can_withdraw": access_request.requested_by_id == p.user_id
         and access_request.status in access_services.UNDECIDED,
         "can_decide": access_request.status in access_services.UNDECIDED
         and access_selectors.access_request_decidable(p).filter(pk=access_request.pk).exists(),
         "schema": access_selectors.current_fields(access_request.dataset),
-    }, status=400 if comment_form.errors else 200)
+        "withdraw_errors": withdraw_errors or [], "withdraw_comment": withdraw_comment,
+    }
 
 
 @login_required
 @require_POST
 def access_request_withdraw(request: HttpRequest, request_id: int) -> HttpResponse:
+    comment = request.POST.get("comment", "")[:5000]
     try:
         access_request = access_selectors.access_request_get(user=request.user, request_id=request_id)
-        access_services.access_request_withdraw(actor=_user(request), access_request=access_request,
-                                                comment=request.POST.get("comment", "")[:5000])
     except NotFoundError:
         return error_404(request)
+    try:
+        access_services.access_request_withdraw(actor=_user(request), access_request=access_request,
+                                                comment=comment)
     except PermissionDeniedError as exc:
         return error_403(request, exc)
     except ApplicationError as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, "The request was withdrawn.")
+        # Shown next to the withdraw form, with what was typed; the request is re-read so the
+        # page shows its state as it is now.
+        access_request = access_selectors.access_request_get(user=request.user, request_id=request_id)
+        context = _request_detail_context(request, access_request, comment_form=CommentForm(),
+                                          withdraw_errors=_messages_of(exc), withdraw_comment=comment)
+        return render(request, "exchange/access_request_detail.html", context, status=exc.status_code)
+    messages.success(request, "The request was withdrawn.")
     return redirect("ui-access-request", request_id=request_id)
+
+
+def _messages_of(exc: ApplicationError) -> list[str]:
+    """What to show next to the input: the service's field messages, else its message."""
+    found = [m for msgs in exc.fields.values() for m in msgs]
+    return found or [exc.message]
 
 
 @login_required
@@ -267,26 +333,51 @@ def my_grants(request: HttpRequest) -> HttpResponse:
     return render(request, "exchange/my_grants.html", {"page": page, "now": timezone.now()})
 
 
-@login_required
-def department_grants(request: HttpRequest) -> HttpResponse:
-    """Grants on the datasets of the departments I steward, with revoke and certify."""
+def _department_grants_context(request: HttpRequest, query: QueryDict) -> dict[str, Any] | None:
+    """Grants on the datasets of the departments I steward (all, for DPOs); None if neither."""
     p = principal_of(request.user)
     stewarded = p.departments_where(Role.STEWARD)
     if not stewarded and not p.is_dpo:
-        return error_403(request)
+        return None
     grants = access_selectors.grant_list(user=request.user)
     if not p.is_dpo:
         grants = grants.filter(dataset__department_id__in=stewarded)
-    status = request.GET.get("status", GrantStatus.ACTIVE)
+    status = query.get("status", GrantStatus.ACTIVE)
     if status in GrantStatus.values:
         grants = grants.filter(status=status)
-    if request.GET.get("recertify"):
+    if query.get("recertify"):
         grants = grants.filter(access_selectors.needs_recertification_q())
-    page = Paginator(grants.order_by("valid_until", "id"), 50).get_page(request.GET.get("page"))
-    return render(request, "exchange/department_grants.html", {
+    page = Paginator(grants.order_by("valid_until", "id"), 50).get_page(query.get("page"))
+    return {
         "page": page, "status": status, "statuses": GrantStatus.choices, "now": timezone.now(),
-        "recertify": bool(request.GET.get("recertify")),
-    })
+        "recertify": bool(query.get("recertify")),
+    }
+
+
+@login_required
+def department_grants(request: HttpRequest) -> HttpResponse:
+    """Grants on the datasets of the departments I steward, with revoke and certify."""
+    context = _department_grants_context(request, request.GET)
+    if context is None:
+        return error_403(request)
+    return render(request, "exchange/department_grants.html", context)
+
+
+def _dpo_context(request: HttpRequest, query: QueryDict) -> dict[str, Any] | None:
+    p = principal_of(request.user)
+    if not p.is_dpo:
+        return None
+    grants = (access_selectors.grants_awaiting_dpo(p).prefetch_related(None)
+              .prefetch_related(access_selectors.grant_fields_with_sensitivity()))
+    return {"page": Paginator(grants.order_by("created_at", "id"), 50).get_page(query.get("page"))}
+
+
+GRANT_ACTION_PAGES = {
+    "revoke": ("exchange/department_grants.html", _department_grants_context),
+    "certify": ("exchange/department_grants.html", _department_grants_context),
+    "dpo-approve": ("exchange/dpo_queue.html", _dpo_context),
+    "dpo-reject": ("exchange/dpo_queue.html", _dpo_context),
+}
 
 
 def _grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpResponse:
@@ -317,30 +408,40 @@ def _grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpRespo
     except PermissionDeniedError as exc:
         return error_403(request, exc)
     except ApplicationError as exc:
-        detail = " ".join(m for ms in exc.fields.values() for m in ms)
-        messages.error(request, f"Grant #{grant_id}: {exc.message} {detail}".strip())
-    else:
-        messages.success(request, done)
+        return _grant_action_refused(request, grant_id, action, exc, typed=request.POST.get("reason", "")[:5000],
+                                     back=back)
+    messages.success(request, done)
     return redirect(back)
+
+
+def _grant_action_refused(request: HttpRequest, grant_id: int, action: str, exc: ApplicationError, *,
+                          typed: str, back: str) -> HttpResponse:
+    """Render again the page the form was on (its filters and page from ``next``), with the
+    service's message next to the form of that grant and what the user typed kept."""
+    template, build = GRANT_ACTION_PAGES[action]
+    context = build(request, QueryDict(urlsplit(back).query))
+    if context is None:
+        return error_403(request, exc)
+    shown = any(g.pk == grant_id for g in context["page"].object_list)
+    context["grant_error"] = {"grant_id": grant_id, "action": action, "messages": _messages_of(exc),
+                              "value": typed, "shown": shown}
+    return render(request, template, context, status=exc.status_code)
 
 
 @login_required
 @require_POST
 def grant_action(request: HttpRequest, grant_id: int, action: str) -> HttpResponse:
-    if action not in ("revoke", "certify", "dpo-approve", "dpo-reject"):
+    if action not in GRANT_ACTION_PAGES:
         return error_404(request)
     return _grant_action(request, grant_id, action)
 
 
 @login_required
 def dpo_queue(request: HttpRequest) -> HttpResponse:
-    p = principal_of(request.user)
-    if not p.is_dpo:
+    context = _dpo_context(request, request.GET)
+    if context is None:
         return error_403(request)
-    grants = (access_selectors.grants_awaiting_dpo(p).prefetch_related(None)
-              .prefetch_related(access_selectors.grant_fields_with_sensitivity()))
-    page = Paginator(grants.order_by("created_at", "id"), 50).get_page(request.GET.get("page"))
-    return render(request, "exchange/dpo_queue.html", {"page": page})
+    return render(request, "exchange/dpo_queue.html", context)
 
 
 @login_required

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from django import template
+from django.forms import BoundField
 from django.utils import timezone
 
 register = template.Library()
@@ -23,3 +24,12 @@ def countdown(until: datetime | None, now: datetime | None = None) -> str:
         return f"expires in {seconds // 3600} hours"
     minutes = max(1, seconds // 60)
     return f"expires in {minutes} minute{'s' if minutes != 1 else ''}"
+
+
+@register.filter
+def described(bound: BoundField) -> str:
+    """The field's widget, pointing at its error message when it has one (screen readers read
+    the message with the input) and marked invalid."""
+    if not bound.errors:
+        return bound.as_widget()
+    return bound.as_widget(attrs={"aria-describedby": f"{bound.id_for_label}-error", "aria-invalid": "true"})

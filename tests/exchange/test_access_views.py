@@ -44,13 +44,16 @@ def test_request_submitted_through_the_form_creates_the_request(client, cast, da
     client.force_login(cast["analyst_h"])
     response = client.post(f"/datasets/{dataset.pk}/request-access/", {
         "fields_": ["stop_id", "district", "passenger_name"], "purpose": "Plan bus routes",
-        "legal_basis": "Transport Act §12", **_period(), "rf_field": "district", "rf_op": "eq", "rf_value": "North",
+        "legal_basis": "Transport Act §12", **_period(), "rf-0-field": "district", "rf-0-op": "eq",
+        "rf-0-value": "North", "rf-1-field": "stop_id", "rf-1-op": "in", "rf-1-value": "3, 5",
+        "rf-2-field": "", "rf-2-op": "eq", "rf-2-value": "",  # a blank row is no condition
     })
     access_request = AccessRequest.objects.get()
     assert response.status_code == 302 and response.url == f"/access/requests/{access_request.pk}/"
     assert access_request.fields == ["stop_id", "district", "passenger_name"]
     assert access_request.principal_user == cast["analyst_h"]
-    assert access_request.row_filter == [{"field": "district", "op": "eq", "value": "North"}]
+    assert access_request.row_filter == [{"field": "district", "op": "eq", "value": "North"},
+                                         {"field": "stop_id", "op": "in", "value": [3, 5]}]
     page = client.get(response.url).content.decode()
     assert "was sent to its stewards" in page and "Submitted" in page
 
@@ -72,15 +75,84 @@ def test_bad_request_form_shows_errors_next_to_fields_and_writes_nothing(client,
     response = client.post(f"/datasets/{dataset.pk}/request-access/", {
         "fields_": [], "purpose": "", "legal_basis": "Act",
         "requested_start": today.isoformat(), "requested_end": (today - timedelta(days=3)).isoformat(),
-        "rf_field": "stop_id", "rf_op": "eq", "rf_value": "not-a-number",
+        "rf-0-field": "stop_id", "rf-0-op": "eq", "rf-0-value": "not-a-number",
     })
     assert response.status_code == 400
     page = response.content.decode()
     assert 'id="fields-errors"' in page and "Name at least one field." in page
     assert 'id="id_purpose-error"' in page and "Say what the data is for." in page
     assert 'id="id_requested_end-error"' in page
-    assert 'id="id_rf_value-error"' in page and "whole number" in page
+    assert 'id="rf-0-value-error"' in page and "whole number" in page
     assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def _request_form(**extra: str) -> dict[str, object]:
+    return {"fields_": ["stop_id", "district"], "purpose": "Plan bus routes", "legal_basis": "Transport Act §12",
+            **_period(), **extra}
+
+
+def test_condition_rows_are_added_and_removed_without_saving(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    url = f"/datasets/{dataset.pk}/request-access/"
+    events = AuditEvent.objects.count()
+    page = client.get(url).content.decode()
+    assert 'id="add-condition"' in page and 'id="rf-0-field"' not in page and "All rows." in page
+    response = client.post(url, _request_form(op="rf-add", **{"rf-0-field": "district", "rf-0-op": "eq",
+                                                              "rf-0-value": "North"}))
+    page = response.content.decode()
+    assert response.status_code == 200 and "field-error" not in page
+    assert 'name="rf-1-field"' in page and 'id="rf-1-field" name="rf-1-field" autofocus' in page
+    assert 'value="North"' in page and "Plan bus routes</textarea>" in page and 'value="stop_id" checked' in page
+    assert "Condition 2 added." in page
+    response = client.post(url, _request_form(op="rf-remove:0", **{
+        "rf-0-field": "district", "rf-0-value": "North", "rf-1-field": "boardings", "rf-1-op": "gte",
+        "rf-1-value": "10"}), HTTP_HX_REQUEST="true")
+    page = response.content.decode()
+    assert 'name="rf-1-field"' not in page and 'value="boardings" selected' in page and 'value="10"' in page
+    assert 'value="North"' not in page and "Condition 1 removed." in page and 'id="add-condition"' in page
+    assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def test_each_condition_error_is_shown_next_to_its_condition_and_nothing_is_saved(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    events = AuditEvent.objects.count()
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**{
+        "rf-0-field": "district", "rf-0-op": "eq", "rf-0-value": "North",
+        "rf-1-field": "", "rf-1-op": "eq", "rf-1-value": "",  # blank: left out, numbering follows the page
+        "rf-2-field": "boardings", "rf-2-op": "contains", "rf-2-value": "1",
+        "rf-3-field": "measured_on", "rf-3-op": "gte", "rf-3-value": "yesterday",
+    }))
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert 'id="rf-2-op-error"' in page and "does not fit a integer field" in page
+    assert 'id="rf-3-value-error"' in page and "YYYY-MM-DD" in page
+    assert 'id="rf-0-field-error"' not in page and 'id="rf-0-value-error"' not in page
+    assert 'aria-describedby="rf-2-op-error"' in page and 'value="yesterday"' in page
+    assert not AccessRequest.objects.exists() and AuditEvent.objects.count() == events
+
+
+def test_a_condition_without_a_field_is_refused_next_to_it(client, cast, dataset):
+    client.force_login(cast["analyst_h"])
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**{
+        "rf-0-field": "", "rf-0-op": "eq", "rf-0-value": "North", "requested_start": "soon"}))
+    page = response.content.decode()
+    assert response.status_code == 400 and 'id="rf-0-field-error"' in page and "Choose a field" in page
+    assert 'id="id_requested_start-error"' in page  # the form's own errors are shown at the same time
+    assert not AccessRequest.objects.exists()
+
+
+def test_too_many_conditions_are_refused_by_the_service(client, cast, dataset):
+    from exchange.access_services import ROW_FILTER_MAX_CONDITIONS
+
+    client.force_login(cast["analyst_h"])
+    rows = {}
+    for i in range(ROW_FILTER_MAX_CONDITIONS + 1):
+        rows.update({f"rf-{i}-field": "stop_id", f"rf-{i}-op": "gte", f"rf-{i}-value": str(i)})
+    response = client.post(f"/datasets/{dataset.pk}/request-access/", _request_form(**rows))
+    page = response.content.decode()
+    assert response.status_code == 400 and 'id="conditions-errors"' in page
+    assert f"At most {ROW_FILTER_MAX_CONDITIONS} conditions." in page and 'id="add-condition"' not in page
+    assert not AccessRequest.objects.exists()
 
 
 def test_request_access_404_for_a_dataset_I_may_not_see(client, cast, department):
@@ -204,10 +276,16 @@ def test_steward_revokes_and_certifies_on_the_department_grants_page(client, cas
     page = client.get("/access/grants/department/").content.decode()
     assert f"#{grant.pk}" in page and "Revoke" in page and "Certify" in page
     assert client.post(f"/access/grants/{grant.pk}/certify/", {"next": "/access/grants/department/"}).status_code == 302
-    response = client.post(f"/access/grants/{grant.pk}/revoke/", {"reason": ""})
-    assert response.status_code == 302
+    response = client.post(f"/access/grants/{grant.pk}/revoke/",
+                           {"reason": "   ", "next": "/access/grants/department/?status=active"})
+    # A revocation needs a reason: the page comes back with the message next to that grant's
+    # reason input, the list as it was filtered, and nothing changed.
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert f'id="revoke-{grant.pk}-error"' in page and f'aria-describedby="revoke-{grant.pk}-error"' in page
+    assert 'id="grant-error"' not in page and 'value="/access/grants/department/?status=active"' in page
     grant.refresh_from_db()
-    assert grant.status == GrantStatus.ACTIVE  # a revocation needs a reason
+    assert grant.status == GrantStatus.ACTIVE
     client.post(f"/access/grants/{grant.pk}/revoke/", {"reason": "Project ended"})
     grant.refresh_from_db()
     assert grant.status == GrantStatus.REVOKED
@@ -316,13 +394,42 @@ def test_dpo_rejects_with_a_reason_only(client, cast, dataset):
     client.force_login(cast["dpo"])
     response = client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "", "next": "/access/dpo/"},
                            follow=True)
-    assert "This field is required." in response.content.decode()
+    page = response.content.decode()
+    assert response.status_code == 400 and not response.redirect_chain
+    assert f'<small id="reject-{grant.pk}-error" class="field-error" role="alert">This field is required.' in page
+    assert f'aria-describedby="reject-{grant.pk}-error"' in page
+    assert 'class="message error"' not in page  # next to the field, not a flash message
     grant.refresh_from_db()
     assert grant.status == GrantStatus.PENDING_DPO
     client.post(f"/access/grants/{grant.pk}/dpo-reject/", {"reason": "No legal basis for names"})
     grant.refresh_from_db()
     access_request.refresh_from_db()
     assert grant.status == GrantStatus.REJECTED and access_request.status == RequestStatus.DENIED
+
+
+def test_dpo_approval_refused_keeps_the_comment_next_to_the_form(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["passenger_name"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"passenger_name": None})
+    grant = Grant.objects.get(request=access_request)
+    grant_dpo_approve(actor=cast["dpo"], grant=grant, comment="first")
+    client.force_login(cast["dpo2"])
+    response = client.post(f"/access/grants/{grant.pk}/dpo-approve/",
+                           {"reason": "Names are fine", "next": "/access/dpo/"})
+    page = response.content.decode()
+    # The grant is no longer in the queue, so the message is shown at the top of the page.
+    assert response.status_code == 409 and 'id="grant-error"' in page and f"Grant #{grant.pk}" in page
+
+
+def test_withdraw_refused_is_shown_next_to_the_withdraw_form(client, cast, dataset):
+    access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id"])
+    decide(actor=cast["steward"], access_request=access_request, approve={"stop_id": None})
+    client.force_login(cast["analyst_h"])
+    response = client.post(f"/access/requests/{access_request.pk}/withdraw/", {"comment": "Changed my mind"})
+    page = response.content.decode()
+    assert response.status_code == 409 and 'id="withdraw-comment-error"' in page
+    assert 'value="Changed my mind"' in page and "Withdraw the request</button>" not in page
+    access_request.refresh_from_db()
+    assert access_request.status == RequestStatus.APPROVED
 
 
 def test_the_steward_who_decided_is_not_offered_the_dpo_queue(client, cast, dataset):
