@@ -139,6 +139,11 @@ def test_one_story_across_every_role(page, login, screenshot, people, department
     # 7. The analyst's view holds exactly the two approved fields; the third is absent and the
     #    personal one carries pseudonyms, never the names.
     login(cast["analyst_h"].username)
+    page.goto(f"/datasets/{dataset.pk}/")
+    assert page.locator("#preview-table thead th code").all_inner_texts() == ["permit_id", "holder_name"]
+    preview = page.inner_text("#preview-table")
+    assert "North" not in preview and not any(name in preview for name in HOLDERS)
+    screenshot("story-analyst-preview")
     page.goto(f"/datasets/{dataset.pk}/records/")
     headers = [h.split()[0] for h in page.locator("#records thead th").all_inner_texts()]
     assert headers == ["permit_id", "holder_name"]
@@ -155,7 +160,7 @@ def test_one_story_across_every_role(page, login, screenshot, people, department
     actions = set(page.locator("#audit-events tbody td:nth-child(4)").all_inner_texts())
     expected = {"dataset.create", "dataset.submit", "dataset.approve", "source.set", "ingest.run",
                 "access_request.submit", "access_request.decide", "grant.create", "grant.dpo_approve",
-                "records.read"}
+                "records.preview", "records.read"}
     assert expected <= actions, expected - actions
     screenshot("story-audit")
     # The page shows what the trail holds, not a picture of it.
