@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -279,21 +279,18 @@ def source_mapped(plan: Plan) -> set[str]:
     return {c for c in plan.columns.values() if c is not None}
 
 
-def copy_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts) -> None:
-    """The bulk path: the source's COPY stream goes into the staging table as it is, in
-    batches (a COPY each, so progress, heartbeat and cancel are handled in between), and the
-    checks Python would make per value are made in SQL on the staged rows afterwards."""
-    assert reader.copy_out is not None
-    by_column = {c: f for f, c in plan.columns.items() if c is not None}
-    targets = [by_column[c] for c in reader.selected] + ["_rn"]
-    copy_sql = f"COPY {stage} ({', '.join(ident(n) for n in targets)}) FROM STDIN"
+def copy_in_batches(run: Run, counts: Counts, copy_sql: str, chunks: Iterator[Any], *,
+                    atomic_batches: bool = False) -> None:
+    """Write a source's COPY stream with ``copy_sql``, a COPY per batch of rows so that
+    progress, heartbeat and cancel are handled in between; ``atomic_batches`` gives each batch
+    a transaction (or savepoint) of its own."""
     batch = settings.SYNC_BATCH_SIZE * 4
-    chunks = reader.copy_out()
     done = False
     with connection.cursor() as cursor:
         while not done:
             n = 0
-            with cursor.cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
+            with (transaction.atomic() if atomic_batches else nullcontext()), \
+                    cursor.cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
                 for chunk in chunks:
                     copy.write(chunk)  # one row per chunk (libpq hands COPY data out row by row)
                     n += 1
@@ -303,6 +300,17 @@ def copy_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
                     done = True
             counts.read += n
             _progress(run, counts)
+
+
+def copy_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts) -> None:
+    """The bulk path: the source's COPY stream goes into the staging table as it is, in
+    batches (a COPY each, so progress, heartbeat and cancel are handled in between), and the
+    checks Python would make per value are made in SQL on the staged rows afterwards."""
+    assert reader.copy_out is not None
+    by_column = {c: f for f, c in plan.columns.items() if c is not None}
+    targets = [by_column[c] for c in reader.selected] + ["_rn"]
+    copy_sql = f"COPY {stage} ({', '.join(ident(n) for n in targets)}) FROM STDIN"
+    copy_in_batches(run, counts, copy_sql, reader.copy_out())
     bad = _quarantine_in_sql(run, plan, stage)
     counts.quarantined += bad
     counts.staged = counts.read - bad
@@ -653,26 +661,11 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
     targets = [by_column[c] for c in reader.selected] + ["_seq"]
     with load_table(run, plan) as (name, load):
         copy_sql = f"COPY {load} ({', '.join(ident(n) for n in targets)}) FROM STDIN"
-        batch = settings.SYNC_BATCH_SIZE * 4
-        chunks = reader.copy_out()
-        done = False
-        with connection.cursor() as cursor:
-            try:
-                while not done:
-                    n = 0
-                    # A transaction per batch outside the run's (a savepoint inside a caller's).
-                    with transaction.atomic(), cursor.cursor.copy(copy_sql) as copy:  # type: ignore[union-attr]
-                        for chunk in chunks:
-                            copy.write(chunk)  # one row per chunk
-                            n += 1
-                            if n >= batch:
-                                break
-                        else:
-                            done = True
-                    counts.read += n
-                    _progress(run, counts)
-            except psycopg.errors.IntegrityError as exc:
-                raise FirstLoadRefused(str(exc)) from exc
+        try:
+            # A transaction per batch outside the run's (a savepoint inside a caller's).
+            copy_in_batches(run, counts, copy_sql, reader.copy_out(), atomic_batches=True)
+        except psycopg.errors.IntegrityError as exc:
+            raise FirstLoadRefused(str(exc)) from exc
         counts.staged = counts.read
         if watermark_column:
             counts.watermark = _stage_max(load, _field_of(plan, watermark_column))
