@@ -33,7 +33,9 @@ def test_conditions_are_added_removed_validated_and_saved(page, login, screensho
     for n in range(3):
         page.click("#add-condition")
         page.wait_for_selector(f"#rf-{n}-field")
-        assert page.evaluate("document.activeElement.id") == f"rf-{n}-field"
+        # htmx moves the focus to the [autofocus] element when the swap settles, just after it.
+        page.wait_for_function(f"document.activeElement && document.activeElement.id === 'rf-{n}-field'",
+                               timeout=5_000)
         assert page.inner_text("#conditions-status") == f"Condition {n + 1} added."
     page.select_option("#rf-0-field", "district")
     page.fill("#rf-0-value", "North")
@@ -44,7 +46,8 @@ def test_conditions_are_added_removed_validated_and_saved(page, login, screensho
     # Removing the third keeps what was typed in the others; focus goes back to "add".
     page.click("button[aria-label='Remove condition 3']")
     page.wait_for_selector("#rf-2-field", state="detached")
-    assert page.evaluate("document.activeElement.id") == "add-condition"
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'add-condition'",
+                           timeout=5_000)
     assert page.input_value("#rf-0-value") == "North" and page.input_value("#rf-1-op") == "contains"
     assert page.input_value("#id_purpose") == "Inspections in the north"
 
