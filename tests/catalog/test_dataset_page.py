@@ -33,6 +33,11 @@ def parks() -> Department:
 
 @pytest.fixture
 def flow(department, other_department, parks, people) -> dict[str, Any]:
+    return build_flow(department=department, other_department=other_department, parks=parks, people=people)
+
+
+def build_flow(*, department: Department, other_department: Department, parks: Department,
+               people: dict[str, Any]) -> dict[str, Any]:
     """Permits of Transport with 12 records, a daily source whose latest run failed after a
     successful one, a department grant to Parks with a subscription delivered once, and an
     analyst of Health with a personal grant of three fields in three forms."""

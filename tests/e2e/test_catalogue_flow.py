@@ -78,7 +78,7 @@ def test_steward_publishes_and_reviewer_approves(page, login, screenshot, people
         expect(rows.nth(i).locator("code")).to_have_text(name)
         expect(rows.nth(i).locator(f".badge.{sensitivity}")).to_be_visible()
     expect(page.locator("ol.timeline")).to_contain_text("Looks good.")
-    screenshot("dataset-page")
+    screenshot("dataset-page-published")
 
     page.click("nav.site >> text=Catalogue")
     page.check("#f-sensitivity-personal")  # htmx refreshes the results
