@@ -1,5 +1,5 @@
 """Forms of the catalogue pages. They only shape input: the services check the values and
-their errors are put back next to the field that caused them (:func:`add_service_errors`)."""
+their errors are put back next to the field that caused them (:func:`config.web.add_service_errors`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from catalog.models import (
     Visibility,
 )
 from config.api.errors import ApplicationError
-from config.web import add_service_errors  # noqa: F401  (re-exported for the catalogue views)
 from departments.selectors import user_by_username
 
 

@@ -24,7 +24,6 @@ from catalog.forms import (
     DatasetCreateForm,
     DatasetMetadataForm,
     FieldRow,
-    add_service_errors,
     apply_row_operation,
     attach_row_errors,
     rows_from_post,
@@ -39,6 +38,7 @@ from catalog.models import (
     Theme,
 )
 from config.api.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
+from config.web import add_service_errors
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from departments.views import error_403, error_404

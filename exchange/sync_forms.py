@@ -2,7 +2,7 @@
 
 They only shape input. The sync services (exchange/sync/services.py, the same the API calls)
 decide what is allowed; their ApplicationError field messages are put next to the input
-that caused them (:func:`add_service_errors`)."""
+that caused them (:func:`config.web.add_service_errors`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from typing import Any
 from django import forms
 
 from catalog.models import Field
-from config.api.errors import ApplicationError
 from exchange.models import Connection, ConnectionKind, FileFormat
 
 TARGET_TABLE = r"^[a-z_][a-z0-9_]{0,62}$"
@@ -27,20 +26,6 @@ def set_choices(form: forms.Form, name: str, choices: list[tuple[Any, str]]) -> 
     field = form.fields[name]
     assert isinstance(field, forms.ChoiceField)
     field.choices = choices
-
-
-def add_service_errors(form: forms.Form, exc: ApplicationError, *, targets: dict[str, str] | None = None,
-                       default: str | None = None) -> None:
-    """Put each of the service's field messages next to its input (``targets`` renames the
-    service's keys to the form's); a message without a field goes to ``default``."""
-    targets = targets or {}
-    if not exc.fields:
-        form.add_error(default if default in form.fields else None, exc.message)
-        return
-    for key, messages in exc.fields.items():
-        name = targets.get(key, key)
-        for message in messages:
-            form.add_error(name if name in form.fields else None, message)
 
 
 # --- Connections ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 from catalog.models import Dataset, Field
 from catalog.selectors import dataset_get_for_user
 from config.api.errors import ApplicationError, ConflictError, NotFoundError
+from config.web import add_service_errors
 from departments.models import Department
 from departments.views import error_404
 from exchange.models import ConnectionKind, Run, RunStatus, Source, Subscription, SubscriptionStatus
@@ -32,7 +33,6 @@ from exchange.sync_forms import (
     SourceKind,
     SubscriptionEndForm,
     SubscriptionForm,
-    add_service_errors,
     source_initial,
 )
 
