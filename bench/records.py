@@ -7,8 +7,14 @@ measured in the same run:
 - export: the exchange's streaming CSV export of the grantee's view, rows/s, and its ratio to raw
 - page: a records page of 1,000 rows (first page and a deep page through the cursor), ms
 - memory: peak Python allocation during the export (tracemalloc), MB
-- audit: the first page with and without its audit event (interleaved, 5 x --pages each), and
-  beside it a one-row INSERT committed on its own: the WAL flush every durable write waits for
+- audit, through the records API (a GET of the first 1,000-row page through Django's whole
+  request handler, token authentication and JSON rendering included): the page with its audit
+  event appended the default way (overlapped with rendering, see exchange/audit_writer.py),
+  with it appended inline, and without it, interleaved (5 x --pages each); the ratios against
+  the unaudited page are the cost of auditing
+- audit, in the service alone (``records.read_page``, no HTTP, where the append is inline):
+  with and without the event, and beside it a one-row INSERT committed on its own, the WAL
+  flush every durable write waits for
 
 Run: ``DATABASE_URL=postgres://… python -m bench.records [--rows N]`` (or ``make bench``); it works
 in a scratch database ``<configured name>_bench_records`` next to the configured one and drops it
@@ -22,6 +28,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from contextlib import nullcontext
 from typing import Any
 
 from bench.setup import configure, scratch_database
@@ -100,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.records needs PostgreSQL: set DATABASE_URL=postgres://…")
         return 2
     with scratch_database("records"):
-        return _run(args)
+        try:
+            return _run(args)
+        finally:
+            from exchange import audit_writer
+
+            audit_writer.shutdown()  # its connection would keep the scratch database from going
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -174,13 +186,31 @@ def _run(args: argparse.Namespace) -> int:
         if audited:
             records.read_page(user=reader, dataset=dataset, params={"page_size": "1000"})
         else:
-            with mock.patch.object(records, "audit_record"):
+            with mock.patch.object(records, "append_read"):
                 records.read_page(user=reader, dataset=dataset, params={"page_size": "1000"})
         (audited_ms if audited else silent_ms).append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
         with connection.cursor() as cursor:
             cursor.execute("INSERT INTO bench_durable_write (at) VALUES (now())")
         write_ms.append((time.perf_counter() - t0) * 1000)
+
+    # The same, through the API: what a client waits for.
+    from django.test import Client, override_settings
+    from knox.models import AuthToken
+
+    _token, secret = AuthToken.objects.create(user=reader)
+    client = Client(HTTP_AUTHORIZATION=f"Token {secret}")
+    api_url = f"/api/v1/datasets/{dataset.pk}/records/?page_size=1000"
+    assert client.get(api_url).status_code == 200
+    api_ms: dict[str, list[float]] = {"overlapped": [], "inline": [], "none": []}
+    for i in range(args.pages * 5 * 3):
+        variant = ("overlapped", "inline", "none")[i % 3]
+        with override_settings(AUDIT_OVERLAP_READS=variant != "inline"), \
+                mock.patch.object(records, "append_read") if variant == "none" else nullcontext():
+            t0 = time.perf_counter()
+            response = client.get(api_url)
+            api_ms[variant].append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200, response.content[:200]
 
     rows = args.rows
     print(f"raw COPY (5 columns)     {rows / raw_s:>12,.0f} rows/s   {raw_s:6.2f} s   {raw_bytes / 1e6:7.1f} MB")
@@ -189,8 +219,13 @@ def _run(args: argparse.Namespace) -> int:
     print(f"records page of 1,000    median {statistics.median(page_ms):6.1f} ms   "
           f"p95 {sorted(page_ms)[int(len(page_ms) * 0.95) - 1]:6.1f} ms  (first {args.pages} pages, incl. audit)")
     print(f"deep page (cursor)       median {statistics.median(deep_ms):6.1f} ms")
+    api_none = statistics.median(api_ms["none"])
+    for variant in ("overlapped", "inline"):
+        api_audited = statistics.median(api_ms[variant])
+        print(f"audit cost, records API  median {api_audited:6.1f} ms audited ({variant}) vs {api_none:6.1f} ms not: "
+              f"{(api_audited - api_none) / api_none * 100:+.1f} % ({len(api_ms[variant])} requests each, interleaved)")
     with_audit, without = statistics.median(audited_ms), statistics.median(silent_ms)
-    print(f"audit cost per page      median {with_audit:6.1f} ms audited vs {without:6.1f} ms not: "
+    print(f"audit cost, service only median {with_audit:6.1f} ms audited vs {without:6.1f} ms not: "
           f"{(with_audit - without) / without * 100:+.1f} % ({len(audited_ms)} pages each, interleaved); "
           f"a one-row durable INSERT alone: median {statistics.median(write_ms):.2f} ms")
     print(f"export peak Python memory: CSV {peak / 1e6:6.1f} MB, NDJSON {ndjson_peak / 1e6:6.1f} MB "

@@ -77,6 +77,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.RequestContextMiddleware",
+    # Inside the request context: waits for a read's audit append before the response leaves.
+    "exchange.audit_writer.AuditBarrierMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -315,6 +317,10 @@ GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
 # explicitly in production, because rotating SECRET_KEY would otherwise make every existing
 # checkpoint fail verification.
 AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or _derived_key("exchange.audit.checkpoint")
+# On PostgreSQL, a web request's read is audited by a writer thread (its own connection) while
+# the page renders, and the response waits for that append before it leaves (see
+# exchange/audit_writer.py). Off: every read is appended inline, on the request's connection.
+AUDIT_OVERLAP_READS = env.bool("AUDIT_OVERLAP_READS", default=True)
 
 # --- Sync engine (ingest and delivery jobs) ---------------------------------------------------
 # Fernet key(s) encrypting connection secrets at rest, comma-separated: the first encrypts,

@@ -60,6 +60,13 @@ def reset_request_context(token: contextvars.Token[RequestContext]) -> None:
     _request_context.reset(token)
 
 
+def current_request_context() -> RequestContext:
+    """The client address and request id that events appended now would carry. A streamed
+    response is produced after its request's middleware has returned, so a generator that
+    audits at its end takes this along when it is created."""
+    return _request_context.get()
+
+
 # Fields that enter the hash, in a fixed order. Adding a field here changes every hash, so
 # a new field must be appended, and only together with a migration of the verifier.
 HASHED_FIELDS = (
@@ -286,6 +293,23 @@ def _link(rows: list[dict[str, Any]], prev: str) -> None:
         prev = values["hash"] = sha256(encode(payload).encode("utf-8")).hexdigest()
 
 
+def event_values(entry: AuditEntry) -> dict[str, Any]:
+    """The hashed fields of ``entry`` but the link (``prev_hash``), stamped now, with the
+    current request's client address and id."""
+    ctx = _request_context.get()
+    return _build(entry, _normalised_ip(ctx.client_ip), ctx.request_id, timezone.now())
+
+
+def append_statement(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """PostgreSQL: the one statement that appends the event of ``values`` (from
+    :func:`event_values`) and returns its id, previous hash and hash. It takes the chain lock,
+    links and hashes on the server (migration 0007); run outside a transaction it is one of
+    its own, committed when the statement's answer arrives."""
+    head, tail = _canonical_parts(values)
+    row = _row_for_insert(values, connection.ops.adapt_datetimefield_value, HASHED_FIELDS[:-1])
+    return _APPEND_SQL, [_CHAIN_LOCK_KEY, head, tail, *row]
+
+
 def audit_record(
     *,
     actor: User | AnonymousUser | None,
@@ -316,16 +340,13 @@ def audit_record(
         dataset_id=dataset_id, fields=tuple(fields), row_count=row_count, filters=filters, purpose=purpose,
         outcome=outcome, details=details,
     )
-    ctx = _request_context.get()
-    values = _build(entry, _normalised_ip(ctx.client_ip), ctx.request_id, timezone.now())
+    values = event_values(entry)
     # This runs once per records page, so it is raw SQL. On PostgreSQL one statement, which
     # outside a transaction is a transaction of its own; on SQLite the head and the INSERT
     # in one transaction (its write lock serialises appends).
     if connection.vendor == "postgresql":
-        head, tail = _canonical_parts(values)
-        row = _row_for_insert(values, connection.ops.adapt_datetimefield_value, HASHED_FIELDS[:-1])
         with connection.cursor() as cursor:
-            cursor.execute(_APPEND_SQL, [_CHAIN_LOCK_KEY, head, tail, *row])
+            cursor.execute(*append_statement(values))
             event_id, values["prev_hash"], values["hash"] = cursor.fetchone()
     else:
         with transaction.atomic(), connection.cursor() as cursor:

@@ -29,7 +29,8 @@ from django.db import connection
 
 from catalog.models import Dataset, DatasetStatus, FieldType
 from config.api.errors import ApplicationError, PermissionDeniedError
-from exchange.audit import audit_record
+from exchange.audit import audit_record, current_request_context, reset_request_context, set_request_context
+from exchange.audit_writer import append_read
 from exchange.models import AccessForm
 from exchange.models.audit import AuditOutcome
 from exchange.policy import EffectiveView, FieldAccess, RowFilter, effective_view
@@ -646,7 +647,7 @@ def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str) 
 
 def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, view: EffectiveView,
                 query: RecordQuery, row_count: int, details: dict[str, Any] | None = None) -> None:
-    audit_record(
+    append_read(
         actor=user, action=action, obj=dataset, dataset_id=dataset.pk, department_id=dataset.department_id,
         fields=list(query.fields), row_count=row_count, filters=query.describe(),
         purpose="; ".join(sorted({g.purpose for g in view.grants})) if not view.is_owner else "owner",
@@ -691,6 +692,9 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                             params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     exists = store_exists(dataset)
+    # The stream runs after the request's middleware has returned; its event still names the
+    # request's client address and id.
+    request_context = current_request_context()
 
     def generate() -> Iterator[bytes]:
         count = 0
@@ -725,8 +729,12 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
             if buffer.tell():
                 yield buffer.getvalue().encode()
         finally:
-            _audit_read(user=user, action="records.export", dataset=dataset, view=view, query=query,
-                        row_count=count, details={"format": fmt})
+            token = set_request_context(request_context)
+            try:
+                _audit_read(user=user, action="records.export", dataset=dataset, view=view, query=query,
+                            row_count=count, details={"format": fmt})
+            finally:
+                reset_request_context(token)
 
     return generate()
 

@@ -11,6 +11,18 @@ from departments.models import Department
 from tests.factories import DepartmentFactory, MembershipFactory, UserFactory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _audit_writer_stopped_before_the_database_goes(django_db_setup: None, django_db_blocker: Any) -> Any:
+    """Requests in transactional tests (live server, API) append their reads' audit events on
+    the audit writer's link connections, which would keep the test database from being dropped
+    at the end of the session."""
+    yield
+    from exchange import audit_writer
+
+    with django_db_blocker.unblock():
+        audit_writer.shutdown()
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

@@ -269,7 +269,8 @@ class TestPaginationAndOrder:
 
 class TestExportAndPreview:
     def test_csv_export_streams_exactly_the_view(self, as_user, grantee, permits):
-        response = as_user(grantee).get(url(permits, "export/?format=csv&district=North"))
+        response = as_user(grantee).get(url(permits, "export/?format=csv&district=North"),
+                                        HTTP_X_REQUEST_ID="export-7", REMOTE_ADDR="10.1.2.3")
         assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
         body = b"".join(response.streaming_content).decode()
         parsed = list(csv.reader(io.StringIO(body)))
@@ -278,6 +279,9 @@ class TestExportAndPreview:
         assert CANARY_NOTE not in body and CANARY_NAME not in body and CANARY_PHONE not in body
         event = AuditEvent.objects.get(action="records.export")
         assert event.row_count == 4 and event.details["format"] == "csv"
+        # Written when the stream ends, after the request's middleware returned: still the
+        # request's id and address.
+        assert (event.request_id, event.client_ip) == ("export-7", "10.1.2.3")
 
     def test_ndjson_export(self, as_user, grantee, permits):
         response = as_user(grantee).get(url(permits, "export/?format=ndjson"))

@@ -1,0 +1,200 @@
+"""A web request's read is appended on a link connection while the page renders, and the
+response waits for it (exchange/audit_writer.py). These tests commit for real (the link is a
+connection of its own, which cannot see a test's uncommitted transaction), so they run on
+the PostgreSQL pass, where overlapping is switched on."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from django.db import DatabaseError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from exchange import audit_writer, records
+from exchange.models import AuditEvent
+from exchange.models.audit import AuditOutcome
+from tests.exchange.test_records import CANARY_NAME, CANARY_PHONE, rows, url
+from tests.records_support import grant, load_rows, published_dataset
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _postgres_only():
+    if connection.vendor != "postgresql":
+        pytest.skip("the audit writer overlaps appends on PostgreSQL only")
+
+
+@pytest.fixture
+def permits(department, people):
+    dataset = published_dataset(department)
+    load_rows(dataset, rows())
+    grant(dataset, user=people["outsider"], approved_by=people["steward"],
+          fields={"permit_id": "clear", "district": "clear", "phone": "masked"})
+    return dataset
+
+
+def _appends(queries: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if "exchange_audit_append" in q["sql"]]
+
+
+def _reads(dataset) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(dataset_id=dataset.pk, action="records.read").order_by("id"))
+
+
+def test_page_is_audited_on_the_link_and_committed_before_the_response(as_user, people, permits):
+    client = as_user(people["outsider"])
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url(permits), {"page_size": 5, "district": "North"}, HTTP_X_REQUEST_ID="req-overlap-1")
+    assert response.status_code == 200
+    body = response.json()
+    # Not on the request's connection: the link made the append ...
+    assert _appends(queries) == []
+    # ... and it was committed before the client had the response.
+    (event,) = _reads(permits)
+    assert event.outcome == AuditOutcome.ALLOWED
+    assert event.actor_id == people["outsider"].pk
+    assert event.row_count == len(body["results"]) == 4
+    assert event.fields == ["permit_id", "phone", "district"]  # in schema order
+    assert event.filters["conditions"] == [{"field": "district", "op": "eq", "value": "North"}]
+    assert event.request_id == "req-overlap-1" == response["X-Request-ID"]
+    assert event.client_ip == "127.0.0.1"
+    from exchange.audit import audit_verify
+
+    assert audit_verify().intact
+
+
+def _failing_on_the_server(monkeypatch, statement: str = "SELECT 1 / 0") -> None:
+    """The append's statement replaced by one the server refuses, after it was sent."""
+    monkeypatch.setattr(audit_writer, "append_statement", lambda values: (statement, []))
+
+
+def test_a_failed_append_withholds_the_page(people, permits, monkeypatch):
+    _failing_on_the_server(monkeypatch)
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user=people["outsider"])
+    response = client.get(url(permits))
+    assert response.status_code == 500
+    body = response.content.decode()
+    assert "permit_id" not in body and CANARY_PHONE[:8] not in body and "North" not in body
+    assert _reads(permits) == []
+    # The link that failed is not reused; the next request opens another and is audited.
+    monkeypatch.undo()
+    assert client.get(url(permits)).status_code == 200 and len(_reads(permits)) == 1
+
+
+def test_the_failure_is_raised_to_the_handler(as_user, people, permits, monkeypatch):
+    _failing_on_the_server(monkeypatch)
+    with pytest.raises(DatabaseError, match="division by zero"):
+        as_user(people["outsider"]).get(url(permits))
+
+
+def test_the_response_waits_for_a_slow_commit(as_user, people, permits, monkeypatch):
+    real = audit_writer.append_statement
+
+    def slow(values):
+        sql, params = real(values)
+        return "SELECT pg_sleep(0.4); " + sql, params
+
+    monkeypatch.setattr(audit_writer, "append_statement", slow)
+    assert as_user(people["outsider"]).get(url(permits)).status_code == 200
+    assert len(_reads(permits)) == 1  # already committed when the client had the page
+
+
+def test_html_pages_are_overlapped_too(client, people, permits):
+    client.force_login(people["outsider"])
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(f"/datasets/{permits.pk}/records/")
+    assert page.status_code == 200 and CANARY_NAME not in page.content.decode()
+    assert _appends(queries) == []
+    assert len(_reads(permits)) == 1
+
+
+def test_inside_a_transaction_the_read_is_appended_inline_and_rolls_back_with_it(people, permits):
+    class Abort(Exception):
+        pass
+
+    with audit_writer.request_scope():
+        with pytest.raises(Abort), transaction.atomic():
+            assert not audit_writer.overlapping()
+            records.read_page(user=people["outsider"], dataset=permits, params={})
+            assert len(_reads(permits)) == 1  # on this connection, in this transaction
+            raise Abort
+    assert _reads(permits) == []
+
+
+def test_outside_a_request_the_read_is_appended_inline(people, permits):
+    assert not audit_writer.overlapping()
+    with CaptureQueriesContext(connection) as queries:
+        records.read_page(user=people["outsider"], dataset=permits, params={})
+    assert len(_appends(queries)) == 1 and len(_reads(permits)) == 1
+
+
+def test_switched_off_the_request_appends_inline(as_user, people, permits, settings):
+    settings.AUDIT_OVERLAP_READS = False
+    with CaptureQueriesContext(connection) as queries:
+        assert as_user(people["outsider"]).get(url(permits)).status_code == 200
+    assert len(_appends(queries)) == 1 and len(_reads(permits)) == 1
+
+
+def _link_backend_pids() -> list[int]:
+    return [link.conn.info.backend_pid for link in audit_writer._idle]
+
+
+def test_one_link_serves_request_after_request(as_user, people, permits):
+    client = as_user(people["outsider"])
+    assert client.get(url(permits)).status_code == 200
+    pids = _link_backend_pids()
+    assert len(pids) == 1
+    assert client.get(url(permits)).status_code == 200
+    assert _link_backend_pids() == pids
+    assert len(_reads(permits)) == 2
+
+
+def test_a_killed_link_is_replaced_before_the_next_append(as_user, people, permits):
+    client = as_user(people["outsider"])
+    assert client.get(url(permits)).status_code == 200
+    (pid,) = _link_backend_pids()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])  # returns once it is gone
+    assert client.get(url(permits)).status_code == 200
+    assert len(_reads(permits)) == 2
+    assert len(_link_backend_pids()) == 1 and _link_backend_pids() != [pid]
+
+
+def test_when_no_link_can_be_opened_the_read_is_appended_inline(as_user, people, permits, monkeypatch):
+    audit_writer.shutdown()
+
+    def unreachable() -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(audit_writer, "_Link", unreachable)
+    with CaptureQueriesContext(connection) as queries:
+        assert as_user(people["outsider"]).get(url(permits)).status_code == 200
+    assert len(_appends(queries)) == 1 and len(_reads(permits)) == 1
+
+
+def test_shutdown_closes_the_links_and_the_next_read_opens_one(as_user, people, permits):
+    client = as_user(people["outsider"])
+    assert client.get(url(permits)).status_code == 200
+    (pid,) = _link_backend_pids()
+    audit_writer.shutdown()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [pid])
+        assert cursor.fetchone()[0] == 0
+    assert client.get(url(permits)).status_code == 200
+    assert len(_reads(permits)) == 2 and len(_link_backend_pids()) == 1
+
+
+def test_a_forked_process_never_touches_its_parents_links(as_user, people, permits, monkeypatch):
+    client = as_user(people["outsider"])
+    assert client.get(url(permits)).status_code == 200
+    (parent,) = audit_writer._idle
+    monkeypatch.setattr(audit_writer.os, "getpid", lambda: parent.pid + 1)
+    child = audit_writer._take()
+    assert child is not parent and audit_writer._inherited == [parent] and not parent.conn.closed
+    child.close()
+    monkeypatch.undo()
+    audit_writer._inherited.clear()
+    parent.close()
