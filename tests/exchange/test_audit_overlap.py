@@ -198,3 +198,49 @@ def test_a_forked_process_never_touches_its_parents_links(as_user, people, permi
     monkeypatch.undo()
     audit_writer._inherited.clear()
     parent.close()
+
+
+def test_concurrent_requests_keep_the_chain_intact(people, permits, monkeypatch):
+    """Eight threads reading at once: each request holds a link of its own while its append
+    is in flight, and between them governance events are appended inline."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    from exchange.audit import audit_record, audit_verify
+
+    # The first append of every thread waits until all eight hold a link: eight in flight at once.
+    together = threading.Barrier(8, timeout=20)
+    first = threading.local()
+    real_take = audit_writer._take
+
+    def take_together():
+        link = real_take()
+        if not getattr(first, "done", False):
+            first.done = True
+            together.wait()
+        return link
+
+    monkeypatch.setattr(audit_writer, "_take", take_together)
+
+    def reader(n: int) -> list[int]:
+        client = APIClient()
+        client.force_authenticate(user=people["outsider"])
+        try:
+            statuses = []
+            for i in range(5):
+                statuses.append(client.get(url(permits)).status_code)
+                audit_record(actor=people["steward"], action="test.inline", details={"thread": n, "i": i})
+            return statuses
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = [s for result in pool.map(reader, range(8)) for s in result]
+    assert statuses == [200] * 40
+    assert len(_reads(permits)) == 40
+    assert AuditEvent.objects.filter(action="test.inline").count() == 40
+    assert len(audit_writer._idle) == 8  # eight side by side, and every one came back
+    result = audit_verify()
+    assert result.intact, str(result)
