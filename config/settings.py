@@ -317,9 +317,9 @@ GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
 # explicitly in production, because rotating SECRET_KEY would otherwise make every existing
 # checkpoint fail verification.
 AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or _derived_key("exchange.audit.checkpoint")
-# On PostgreSQL, a web request's read is audited by a writer thread (its own connection) while
-# the page renders, and the response waits for that append before it leaves (see
-# exchange/audit_writer.py). Off: every read is appended inline, on the request's connection.
+# On PostgreSQL, a web request's read is appended to the audit trail on a connection of its own
+# while the page renders, and the response waits for that append's commit before it leaves
+# (see exchange/audit_writer.py). Off: every read is appended inline, on the request's connection.
 AUDIT_OVERLAP_READS = env.bool("AUDIT_OVERLAP_READS", default=True)
 
 # --- Sync engine (ingest and delivery jobs) ---------------------------------------------------

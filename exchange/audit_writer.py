@@ -57,6 +57,7 @@ class _Link:
         self.pid = os.getpid()
         params = connection.get_connection_params()  # the request's server, credentials, adapters
         params.pop("cursor_factory", None)
+        params.setdefault("application_name", "exchange audit link")  # for pg_stat_activity
         self.conn = psycopg.connect(**params, autocommit=True)
         self.cursor = psycopg.ClientCursor(self.conn)
 

@@ -147,6 +147,9 @@ def test_one_link_serves_request_after_request(as_user, people, permits):
     assert client.get(url(permits)).status_code == 200
     pids = _link_backend_pids()
     assert len(pids) == 1
+    with connection.cursor() as cursor:  # operators can tell it apart in pg_stat_activity
+        cursor.execute("SELECT application_name FROM pg_stat_activity WHERE pid = %s", pids)
+        assert cursor.fetchone()[0] == "exchange audit link"
     assert client.get(url(permits)).status_code == 200
     assert _link_backend_pids() == pids
     assert len(_reads(permits)) == 2
