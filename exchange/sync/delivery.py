@@ -51,6 +51,11 @@ class SubscriptionEnded(Exception):
     pass
 
 
+class GrantChanged(TransientSourceError):
+    """The department's view changed while the run wrote: nothing was delivered; a retry
+    delivers the new view."""
+
+
 @dataclass(frozen=True)
 class Plan:
     view: EffectiveView
@@ -375,8 +380,9 @@ def delivery_execute(*, run: Run) -> None:
         raise TargetError("Nothing has been ingested into this dataset yet.")
     table = store_table(dataset)
     names = [n for n in view.fields]
-    select = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
-                          paginate=False, ordered=False)
+    # What the grants allow now, in the form _commit_if_still_granted compares at the end.
+    planned = select = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
+                                    paginate=False, ordered=False)
     columns = [(c.name, c.field_type) for c in select.columns]
     key = _key_for(view, table)
     reader = _store_reader_pg() if is_postgres() else None
@@ -424,7 +430,7 @@ def delivery_execute(*, run: Run) -> None:
             else:
                 target.rows_in(stage, [*names, "_deleted"], _row_iter(reader, sql, params, progress))
             inserted, updated, deleted = target.apply(stage, names, key)
-        target.commit()
+        _commit_if_still_granted(target, subscription, table, planned)
     except sqlite3.Error as exc:
         raise TargetError(f"Writing the target failed: {exc}") from exc
     except Exception as exc:
@@ -441,6 +447,30 @@ def delivery_execute(*, run: Run) -> None:
             reader.close()
     finish_delivery(run, subscription, view, columns, progress.done, inserted, updated, deleted,
                     seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild)
+
+
+def _commit_if_still_granted(target: Target, subscription: Subscription, table: StoreTable, select: Select) -> None:
+    """Commit the target's transaction only if, at this moment, the subscription is still
+    active and the department's grants still allow exactly what was written (the same
+    projection of the same rows); otherwise leave it to be rolled back, so nothing written
+    after a grant ended or narrowed ever reaches the target.
+
+    Checked under a lock on the subscription's row: revoking, expiring, narrowing or lapsing a
+    grant locks the department's subscriptions in its own transaction
+    (``subscriptions_end_for_grant``), so that transaction either commits before this check,
+    which then sees the new grants, or waits until the target has committed."""
+    with transaction.atomic():
+        current = Subscription.objects.select_for_update().filter(pk=subscription.pk).first()
+        if current is None or current.status != SubscriptionStatus.ACTIVE:
+            state = "removed" if current is None else current.status
+            raise SubscriptionEnded(f"The subscription was {state} while the run wrote; nothing was delivered.")
+        view = effective_view(dataset=subscription.dataset, department=subscription.department)
+        now = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
+                           paginate=False, ordered=False) if view.can_read else None
+        if now is None or (now.sql, now.params) != (select.sql, select.params):
+            raise GrantChanged("The department's grants on this dataset changed while the run wrote; nothing was "
+                               "delivered, and the run is retried with the new view.")
+        target.commit()
 
 
 def _describe(columns: dict[str, str]) -> str:

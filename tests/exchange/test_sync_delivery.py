@@ -224,6 +224,95 @@ def test_lapsed_fields_end_the_subscription_when_nothing_is_left(setup, other_de
     assert "lapsed" in AuditEvent.objects.get(action="subscription.ended").details["reason"]
 
 
+def _revoke_when_written(monkeypatch, target_class, method: str, revoke) -> None:
+    """Revoke (once) right after the run has written the target, before it commits."""
+    real = getattr(target_class, method)
+    done: list[bool] = []
+
+    def write_then_revoke(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        if not done:
+            done.append(True)
+            revoke()
+        return result
+
+    monkeypatch.setattr(target_class, method, write_then_revoke)
+
+
+def test_a_grant_revoked_while_the_run_writes_delivers_nothing(setup, other_department, people, tmp_path,
+                                                              monkeypatch):
+    from exchange import access_services
+    from exchange.sync import delivery
+
+    dataset, _, g = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    _revoke_when_written(monkeypatch, delivery.SqliteTarget, "rows_in", lambda: access_services.grant_revoke(
+        actor=people["steward"], grant=g, reason="Purpose fulfilled"))
+    run = deliver(sub)
+    assert run.status == RunStatus.CANCELLED and "nothing was delivered" in run.error, run.error
+    # The rows written before the revocation were rolled back with the table itself.
+    assert _tables(path) == []
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.last_seq == 0 and sub.delivered_columns == []
+    assert not AuditEvent.objects.filter(action="delivery.run").exists()
+
+
+def test_a_grant_narrowed_while_the_run_writes_is_retried_with_the_new_view(setup, other_department, people,
+                                                                           tmp_path, monkeypatch):
+    from exchange import access_services
+    from exchange.sync import delivery
+
+    dataset, _, g = setup
+    grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"})
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    _revoke_when_written(monkeypatch, delivery.SqliteTarget, "rows_in", lambda: access_services.grant_revoke(
+        actor=people["steward"], grant=g, reason="Narrowed"))
+    run = deliver(sub)
+    # The first attempt wrote the wider view and was rolled back; the retry (run at once by the
+    # eager test queue) delivered what the remaining grant allows.
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.attempts == 2
+    names, rows = read_sqlite(path)
+    assert names == ["permit_id"] and len(rows) == 40
+    (event,) = AuditEvent.objects.filter(action="delivery.run")
+    assert event.fields == ["permit_id"]
+
+
+def test_a_grant_revoked_during_an_incremental_run_leaves_the_earlier_copy(setup, other_department, people,
+                                                                         monkeypatch):
+    if django_connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL targets are tested on the PostgreSQL run")
+    import psycopg
+
+    from exchange import access_services
+    from exchange.sync import delivery
+
+    dataset, source, g = setup
+    with extra_pg_database("wt_sync_tgt_revoke") as dsn:
+        conn = connection(department=other_department, kind="postgresql", secret=dsn)
+        sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                          target_table="permits")
+        assert deliver(sub).status == RunStatus.SUCCEEDED
+        dump = "SELECT string_agg(p::text, '|' ORDER BY permit_id) FROM permits p"
+        with psycopg.connect(dsn) as tgt:
+            first = tgt.execute(dump).fetchone()
+        rewrite(source, _rows(40, fee_bump=1))
+        run_ingest(source)
+        sub.refresh_from_db()
+        _revoke_when_written(monkeypatch, delivery.PgTarget, "apply", lambda: access_services.grant_revoke(
+            actor=people["steward"], grant=g, reason="Purpose fulfilled"))
+        run = deliver(sub)
+        # Cancelled, so the revocation came from PgTarget.apply: the incremental path.
+        assert run.status == RunStatus.CANCELLED and "nothing was delivered" in run.error, run.error
+        with psycopg.connect(dsn) as tgt:  # the first delivery's copy, without the changes of the second
+            assert tgt.execute(dump).fetchone() == first
+        assert AuditEvent.objects.filter(action="delivery.run").count() == 1
+
+
 def test_target_altered_by_hand_fails_clearly(setup, other_department, tmp_path):
     dataset, source, _ = setup
     path, conn = sqlite_target(tmp_path, other_department)
