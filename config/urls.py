@@ -53,6 +53,7 @@ urlpatterns = [
     path("datasets/<int:dataset_id>/sync/source/", sync_views.source_edit, name="ui-dataset-source"),
     path("datasets/<int:dataset_id>/sync/schedule/", sync_views.dataset_sync_schedule,
          name="ui-dataset-sync-schedule"),
+    path("datasets/<int:dataset_id>/sync/source/remove/", sync_views.source_remove, name="ui-dataset-source-remove"),
     path("sync/", sync_views.sync_home, name="ui-sync"),
     path("sync/connections/new/", sync_views.connection_create, name="ui-connection-create"),
     path("sync/connections/<int:connection_id>/", sync_views.connection_detail, name="ui-connection"),

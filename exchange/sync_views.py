@@ -292,6 +292,22 @@ def dataset_sync_schedule(request: HttpRequest, dataset_id: int) -> HttpResponse
     return render(request, "exchange/sync/dataset.html", context, status=400)
 
 
+@login_required
+@require_POST
+def source_remove(request: HttpRequest, dataset_id: int) -> HttpResponse:
+    found = _managed_source(request, dataset_id)
+    if isinstance(found, HttpResponse):
+        return found
+    user, source = found
+    try:
+        sync_services.source_delete(actor=user, source=source)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, "Source removed. The records already ingested stay in the dataset.")
+    return redirect("ui-dataset-sync", dataset_id=dataset_id)
+
+
 def _managed_source(request: HttpRequest, dataset_id: int) -> tuple[User, Source] | HttpResponse:
     """The signed-in steward and the source they manage, or the 404 page."""
     user = request.user

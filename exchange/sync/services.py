@@ -198,11 +198,22 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
 
 @transaction.atomic
 def source_delete(*, actor: User, source: Source) -> None:
+    """Remove the source, its schedule and its run history, and its uploaded file once that
+    is committed. The records already ingested stay in the store. Refused while a run of it is
+    queued or running: the worker would be left with a run that no longer exists."""
+    list(Source.objects.select_for_update().filter(pk=source.pk))  # no run is queued while we look
+    if source.runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists():
+        raise ConflictError("A run of this source is queued or running; cancel it or let it finish first.")
     if source.periodic_task_id:
         PeriodicTask.objects.filter(pk=source.periodic_task_id).delete()
     audit_record(actor=actor, action="source.deleted", obj=source, dataset_id=source.dataset_id,
-                 department_id=source.dataset.department_id)
+                 department_id=source.dataset.department_id,
+                 details={"kind": "file" if source.connection_id is None else "connection",
+                          "table": source.table, "upload": bool(source.upload)})
+    upload = source.upload
     source.delete()
+    if upload:
+        transaction.on_commit(lambda: (Path(settings.MEDIA_ROOT) / upload).unlink(missing_ok=True))
 
 
 def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: bool = True) -> Run | None:

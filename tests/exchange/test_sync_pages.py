@@ -284,6 +284,50 @@ def test_sources_are_404_for_everyone_but_the_owners_stewards(client, cast, data
     assert not Source.objects.exists()
 
 
+def test_remove_a_source_keeps_the_records_and_drops_the_upload(client, cast, dataset, settings,
+                                                                django_capture_on_commit_callbacks):
+    from exchange.store import store_table
+
+    source = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(5)))
+    assert run_ingest(source).status == RunStatus.SUCCEEDED
+    upload = Path(settings.MEDIA_ROOT) / source.upload
+    client.force_login(cast["steward"])
+    assert client.post(f"/datasets/{dataset.pk}/sync/schedule/", {"schedule": "0 3 * * *"}).status_code == 302
+    page = client.get(f"/datasets/{dataset.pk}/sync/").content.decode()
+    assert "Remove the source" in page and "and the uploaded file?" in page
+    url = f"/datasets/{dataset.pk}/sync/source/remove/"
+    # Not while a run is queued: the worker would be left with a run that no longer exists.
+    queued = Run.objects.create(kind="ingest", source=source, dataset=dataset)
+    page = client.post(url, follow=True).content.decode()
+    assert "queued or running" in page and Source.objects.filter(pk=source.pk).exists() and upload.exists()
+    Run.objects.filter(pk=queued.pk).update(status=RunStatus.CANCELLED)
+    with django_capture_on_commit_callbacks(execute=True):
+        page = client.post(url, follow=True).content.decode()
+    assert "Source removed. The records already ingested stay in the dataset." in page and "No source yet." in page
+    assert not Source.objects.exists() and not PeriodicTask.objects.exists() and not upload.exists()
+    event = AuditEvent.objects.get(action="source.deleted")
+    assert event.actor_id == cast["steward"].pk and event.details == {"kind": "file", "table": "", "upload": True}
+    with db_connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {store_table(dataset).qualified}")
+        assert cursor.fetchone()[0] == 5
+
+
+@pytest.mark.parametrize("who", NOT_STEWARDS)
+def test_removing_a_source_is_404_for_everyone_but_the_owners_stewards(client, cast, dataset, who):
+    Source.objects.create(dataset=dataset, mapping=identity_mapping())
+    client.force_login(cast[who])
+    assert client.post(f"/datasets/{dataset.pk}/sync/source/remove/").status_code == 404
+    assert Source.objects.exists() and not AuditEvent.objects.filter(action="source.deleted").exists()
+
+
+def test_the_api_refuses_to_delete_a_source_with_a_run_in_progress(as_user, cast, dataset):
+    source = Source.objects.create(dataset=dataset, mapping=identity_mapping())
+    Run.objects.create(kind="ingest", source=source, dataset=dataset, status=RunStatus.RUNNING)
+    response = as_user(cast["steward"]).delete(f"/api/v1/datasets/{dataset.pk}/source/")
+    assert response.status_code == 409 and "queued or running" in response.json()["error"]["message"]
+    assert Source.objects.exists()
+
+
 # --- Schedules ------------------------------------------------------------------------------
 
 def test_set_change_and_clear_a_source_schedule(client, cast, dataset):
