@@ -377,6 +377,22 @@ class SubscriptionRunApi(APIView):
         return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
 
 
+class SubscriptionEndApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        purge = serializers.BooleanField(required=False, default=False,
+                                         help_text="Also drop the delivered copy first (if that fails, nothing ends).")
+
+    @extend_schema(request=InputSerializer, responses=SubscriptionOutput)
+    def post(self, request: Request, subscription_id: int) -> Response:
+        """End the subscription and keep it, with its delivery history; DELETE removes it."""
+        subscription = selectors.subscription_get(user=request.user, subscription_id=subscription_id, manage=True)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        subscription = services.subscription_end(actor=request_user(request), subscription=subscription,
+                                                 purge=data.validated_data["purge"])
+        return Response(SubscriptionOutput(subscription).data)
+
+
 class SubscriptionPurgeApi(APIView):
     @extend_schema(request=None, responses=SubscriptionOutput)
     def post(self, request: Request, subscription_id: int) -> Response:

@@ -520,11 +520,45 @@ def subscription_end(request: HttpRequest, subscription_id: int) -> HttpResponse
     purge = bool(form.cleaned_data.get("purge"))
     try:
         # With purge, the delivered copy is dropped first; if that fails nothing is ended.
-        sync_services.subscription_delete(actor=user, subscription=subscription, purge=purge)
+        sync_services.subscription_end(actor=user, subscription=subscription, purge=purge)
     except ApplicationError as exc:
         form.add_error("purge", exc.message)
         return render(request, "exchange/sync/subscription.html",
                       _subscription_context(user, subscription, end_form=form), status=400)
     messages.success(request, f"Subscription to {subscription.dataset.title} ended"
-                              f"{' and the delivered table dropped' if purge else ''}.")
+                              f"{' and the delivered table dropped' if purge else ''}. Its deliveries stay listed.")
+    return redirect("ui-subscription", subscription_id=subscription.pk)
+
+
+@login_required
+@require_POST
+def subscription_purge(request: HttpRequest, subscription_id: int) -> HttpResponse:
+    """Drop the delivered copy of an ended subscription that kept it."""
+    found = _managed_subscription(request, subscription_id)
+    if isinstance(found, HttpResponse):
+        return found
+    user, subscription = found
+    try:
+        sync_services.subscription_purge(actor=user, subscription=subscription)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"The delivered table {subscription.target_table} was dropped.")
+    return redirect("ui-subscription", subscription_id=subscription.pk)
+
+
+@login_required
+@require_POST
+def subscription_remove(request: HttpRequest, subscription_id: int) -> HttpResponse:
+    """Remove an ended subscription and its delivery history from the lists (the audit trail
+    keeps every delivery's event)."""
+    found = _managed_subscription(request, subscription_id)
+    if isinstance(found, HttpResponse):
+        return found
+    user, subscription = found
+    if subscription.status != SubscriptionStatus.ENDED:
+        messages.error(request, "End the subscription before removing it.")
+        return redirect("ui-subscription", subscription_id=subscription.pk)
+    sync_services.subscription_delete(actor=user, subscription=subscription)
+    messages.success(request, f"The ended subscription to {subscription.dataset.title} was removed.")
     return redirect("ui-sync")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Task, shared_task
 
 from exchange import audit, services
 from exchange.models.audit import CheckpointReason
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="exchange.tasks.housekeeping_heartbeat", bind=True, ignore_result=True)
@@ -101,12 +105,15 @@ def deliver_purge(subscription_id: int) -> None:
     """Drop the delivered copy of a subscription that ended with ``purge_on_end`` (idempotent:
     dropping a dropped table is a no-op)."""
     from exchange.models import Subscription, SubscriptionStatus
-    from exchange.sync.delivery import subscription_purge_target
+    from exchange.sync.delivery import TargetError, subscription_purge_target
 
     subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ENDED,
                                                purge_on_end=True).first()
     if subscription is not None:
-        subscription_purge_target(subscription=subscription)
+        try:
+            subscription_purge_target(subscription=subscription)
+        except TargetError as exc:  # another subscription writes the table now: it stays
+            logger.warning("purge of subscription %s skipped: %s", subscription_id, exc)
 
 
 # --- Grants: expiry, renewal reminders, recertification ----------------------------------------

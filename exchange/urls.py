@@ -42,6 +42,8 @@ urlpatterns += [
          name="sync-subscription"),
     path("sync/subscriptions/<int:subscription_id>/run/", sync_apis.SubscriptionRunApi.as_view(),
          name="sync-subscription-run"),
+    path("sync/subscriptions/<int:subscription_id>/end/", sync_apis.SubscriptionEndApi.as_view(),
+         name="sync-subscription-end"),
     path("sync/subscriptions/<int:subscription_id>/purge/", sync_apis.SubscriptionPurgeApi.as_view(),
          name="sync-subscription-purge"),
 ]

@@ -116,7 +116,10 @@ class Subscription(models.Model):
     class Meta:
         ordering = ["dataset", "department"]
         constraints = [
-            models.UniqueConstraint(fields=["connection", "target_table"], name="subscription_target_unique"),
+            # One subscription at a time writes a table; an ended one stays as a record of what
+            # was delivered and leaves the table to a new subscription.
+            models.UniqueConstraint(fields=["connection", "target_table"], condition=~Q(status="ended"),
+                                    name="subscription_target_unique_open"),
             models.CheckConstraint(condition=Q(status__in=SubscriptionStatus.values),
                                    name="subscription_status_known"),
         ]

@@ -312,11 +312,14 @@ class _Progress:
 
 # --- The service ----------------------------------------------------------------------------
 
-def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_label: str,
-                            details: dict[str, Any] | None = None) -> bool:
+def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_label: str = "",
+                            details: dict[str, Any] | None = None, actor: Any = None,
+                            purging: bool | None = None) -> bool:
     """End the subscription (status, beat row disabled, audit, the subscribing department's
     stewards told) unless it has ended already; returns whether this call ended it. Runs in
-    the caller's transaction, so the subscription ends together with what ended its grant."""
+    the caller's transaction, so the subscription ends together with what ended its grant.
+    ``purging``: whether the delivered copy is about to be dropped (default: the
+    subscription's ``purge_on_end``), for the stewards' notice."""
     from django_celery_beat.models import PeriodicTask
 
     from departments.notifications import notify
@@ -328,14 +331,16 @@ def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_la
             return False
         if subscription.periodic_task_id:
             PeriodicTask.objects.filter(pk=subscription.periodic_task_id).update(enabled=False)
-        audit_record(actor=None, actor_label=actor_label, action="subscription.ended", obj=subscription,
+        audit_record(actor=actor, actor_label=actor_label, action="subscription.ended", obj=subscription,
                      dataset_id=subscription.dataset_id, department_id=subscription.department_id,
                      details={"reason": reason, **(details or {})})
         dataset = subscription.dataset
         notify(recipients=stewards_of(subscription.department_id), kind="subscription.ended",
                subject=f"Delivery of {dataset.title} stopped",
                body=f"The subscription delivering {dataset.title} into {subscription.target_table} ended: {reason}."
-                    + (" The delivered copy will be removed, as chosen." if subscription.purge_on_end else
+                    + (" The delivered copy was dropped." if subscription.purged_at else
+                       " The delivered copy will be removed, as chosen."
+                       if (subscription.purge_on_end if purging is None else purging) else
                        " The delivered copy stays where it is; a steward may purge it."),
                link=f"/api/v1/sync/subscriptions/{subscription.pk}/", obj=subscription)
     return True
@@ -350,6 +355,14 @@ def subscription_end(*, subscription: Subscription, reason: str) -> None:
 
 
 def subscription_purge_target(*, subscription: Subscription) -> None:
+    """Drop the delivered table, unless a subscription that has not ended writes it now (an
+    ended subscription leaves its table name to a new one)."""
+    successor = Subscription.objects.filter(connection_id=subscription.connection_id,
+                                            target_table=subscription.target_table).exclude(
+        pk=subscription.pk).exclude(status=SubscriptionStatus.ENDED).first()
+    if successor is not None:
+        raise TargetError(f"The table {subscription.target_table} is now written by subscription #{successor.pk}; "
+                          f"it is not dropped.")
     target = open_target(subscription)
     try:
         target.drop()

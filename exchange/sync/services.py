@@ -283,7 +283,8 @@ def subscription_create(*, actor: User, dataset: Dataset, department: Department
     if not view.can_read:
         raise ApplicationError("The department has no active grant on this dataset to subscribe with.",
                                code="no_grant")
-    if Subscription.objects.filter(connection=connection, target_table=target_table).exists():
+    if Subscription.objects.filter(connection=connection, target_table=target_table).exclude(
+            status=SubscriptionStatus.ENDED).exists():
         raise ConflictError("Another subscription already writes to this table.")
     subscription = Subscription.objects.create(dataset=dataset, department=department, connection=connection,
                                                target_table=target_table, purge_on_end=purge_on_end,
@@ -315,7 +316,26 @@ def subscription_update(*, actor: User, subscription: Subscription, schedule: st
     return subscription
 
 
+def subscription_end(*, actor: User, subscription: Subscription, purge: bool = False) -> Subscription:
+    """End the subscription at a steward's request: no more deliveries, its schedule disabled.
+    It stays, with its delivery history, as the record of what the department received; a new
+    subscription may write the same table. With ``purge`` the delivered copy is dropped first,
+    and if that fails nothing is ended."""
+    from exchange.sync.delivery import subscription_mark_ended
+
+    if subscription.status == SubscriptionStatus.ENDED:
+        raise ConflictError("The subscription has already ended.")
+    if purge:
+        subscription = subscription_purge(actor=actor, subscription=subscription)
+    subscription_mark_ended(subscription=subscription, reason=f"ended by {actor.get_username()}", actor=actor,
+                            purging=False)
+    subscription.refresh_from_db()
+    return subscription
+
+
 def subscription_delete(*, actor: User, subscription: Subscription, purge: bool = False) -> None:
+    """Remove the subscription and its delivery history (the audit trail keeps every delivery's
+    event). An active one is ended by it."""
     if purge:
         subscription_purge(actor=actor, subscription=subscription)
     with transaction.atomic():

@@ -156,8 +156,19 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     api = as_user(health_steward)
     response = api.patch(f"/api/v1/sync/subscriptions/{sub_id}/", {"paused": True}, format="json")
     assert response.json()["status"] == "paused"
+    # End keeps it (with its history); only its stewards may; a second end is a conflict.
+    end = f"/api/v1/sync/subscriptions/{sub_id}/end/"
+    assert as_user(people["steward"]).post(end, {}, format="json").status_code == 404
+    api = as_user(health_steward)
+    assert api.post(end, {"purge": "perhaps"}, format="json").status_code == 400
+    response = api.post(end, {}, format="json")
+    assert response.status_code == 200 and response.json()["status"] == "ended"
+    assert not PeriodicTask.objects.get().enabled
+    assert api.post(end, {}, format="json").status_code == 409
+    assert api.get(f"/api/v1/sync/subscriptions/{sub_id}/").json()["status"] == "ended"
     assert api.delete(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 204
     assert not PeriodicTask.objects.exists()
+    assert api.get(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 404
 
 
 def test_list_endpoints_use_a_constant_number_of_queries(as_user, people, dataset, department,

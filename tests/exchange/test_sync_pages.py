@@ -412,8 +412,29 @@ def test_subscribe_schedule_pause_resume_and_end(client, cast, dataset, granted)
     client.post(f"/sync/subscriptions/{sub.pk}/pause/", {"paused": "0"})
     sub.refresh_from_db()
     assert sub.status == SubscriptionStatus.ACTIVE
-    assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {}).status_code == 302
-    assert not Subscription.objects.exists() and actions(action="subscription.deleted") == ["subscription.deleted"]
+    response = client.post(f"/sync/subscriptions/{sub.pk}/end/", {})
+    assert response.status_code == 302 and response.url == f"/sync/subscriptions/{sub.pk}/"
+    # Ended, not gone: it stays as the record of what was delivered.
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.ended_at is not None
+    event = AuditEvent.objects.get(action="subscription.ended")
+    assert event.actor_id == cast["other_steward"].pk and event.details["reason"] == (
+        f"ended by {cast['other_steward'].username}")
+    page = client.get(f"/sync/subscriptions/{sub.pk}/").content.decode()
+    assert 'data-subscription-status="ended"' in page and "Remove from the lists" in page
+    assert "End the subscription</button>" not in page and "Deliver now" not in page
+    assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {}).status_code == 400  # already ended
+    # The table is free for a new subscription.
+    response = client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
+                                                        "target_table": "permits"})
+    assert response.status_code == 302 and Subscription.objects.count() == 2
+    # Removing the ended one takes it and its history off the lists; the audit trail keeps it.
+    newer = Subscription.objects.exclude(pk=sub.pk).get()
+    page = client.post(f"/sync/subscriptions/{newer.pk}/remove/", follow=True).content.decode()
+    assert "End the subscription before removing it." in page and Subscription.objects.count() == 2
+    assert client.post(f"/sync/subscriptions/{sub.pk}/remove/").status_code == 302
+    assert list(Subscription.objects.all()) == [newer]
+    assert actions(action="subscription.deleted") == ["subscription.deleted"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -438,15 +459,56 @@ def test_deliver_now_then_end_with_purge(client, cast, dataset, granted):
     client.force_login(cast["steward"])
     page = client.get(f"/sync/subscriptions/{sub.pk}/").content.decode()
     assert "Managed by the stewards of Health" in page and "End the subscription" not in page
-    for action in ("run", "pause", "end", "schedule"):
+    for action in ("run", "pause", "end", "schedule", "purge", "remove"):
         assert client.post(f"/sync/subscriptions/{sub.pk}/{action}/", {"purge": "on"}).status_code == 404
     client.force_login(cast["other_steward"])
     assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {"purge": "on"}).status_code == 302
-    assert not Subscription.objects.exists()
-    assert actions(action__startswith="subscription.")[-2:] == ["subscription.purge", "subscription.deleted"]
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is not None
+    assert actions(action__startswith="subscription.")[-3:] == [
+        "subscription.purged", "subscription.purge", "subscription.ended"]
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'permits'").fetchone()[0] == 0
     db.close()
+    # The delivery history stays with the ended subscription.
+    page = client.get(f"/sync/subscriptions/{sub.pk}/").content.decode()
+    assert f"#{run.pk}" in page and "delivered copy dropped" in page and "Drop the delivered table" not in page
+    assert "The delivered copy was dropped." in cast["other_steward"].notifications.get(
+        kind="subscription.ended").body
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_ended_subscriptions_copy_is_dropped_later_unless_a_new_one_writes_it(client, cast, dataset, granted):
+    path, target = granted
+    assert run_ingest(upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(4)))).rows_inserted == 4
+    client.force_login(cast["other_steward"])
+    client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
+                                             "target_table": "permits"})
+    first = Subscription.objects.get()
+    client.post(f"/sync/subscriptions/{first.pk}/run/")
+    client.post(f"/sync/subscriptions/{first.pk}/end/", {})
+    page = client.get(f"/sync/subscriptions/{first.pk}/").content.decode()
+    assert "Drop the delivered table" in page and "the delivered table stays in the target" in page
+
+    def tables() -> int:
+        db = sqlite3.connect(path)
+        try:
+            return db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'permits'").fetchone()[0]
+        finally:
+            db.close()
+
+    # A new subscription takes the table over: the old one may no longer drop it.
+    client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
+                                             "target_table": "permits"})
+    second = Subscription.objects.exclude(pk=first.pk).get()
+    page = client.post(f"/sync/subscriptions/{first.pk}/purge/", follow=True).content.decode()
+    assert f"now written by subscription #{second.pk}" in page and tables() == 1
+    # Once that one has ended too, the older copy can go.
+    client.post(f"/sync/subscriptions/{second.pk}/end/", {})
+    page = client.post(f"/sync/subscriptions/{first.pk}/purge/", follow=True).content.decode()
+    assert "The delivered table permits was dropped." in page and tables() == 0
+    first.refresh_from_db()
+    assert first.purged_at is not None
 
 
 @pytest.mark.parametrize("who", ["analyst", "auditor", "outsider", "nobody", "city_auditor"])
@@ -459,7 +521,7 @@ def test_subscriptions_are_404_for_non_stewards(client, cast, dataset, granted, 
     assert client.get("/sync/subscriptions/new/").status_code == 404
     assert client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
                                                     "target_table": "other"}).status_code == 404
-    for action in ("run", "pause", "end", "schedule"):
+    for action in ("run", "pause", "end", "schedule", "purge", "remove"):
         assert client.post(f"/sync/subscriptions/{sub.pk}/{action}/", {"paused": "1"}).status_code == 404
     sub.refresh_from_db()
     assert sub.status == SubscriptionStatus.ACTIVE and Subscription.objects.count() == 1
