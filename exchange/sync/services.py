@@ -259,11 +259,13 @@ def run_now(*, actor: User | None, source: Source | None = None, subscription: S
     return runs.run_enqueue(source=source, subscription=subscription, mode=mode, trigger=trigger, user=actor)
 
 
+@transaction.atomic
 def run_cancel(*, actor: User, run: Run) -> Run:
     if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING):
         raise ConflictError(f"The run is {run.status}; only queued or running runs can be cancelled.")
     run = runs.run_cancel(run=run)
-    audit_record(actor=actor, action="run.cancel", obj=run, dataset_id=run.dataset_id)
+    audit_record(actor=actor, action="run.cancel", obj=run, dataset_id=run.dataset_id,
+                 department_id=run.dataset.department_id, details={"kind": run.kind, "status": run.status})
     return run
 
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_beat.models import PeriodicTask
 
-from exchange.models import Connection, Run, RunStatus, Source
+from exchange.models import AuditEvent, Connection, Run, RunStatus, Source
 from tests.factories import MembershipFactory
 from tests.records_support import grant
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, identity_mapping, permit_rows, published_dataset
@@ -48,7 +48,6 @@ def test_connection_secrets_go_in_but_never_come_out(as_user, people, department
         api.get("/api/v1/schema/").content,
     ]
     assert all(PASSWORD.encode() not in body for body in bodies)
-    from exchange.models import AuditEvent
 
     assert not any(PASSWORD in json.dumps(e.details) for e in AuditEvent.objects.all())
 
@@ -85,6 +84,10 @@ def test_upload_runs_ingest_and_exposes_counts_and_quarantine(as_user, people, d
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post(f"/api/v1/datasets/{dataset.pk}/source/upload/", {"file": upload}, format="multipart")
     assert response.status_code == 202, response.content
+    uploaded = AuditEvent.objects.get(action="source.uploaded")
+    assert (uploaded.actor_id, uploaded.dataset_id, uploaded.department_id) == (
+        people["steward"].pk, dataset.pk, dataset.department_id)
+    assert uploaded.details == {"file": "permits.csv", "bytes": upload.size}
     run_id = response.json()["id"]
     run = api.get(f"/api/v1/sync/runs/{run_id}/").json()
     assert run["status"] == "succeeded" and run["trigger"] == "upload"
@@ -107,7 +110,12 @@ def test_run_now_and_cancel_a_queued_run(as_user, people, dataset):
     api = as_user(people["steward"])
     response = api.post(f"/api/v1/sync/runs/{run_id}/cancel/")
     assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    event = AuditEvent.objects.get(action="run.cancel")
+    assert (event.actor_id, event.object_id, event.dataset_id, event.department_id) == (
+        people["steward"].pk, str(run_id), dataset.pk, dataset.department_id)
+    assert event.details == {"kind": "ingest", "status": "cancelled"}
     assert api.post(f"/api/v1/sync/runs/{run_id}/cancel/").status_code == 409
+    assert AuditEvent.objects.filter(action="run.cancel").count() == 1
 
 
 def test_schedules_are_beat_rows_kept_in_step(as_user, people, dataset):
@@ -156,6 +164,10 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     api = as_user(health_steward)
     response = api.patch(f"/api/v1/sync/subscriptions/{sub_id}/", {"paused": True}, format="json")
     assert response.json()["status"] == "paused"
+    updated = AuditEvent.objects.get(action="subscription.updated")
+    assert (updated.actor_id, updated.object_id, updated.department_id) == (
+        health_steward.pk, str(sub_id), other_department.pk)
+    assert updated.details == {"schedule": "0 * * * *", "purge_on_end": False, "status": "paused"}
     # End keeps it (with its history); only its stewards may; a second end is a conflict.
     end = f"/api/v1/sync/subscriptions/{sub_id}/end/"
     assert as_user(people["steward"]).post(end, {}, format="json").status_code == 404
