@@ -646,7 +646,7 @@ def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str) 
 
 
 def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, view: EffectiveView,
-                query: RecordQuery, row_count: int, details: dict[str, Any] | None = None) -> None:
+                query: RecordQuery, row_count: int | None, details: dict[str, Any] | None = None) -> None:
     append_read(
         actor=user, action=action, obj=dataset, dataset_id=dataset.pk, department_id=dataset.department_id,
         fields=list(query.fields), row_count=row_count, filters=query.describe(),
@@ -683,8 +683,10 @@ def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str,
 def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
                 fmt: str) -> Iterator[bytes]:
     """Stream everything visible as CSV or NDJSON. Validation and the access check happen
-    before the first byte; the audit event, with the row count, when the stream ends (also
-    when the client goes away mid-way)."""
+    before the first byte. Two audit events: ``records.export_started`` (fields, filter,
+    purpose) before it, so that an export cut short by a crash is on the record too, and
+    ``records.export`` with the row count when the stream ends (also when the client goes
+    away mid-way)."""
     if fmt not in {"csv", "ndjson"}:
         raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
     view = readable_view(user=user, dataset=dataset, action="records.export")
@@ -692,6 +694,9 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                             params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
     exists = store_exists(dataset)
+    # Inside a request, committed before the response (and so the first row) leaves.
+    _audit_read(user=user, action="records.export_started", dataset=dataset, view=view, query=query,
+                row_count=None, details={"format": fmt})
     # The stream runs after the request's middleware has returned; its event still names the
     # request's client address and id.
     request_context = current_request_context()

@@ -113,6 +113,22 @@ def test_html_pages_are_overlapped_too(client, people, permits):
     assert len(_reads(permits)) == 1
 
 
+def test_an_export_is_on_the_record_before_its_first_row_leaves(people, permits, monkeypatch):
+    client = APIClient(raise_request_exception=False)
+    client.force_authenticate(user=people["outsider"])
+    response = client.get(url(permits, "export/?format=csv"))
+    assert response.status_code == 200
+    (started,) = AuditEvent.objects.filter(action="records.export_started")
+    assert started.row_count is None and started.actor_id == people["outsider"].pk
+    body = b"".join(response.streaming_content).decode()
+    assert AuditEvent.objects.get(action="records.export").row_count == len(body.splitlines()) - 1 == 12
+    # If the start cannot be recorded, no row is sent.
+    _failing_on_the_server(monkeypatch)
+    response = client.get(url(permits, "export/?format=csv"))
+    assert response.status_code == 500 and "North" not in response.content.decode()
+    assert AuditEvent.objects.filter(action__startswith="records.export").count() == 2
+
+
 def test_inside_a_transaction_the_read_is_appended_inline_and_rolls_back_with_it(people, permits):
     class Abort(Exception):
         pass

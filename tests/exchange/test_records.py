@@ -272,6 +272,12 @@ class TestExportAndPreview:
         response = as_user(grantee).get(url(permits, "export/?format=csv&district=North"),
                                         HTTP_X_REQUEST_ID="export-7", REMOTE_ADDR="10.1.2.3")
         assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")
+        # On the record before the first row leaves; the row count comes with the stream's end.
+        started = AuditEvent.objects.get(action="records.export_started")
+        assert started.row_count is None and started.details["format"] == "csv"
+        assert started.fields == ["permit_id", "applicant_name", "phone", "district", "fee_eur"]
+        assert (started.request_id, started.client_ip, started.actor_id) == ("export-7", "10.1.2.3", grantee.pk)
+        assert not AuditEvent.objects.filter(action="records.export").exists()
         body = b"".join(response.streaming_content).decode()
         parsed = list(csv.reader(io.StringIO(body)))
         assert parsed[0] == ["permit_id", "applicant_name", "phone", "district", "fee_eur"]
