@@ -6,10 +6,12 @@ the PostgreSQL pass, where overlapping is switched on."""
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import psycopg
 import pytest
 from django.db import DatabaseError, connection, transaction
+from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
@@ -120,7 +122,7 @@ def test_an_export_is_on_the_record_before_its_first_row_leaves(people, permits,
     assert response.status_code == 200
     (started,) = AuditEvent.objects.filter(action="records.export_started")
     assert started.row_count is None and started.actor_id == people["outsider"].pk
-    body = b"".join(response.streaming_content).decode()
+    body = b"".join(cast(StreamingHttpResponse, response).streaming_content).decode()
     assert AuditEvent.objects.get(action="records.export").row_count == len(body.splitlines()) - 1 == 12
     # If the start cannot be recorded, no row is sent.
     _failing_on_the_server(monkeypatch)

@@ -8,6 +8,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_beat.models import PeriodicTask
 
+from departments.models import Membership
 from exchange.models import AuditEvent, Connection, Run, RunStatus, Source
 from tests.factories import MembershipFactory
 from tests.records_support import grant
@@ -166,7 +167,7 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     assert response.json()["status"] == "paused"
     updated = AuditEvent.objects.get(action="subscription.updated")
     assert (updated.actor_id, updated.object_id, updated.department_id) == (
-        health_steward.pk, str(sub_id), other_department.pk)
+        Membership.objects.get(department=other_department, role="steward").user_id, str(sub_id), other_department.pk)
     assert updated.details == {"schedule": "0 * * * *", "purge_on_end": False, "status": "paused"}
     # End keeps it (with its history); only its stewards may; a second end is a conflict.
     end = f"/api/v1/sync/subscriptions/{sub_id}/end/"
