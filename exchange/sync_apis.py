@@ -305,6 +305,7 @@ class SubscriptionOutput(serializers.Serializer):
     schedule = serializers.CharField()
     created_at = serializers.DateTimeField()
     ended_at = serializers.DateTimeField(allow_null=True)
+    ended_reason = serializers.CharField()
     purged_at = serializers.DateTimeField(allow_null=True)
 
 

@@ -91,7 +91,7 @@ class Source(models.Model):
 class SubscriptionStatus(models.TextChoices):
     ACTIVE = "active", "Active"
     PAUSED = "paused", "Paused"
-    ENDED = "ended", "Ended (no active grant)"
+    ENDED = "ended", "Ended"
 
 
 class Subscription(models.Model):
@@ -111,6 +111,7 @@ class Subscription(models.Model):
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     ended_at = models.DateTimeField(null=True, blank=True)
+    ended_reason = models.TextField(blank=True, help_text="Why it ended: a steward ended it, or its grant ended.")
     purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

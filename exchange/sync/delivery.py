@@ -327,7 +327,7 @@ def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_la
 
     with transaction.atomic():
         if not Subscription.objects.filter(pk=subscription.pk).exclude(status=SubscriptionStatus.ENDED).update(
-                status=SubscriptionStatus.ENDED, ended_at=timezone.now()):
+                status=SubscriptionStatus.ENDED, ended_at=timezone.now(), ended_reason=reason):
             return False
         if subscription.periodic_task_id:
             PeriodicTask.objects.filter(pk=subscription.periodic_task_id).update(enabled=False)

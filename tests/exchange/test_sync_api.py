@@ -176,6 +176,7 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     assert api.post(end, {"purge": "perhaps"}, format="json").status_code == 400
     response = api.post(end, {}, format="json")
     assert response.status_code == 200 and response.json()["status"] == "ended"
+    assert response.json()["ended_reason"].startswith("ended by ")
     assert not PeriodicTask.objects.get().enabled
     assert api.post(end, {}, format="json").status_code == 409
     assert api.get(f"/api/v1/sync/subscriptions/{sub_id}/").json()["status"] == "ended"

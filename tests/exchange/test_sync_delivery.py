@@ -174,6 +174,7 @@ def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_departmen
     assert not sub.periodic_task.enabled
     event = AuditEvent.objects.get(action="subscription.ended", object_id=str(sub.pk))
     assert event.details["grant"] == g.pk and "revoked (Purpose fulfilled)" in event.details["reason"]
+    assert sub.ended_reason == event.details["reason"] == "the grant was revoked (Purpose fulfilled)"
     assert event.pk > AuditEvent.objects.get(action="grant.revoke").pk
     told = health_steward.notifications.get(kind="subscription.ended")
     assert "the grant was revoked" in told.body and "will be removed" in told.body
@@ -192,6 +193,26 @@ def test_expiry_ends_the_subscription_and_keeps_the_copy_unless_asked(setup, oth
     sub.refresh_from_db()
     assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is None and _tables(path) == ["permits"]
     assert "end date" in AuditEvent.objects.get(action="subscription.ended").details["reason"]
+    assert sub.ended_reason == "the grant reached its end date"
+
+
+def test_subscriptions_that_ended_before_their_reason_was_kept_take_it_from_the_audit_trail(
+        setup, other_department, tmp_path):
+    """Migration exchange/0010 fills the reason in from each one's subscription.ended event."""
+    import importlib
+
+    from django.apps import apps
+
+    from exchange import access_services
+
+    dataset, _, g = setup
+    _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    access_services.grant_expire_due(now=g.valid_until + dt.timedelta(seconds=1))
+    Subscription.objects.filter(pk=sub.pk).update(ended_reason="")
+    migration = importlib.import_module("exchange.migrations.0010_subscription_ended_reason")
+    migration.reasons_from_the_audit_trail(apps, None)
+    sub.refresh_from_db()
+    assert sub.ended_reason == "the grant reached its end date"
 
 
 def test_a_subscription_lives_on_while_another_grant_covers_the_department(setup, other_department, people,

@@ -422,6 +422,7 @@ def test_subscribe_schedule_pause_resume_and_end(client, cast, dataset, granted)
         f"ended by {cast['other_steward'].username}")
     page = client.get(f"/sync/subscriptions/{sub.pk}/").content.decode()
     assert 'data-subscription-status="ended"' in page and "Remove from the lists" in page
+    assert f": ended by {cast['other_steward'].username}</dd>" in page and "no active grant" not in page
     assert "End the subscription</button>" not in page and "Deliver now" not in page
     assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {}).status_code == 400  # already ended
     # The table is free for a new subscription.
