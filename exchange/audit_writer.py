@@ -50,6 +50,15 @@ from exchange.audit import AuditEntry, append_statement, audit_record, event_val
 logger = logging.getLogger(__name__)
 
 
+def _ready(fd: int, events: int, timeout_ms: int | None = None) -> bool:
+    """Whether ``fd`` is ready for ``events`` (``select.POLLIN``/``POLLOUT``) within the
+    timeout (None: wait). poll, not select: select fails on descriptors numbered 1024 and
+    up, which a busy process reaches."""
+    poller = select.poll()
+    poller.register(fd, events)
+    return bool(poller.poll(timeout_ms))
+
+
 class _Link:
     """A connection of the process's own (autocommit), for appends in flight."""
 
@@ -68,14 +77,13 @@ class _Link:
         pgconn = self.conn.pgconn
         if pgconn.status != pq.ConnStatus.OK or self.conn.closed:
             return False
-        readable, _, _ = select.select([pgconn.socket], [], [], 0)
-        return not readable
+        return not _ready(pgconn.socket, select.POLLIN, 0)
 
     def send(self, sql: str, params: list[Any]) -> None:
         pgconn = self.conn.pgconn
         pgconn.send_query(self.cursor.mogrify(sql, params).encode(self.conn.info.encoding))
         while pgconn.flush():  # the connection is non-blocking: send what is left as the socket frees
-            select.select([], [pgconn.socket], [])
+            _ready(pgconn.socket, select.POLLOUT)
 
     def receive(self) -> None:
         """Wait for the statement's results and the server's ready signal, which it sends only
@@ -86,14 +94,14 @@ class _Link:
             while True:
                 pgconn.consume_input()
                 if pgconn.is_busy():
-                    select.select([pgconn.socket], [], [])
+                    _ready(pgconn.socket, select.POLLIN)
                     continue
                 result = pgconn.get_result()
                 if result is None:
                     break
                 if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK) and error is None:
                     error = result.get_error_message() or "the audit append failed"
-        except psycopg.Error as exc:  # the connection went away: whether it committed is unknown
+        except (psycopg.Error, OSError) as exc:  # the connection went away: whether it committed is unknown
             raise DatabaseError(f"audit append: {exc}") from exc
         if error is not None:
             raise DatabaseError(error)
@@ -201,7 +209,7 @@ def append_read(**event: Any) -> None:
     try:
         link = _take()
         link.send(sql, params)
-    except psycopg.Error:
+    except (psycopg.Error, OSError):
         if link is not None:
             link.close()
         # Nothing reached the server (a statement only runs once all of it has arrived):

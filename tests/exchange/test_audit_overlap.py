@@ -216,6 +216,26 @@ def test_shutdown_closes_the_links_and_the_next_read_opens_one(as_user, people, 
     assert len(_reads(permits)) == 2 and len(_link_backend_pids()) == 1
 
 
+def test_a_link_numbered_past_1024_descriptors_works(as_user, people, permits):
+    """A busy process holds many files; the link waits with poll, which has no limit on the
+    descriptor's number (select stops at 1023)."""
+    import os
+
+    audit_writer.shutdown()
+    fillers: list[int] = []
+    try:
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        assert as_user(people["outsider"]).get(url(permits)).status_code == 200
+        (link,) = audit_writer._idle
+        assert link.conn.pgconn.socket > 1024
+    finally:
+        for fd in fillers:
+            os.close(fd)
+    assert len(_reads(permits)) == 1
+    audit_writer.shutdown()
+
+
 def test_a_forked_process_never_touches_its_parents_links(as_user, people, permits, monkeypatch):
     client = as_user(people["outsider"])
     assert client.get(url(permits)).status_code == 200
