@@ -73,6 +73,13 @@ def _link_request(access_request: AccessRequest) -> str:
     return f"/api/v1/access-requests/{access_request.pk}/"
 
 
+def _lock_subscriptions(grant: Grant) -> None:
+    """Before anything is audited (see the sync service)."""
+    from exchange.sync.services import subscriptions_lock_for_grant
+
+    subscriptions_lock_for_grant(grant=grant)
+
+
 def _end_subscriptions(grant: Grant, *, reason: str, at: dt.datetime | None) -> None:
     """Deliveries stop with the grant, in the same transaction (see the sync service)."""
     from exchange.sync.services import subscriptions_end_for_grant
@@ -699,6 +706,7 @@ def grant_revoke(*, actor: User, grant: Grant, reason: str, now: dt.datetime | N
     _require_status(grant, GrantStatus.ACTIVE, doing="revoked")
     if not reason.strip():
         raise ApplicationError("Say why the grant is revoked.", fields={"reason": ["This field is required."]})
+    _lock_subscriptions(grant)
     grant.status = GrantStatus.REVOKED
     grant.revoked_by = actor
     grant.revoked_at = now or timezone.now()
@@ -753,6 +761,7 @@ def grant_expire_due(*, now: dt.datetime | None = None, batch: int = 500) -> int
             if not _claim(grant_id, Q(status=was, valid_until__lte=now), status=GrantStatus.EXPIRED):
                 continue
             grant = _lock_grant(Grant(pk=grant_id))
+            _lock_subscriptions(grant)
             _event(access_request_id=grant.request_id, actor=None, action="grant_expired",
                    details={"grant": grant.pk, "was": was})
             _audit_grant(actor=None, action="grant.expire", grant=grant,
@@ -854,6 +863,8 @@ def grant_fields_lapse(*, dataset: Dataset, removed_or_changed: list[str], reaso
     by_grant: dict[int, tuple[Grant, list[str]]] = {}
     for grant_field in affected:
         by_grant.setdefault(grant_field.grant_id, (grant_field.grant, []))[1].append(grant_field.field_name)
+    for grant, _ in by_grant.values():
+        _lock_subscriptions(grant)
     for grant, lapsed in by_grant.values():
         why = reason if grant.pk not in unscoped else f"{reason} The grant's row filter used the field."
         _event(access_request_id=grant.request_id, actor=actor, action="fields_lapsed", comment=why,

@@ -381,7 +381,8 @@ class SubscriptionRunApi(APIView):
 class SubscriptionEndApi(APIView):
     class InputSerializer(serializers.Serializer):
         purge = serializers.BooleanField(required=False, default=False,
-                                         help_text="Also drop the delivered copy first (if that fails, nothing ends).")
+                                         help_text="Also drop the delivered copy once it has ended. If dropping "
+                                                   "fails, it has ended all the same: error code ended_copy_kept.")
 
     @extend_schema(request=InputSerializer, responses=SubscriptionOutput)
     def post(self, request: Request, subscription_id: int) -> Response:

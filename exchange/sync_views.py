@@ -519,9 +519,11 @@ def subscription_end(request: HttpRequest, subscription_id: int) -> HttpResponse
     form.is_valid()
     purge = bool(form.cleaned_data.get("purge"))
     try:
-        # With purge, the delivered copy is dropped first; if that fails nothing is ended.
         sync_services.subscription_end(actor=user, subscription=subscription, purge=purge)
     except ApplicationError as exc:
+        if exc.code == "ended_copy_kept":  # it ended; only the drop failed, retried from the page
+            messages.error(request, exc.message)
+            return redirect("ui-subscription", subscription_id=subscription.pk)
         form.add_error("purge", exc.message)
         return render(request, "exchange/sync/subscription.html",
                       _subscription_context(user, subscription, end_form=form), status=400)
@@ -556,9 +558,10 @@ def subscription_remove(request: HttpRequest, subscription_id: int) -> HttpRespo
     if isinstance(found, HttpResponse):
         return found
     user, subscription = found
-    if subscription.status != SubscriptionStatus.ENDED:
-        messages.error(request, "End the subscription before removing it.")
+    try:
+        sync_services.subscription_delete(actor=user, subscription=subscription)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
         return redirect("ui-subscription", subscription_id=subscription.pk)
-    sync_services.subscription_delete(actor=user, subscription=subscription)
     messages.success(request, f"The ended subscription to {subscription.dataset.title} was removed.")
     return redirect("ui-sync")

@@ -108,11 +108,11 @@ def deliver_purge(subscription_id: int) -> None:
     from exchange.sync.delivery import TargetError, subscription_purge_target
 
     subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ENDED,
-                                               purge_on_end=True).first()
+                                               purge_on_end=True, purged_at__isnull=True).first()
     if subscription is not None:
         try:
             subscription_purge_target(subscription=subscription)
-        except TargetError as exc:  # another subscription writes the table now: it stays
+        except TargetError as exc:  # the target refused: the copy stays, for a steward to drop later
             logger.warning("purge of subscription %s skipped: %s", subscription_id, exc)
 
 

@@ -18,7 +18,7 @@ def reasons_from_the_audit_trail(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('exchange', '0009_subscription_target_unique_open'),
+        ('exchange', '0009_subscription_target_held_once'),
     ]
 
     operations = [

@@ -94,6 +94,14 @@ class SubscriptionStatus(models.TextChoices):
     ENDED = "ended", "Ended"
 
 
+def holds_target_table() -> Q:
+    """The subscriptions that keep their target table to themselves: every one but those that
+    have ended and whose delivered copy has been dropped. An ended one that kept its copy still
+    holds the table, so that no new subscription finds a table it did not create, and no
+    purge of an old one drops a newer one's copy."""
+    return ~Q(status=SubscriptionStatus.ENDED, purged_at__isnull=False)
+
+
 class Subscription(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="subscriptions")
     department = models.ForeignKey(Department, on_delete=models.PROTECT, related_name="subscriptions")
@@ -117,10 +125,10 @@ class Subscription(models.Model):
     class Meta:
         ordering = ["dataset", "department"]
         constraints = [
-            # One subscription at a time writes a table; an ended one stays as a record of what
-            # was delivered and leaves the table to a new subscription.
-            models.UniqueConstraint(fields=["connection", "target_table"], condition=~Q(status="ended"),
-                                    name="subscription_target_unique_open"),
+            # One subscription at a time holds a table; an ended one stays as the record of
+            # what was delivered, and leaves the table to a new one once its copy is dropped.
+            models.UniqueConstraint(fields=["connection", "target_table"], condition=holds_target_table(),
+                                    name="subscription_target_held_once"),
             models.CheckConstraint(condition=Q(status__in=SubscriptionStatus.values),
                                    name="subscription_status_known"),
         ]

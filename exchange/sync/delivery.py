@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from exchange.audit import audit_record
 from exchange.models import AccessForm, ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus
+from exchange.models.sync import holds_target_table
 from exchange.policy import EffectiveView, effective_view
 from exchange.records import Select, build_select
 from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
@@ -355,14 +356,13 @@ def subscription_end(*, subscription: Subscription, reason: str) -> None:
 
 
 def subscription_purge_target(*, subscription: Subscription) -> None:
-    """Drop the delivered table, unless a subscription that has not ended writes it now (an
-    ended subscription leaves its table name to a new one)."""
-    successor = Subscription.objects.filter(connection_id=subscription.connection_id,
-                                            target_table=subscription.target_table).exclude(
-        pk=subscription.pk).exclude(status=SubscriptionStatus.ENDED).first()
-    if successor is not None:
-        raise TargetError(f"The table {subscription.target_table} is now written by subscription #{successor.pk}; "
-                          f"it is not dropped.")
+    """Drop the delivered table. Refused for an ended subscription whose copy was dropped
+    already: the table may since belong to a new subscription (see ``holds_target_table``)."""
+    if subscription.status == SubscriptionStatus.ENDED and subscription.purged_at is not None:
+        holder = Subscription.objects.filter(holds_target_table(), connection_id=subscription.connection_id,
+                                             target_table=subscription.target_table).first()
+        raise TargetError(f"This subscription's copy was dropped already; the table {subscription.target_table} "
+                          + (f"is now written by subscription #{holder.pk}." if holder else "is not touched."))
     target = open_target(subscription)
     try:
         target.drop()
@@ -393,11 +393,14 @@ def delivery_execute(*, run: Run) -> None:
         raise TargetError("Nothing has been ingested into this dataset yet.")
     table = store_table(dataset)
     names = [n for n in view.fields]
-    # What the grants allow now, in the form _commit_if_still_granted compares at the end.
+    # What the grants allow now, in the form _lock_if_still_granted compares at the end.
     planned = select = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
                                     paginate=False, ordered=False)
     columns = [(c.name, c.field_type) for c in select.columns]
     key = _key_for(view, table)
+    # On the record before anything is written, so that a delivery whose target committed
+    # but whose ``delivery.run`` event was never appended (a crash in between) is known too.
+    _audit_delivery(run, subscription, view, columns, action="delivery.started")
     reader = _store_reader_pg() if is_postgres() else None
     target = open_target(subscription)
     progress = _Progress(run)
@@ -443,7 +446,13 @@ def delivery_execute(*, run: Run) -> None:
             else:
                 target.rows_in(stage, [*names, "_deleted"], _row_iter(reader, sql, params, progress))
             inserted, updated, deleted = target.apply(stage, names, key)
-        _commit_if_still_granted(target, subscription, table, planned)
+        with transaction.atomic():
+            _lock_if_still_granted(subscription, table, planned)
+            target.commit()
+            # Still under the subscription's lock, so no purge or end slips in between the
+            # target's commit and the bookmark and record of what it now holds.
+            finish_delivery(run, subscription, view, columns, progress.done, inserted, updated, deleted,
+                            seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild)
     except sqlite3.Error as exc:
         raise TargetError(f"Writing the target failed: {exc}") from exc
     except Exception as exc:
@@ -458,32 +467,31 @@ def delivery_execute(*, run: Run) -> None:
         target.close()
         if reader is not None:
             reader.close()
-    finish_delivery(run, subscription, view, columns, progress.done, inserted, updated, deleted,
-                    seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild)
 
 
-def _commit_if_still_granted(target: Target, subscription: Subscription, table: StoreTable, select: Select) -> None:
-    """Commit the target's transaction only if, at this moment, the subscription is still
-    active and the department's grants still allow exactly what was written (the same
-    projection of the same rows); otherwise leave it to be rolled back, so nothing written
-    after a grant ended or narrowed ever reaches the target.
+def _lock_if_still_granted(subscription: Subscription, table: StoreTable, select: Select) -> None:
+    """Lock the subscription's row and make sure that, at this moment, it is still active and
+    the department's grants still allow exactly what was written (the same projection of the
+    same rows); otherwise raise, and the target's transaction is rolled back, so nothing
+    written after a grant ended or narrowed ever reaches the target. Precondition: inside the
+    transaction that then commits the target.
 
-    Checked under a lock on the subscription's row: revoking, expiring, narrowing or lapsing a
-    grant locks the department's subscriptions in its own transaction
-    (``subscriptions_end_for_grant``), so that transaction either commits before this check,
-    which then sees the new grants, or waits until the target has committed."""
-    with transaction.atomic():
-        current = Subscription.objects.select_for_update().filter(pk=subscription.pk).first()
-        if current is None or current.status != SubscriptionStatus.ACTIVE:
-            state = "removed" if current is None else current.status
-            raise SubscriptionEnded(f"The subscription was {state} while the run wrote; nothing was delivered.")
-        view = effective_view(dataset=subscription.dataset, department=subscription.department)
-        now = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
-                           paginate=False, ordered=False) if view.can_read else None
-        if now is None or (now.sql, now.params) != (select.sql, select.params):
-            raise GrantChanged("The department's grants on this dataset changed while the run wrote; nothing was "
-                               "delivered, and the run is retried with the new view.")
-        target.commit()
+    Revoking, expiring, narrowing or lapsing a grant locks the department's subscriptions in
+    its own transaction before anything else (``subscriptions_lock_for_grant``), so that
+    transaction either commits before this check, which then sees the new grants, or waits
+    until the target has committed."""
+    current = Subscription.objects.select_for_update(of=("self",)).select_related("dataset").filter(
+        pk=subscription.pk).first()
+    if current is None or current.status != SubscriptionStatus.ACTIVE:
+        state = "removed" if current is None else current.status
+        raise SubscriptionEnded(f"The subscription was {state} while the run wrote; nothing was delivered.")
+    # The dataset as it is now (a schema published during the run changes the view).
+    view = effective_view(dataset=current.dataset, department=subscription.department)
+    now = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,
+                       paginate=False, ordered=False) if view.can_read else None
+    if now is None or (now.sql, now.params) != (select.sql, select.params):
+        raise GrantChanged("The department's grants on this dataset changed while the run wrote; nothing was "
+                           "delivered, and the run is retried with the new view.")
 
 
 def _describe(columns: dict[str, str]) -> str:
@@ -495,7 +503,9 @@ def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, c
                     rebuild: bool) -> None:
     now = timezone.now()
     with transaction.atomic():
-        Subscription.objects.filter(pk=subscription.pk).update(last_seq=top, delivered_columns=columns)
+        # The table holds a copy again, whatever was dropped before.
+        Subscription.objects.filter(pk=subscription.pk).update(last_seq=top, delivered_columns=columns,
+                                                               purged_at=None)
         fields = dict(status=RunStatus.SUCCEEDED, mode="full" if rebuild else "incremental", rows_read=read,
                       rows_done=read, rows_inserted=inserted, rows_updated=updated, rows_deleted=deleted,
                       finished_at=now, heartbeat_at=now, seq_from=seq_from if top >= seq_from else None,
@@ -504,11 +514,18 @@ def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, c
         Run.objects.filter(pk=run.pk).update(**fields)
         for k, v in fields.items():
             setattr(run, k, v)
-        audit_record(
-            actor=None, actor_label="job:delivery", action="delivery.run", obj=run,
-            dataset_id=subscription.dataset_id, department_id=subscription.department_id,
-            row_count=inserted + updated + deleted, fields=[name for name, _ in columns],
-            details={"run": run.pk, "subscription": subscription.pk, "rebuild": rebuild,
-                     "forms": {n: view.fields[n].form for n, _ in columns}, "seq_from": seq_from, "seq_to": top,
-                     "grants": sorted({g for n, _ in columns for g in view.fields[n].grant_ids})},
-        )
+        _audit_delivery(run, subscription, view, columns, action="delivery.run",
+                        row_count=inserted + updated + deleted,
+                        details={"rebuild": rebuild, "seq_from": seq_from, "seq_to": top})
+
+
+def _audit_delivery(run: Run, subscription: Subscription, view: EffectiveView, columns: list[tuple[str, str]], *,
+                    action: str, row_count: int | None = None, details: dict[str, Any] | None = None) -> None:
+    audit_record(
+        actor=None, actor_label="job:delivery", action=action, obj=run,
+        dataset_id=subscription.dataset_id, department_id=subscription.department_id,
+        row_count=row_count, fields=[name for name, _ in columns],
+        details={"run": run.pk, "subscription": subscription.pk,
+                 "forms": {n: view.fields[n].form for n, _ in columns},
+                 "grants": sorted({g for n, _ in columns for g in view.fields[n].grant_ids}), **(details or {})},
+    )

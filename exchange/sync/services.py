@@ -35,6 +35,7 @@ from exchange.models import (
     Subscription,
     SubscriptionStatus,
 )
+from exchange.models.sync import holds_target_table
 from exchange.policy import effective_view
 from exchange.sync import readers, runs, secrets
 
@@ -285,8 +286,12 @@ def subscription_create(*, actor: User, dataset: Dataset, department: Department
     if not view.can_read:
         raise ApplicationError("The department has no active grant on this dataset to subscribe with.",
                                code="no_grant")
-    if Subscription.objects.filter(connection=connection, target_table=target_table).exclude(
-            status=SubscriptionStatus.ENDED).exists():
+    holder = Subscription.objects.filter(connection=connection, target_table=target_table).filter(
+        holds_target_table()).first()
+    if holder is not None:
+        if holder.status == SubscriptionStatus.ENDED:
+            raise ConflictError(f"The ended subscription #{holder.pk} kept its delivered copy in this table: drop that "
+                                f"copy first, or choose another table name.")
         raise ConflictError("Another subscription already writes to this table.")
     subscription = Subscription.objects.create(dataset=dataset, department=department, connection=connection,
                                                target_table=target_table, purge_on_end=purge_on_end,
@@ -303,14 +308,20 @@ def subscription_create(*, actor: User, dataset: Dataset, department: Department
 @transaction.atomic
 def subscription_update(*, actor: User, subscription: Subscription, schedule: str | None = None,
                         purge_on_end: bool | None = None, paused: bool | None = None) -> Subscription:
+    # Re-read under the row's lock: a grant ending meanwhile may have ended it, and a delivery
+    # finishing writes its bookmark to the same row.
+    subscription = Subscription.objects.select_for_update(of=("self",)).select_related(
+        "periodic_task", "dataset", "department", "connection").get(pk=subscription.pk)
+    if subscription.status == SubscriptionStatus.ENDED:
+        raise ConflictError("The subscription has ended; it can no longer be changed.")
     if schedule is not None:
         _set_schedule(subscription, schedule, task="exchange.tasks.deliver_scheduled",
                       name=f"deliver subscription {subscription.pk}")
     if purge_on_end is not None:
         subscription.purge_on_end = purge_on_end
-    if paused is not None and subscription.status != SubscriptionStatus.ENDED:
+    if paused is not None:
         subscription.status = SubscriptionStatus.PAUSED if paused else SubscriptionStatus.ACTIVE
-    subscription.save()
+    subscription.save(update_fields=["periodic_task", "schedule", "purge_on_end", "status"])
     audit_record(actor=actor, action="subscription.updated", obj=subscription, dataset_id=subscription.dataset_id,
                  department_id=subscription.department_id,
                  details={"schedule": subscription.schedule, "purge_on_end": subscription.purge_on_end,
@@ -320,27 +331,47 @@ def subscription_update(*, actor: User, subscription: Subscription, schedule: st
 
 def subscription_end(*, actor: User, subscription: Subscription, purge: bool = False) -> Subscription:
     """End the subscription at a steward's request: no more deliveries, its schedule disabled.
-    It stays, with its delivery history, as the record of what the department received; a new
-    subscription may write the same table. With ``purge`` the delivered copy is dropped first,
-    and if that fails nothing is ended."""
+    It stays, with its delivery history, as the record of what the department received, and
+    keeps its table until the copy is dropped. With ``purge`` the copy is dropped right after.
+
+    The end commits first: a delivery still writing then finds it ended when it comes to
+    commit, rolls its target back and lets go of the table, which only then can be dropped
+    (dropping first, under the subscription's lock, could wait forever on that delivery's
+    hold on the table while the delivery waits for the lock). If dropping fails, the
+    subscription has ended all the same and the error says so; the copy can be dropped later."""
     from exchange.sync.delivery import subscription_mark_ended
 
-    if subscription.status == SubscriptionStatus.ENDED:
-        raise ConflictError("The subscription has already ended.")
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update(of=("self",)).select_related(
+            "dataset", "department", "connection").get(pk=subscription.pk)
+        if subscription.status == SubscriptionStatus.ENDED:
+            raise ConflictError("The subscription has already ended.")
+        subscription_mark_ended(subscription=subscription, reason=f"ended by {actor.get_username()}", actor=actor,
+                                purging=purge)
     if purge:
-        subscription = subscription_purge(actor=actor, subscription=subscription)
-    subscription_mark_ended(subscription=subscription, reason=f"ended by {actor.get_username()}", actor=actor,
-                            purging=False)
+        try:
+            subscription_purge(actor=actor, subscription=subscription)
+        except ApplicationError as exc:
+            raise ApplicationError(f"The subscription ended, but its delivered copy stays: {exc.message} "
+                                   f"Drop it from the subscription's page once the target is reachable.",
+                                   code="ended_copy_kept", fields={"purge": [exc.message]}) from exc
     subscription.refresh_from_db()
     return subscription
 
 
 def subscription_delete(*, actor: User, subscription: Subscription, purge: bool = False) -> None:
-    """Remove the subscription and its delivery history (the audit trail keeps every delivery's
-    event). An active one is ended by it."""
-    if purge:
+    """Remove an ended subscription and its delivery history (the audit trail keeps every
+    delivery's event). One that has not ended is refused: ending is what stops its deliveries,
+    and it is audited on its own."""
+    if subscription.status != SubscriptionStatus.ENDED:
+        raise ConflictError("End the subscription before removing it.")
+    if purge and subscription.purged_at is None:
         subscription_purge(actor=actor, subscription=subscription)
     with transaction.atomic():
+        subscription = Subscription.objects.select_for_update(of=("self",)).get(pk=subscription.pk)
+        if Run.objects.filter(subscription=subscription, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).exists():
+            raise ConflictError("A delivery of this subscription is still queued or running; remove it once that "
+                                "has stopped.")
         if subscription.periodic_task_id:
             PeriodicTask.objects.filter(pk=subscription.periodic_task_id).delete()
         audit_record(actor=actor, action="subscription.deleted", obj=subscription,
@@ -362,6 +393,23 @@ def subscription_purge(*, actor: User, subscription: Subscription) -> Subscripti
     return subscription
 
 
+def subscriptions_lock_for_grant(*, grant: Any) -> list[Subscription]:
+    """Lock the subscriptions that a change of ``grant`` may end: the grant's department's on
+    its dataset that have not ended. A grant service calls this before it appends anything to
+    the audit trail: an append holds the trail's one lock until the transaction commits, and
+    a delivery holds its subscription's lock while its target commits, so locking in the other
+    order would keep every audited action in the exchange waiting on a department's database."""
+    from exchange.models import PrincipalKind
+
+    if grant.principal_kind != PrincipalKind.DEPARTMENT or grant.principal_department_id is None:
+        return []
+    return list(
+        Subscription.objects.select_for_update(of=("self",)).select_related("dataset")
+        .filter(dataset_id=grant.dataset_id, department_id=grant.principal_department_id)
+        .exclude(status=SubscriptionStatus.ENDED).order_by("pk")
+    )
+
+
 def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None = None) -> list[Subscription]:
     """Called by the grant services in the transaction that revoked, expired or narrowed
     ``grant``: every subscription of the grant's department on the dataset that no grant in
@@ -369,16 +417,9 @@ def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None 
     department's stewards told), not at its next run. A purge of the delivered copy, where the
     steward chose it, is a job queued after commit: it writes to the department's database.
     ``at``: the moment the grant ended (the grant services' ``now``)."""
-    from exchange.models import PrincipalKind
     from exchange.sync.delivery import subscription_mark_ended
 
-    if grant.principal_kind != PrincipalKind.DEPARTMENT or grant.principal_department_id is None:
-        return []
-    subscriptions = list(
-        Subscription.objects.select_for_update().select_related("dataset")
-        .filter(dataset_id=grant.dataset_id, department_id=grant.principal_department_id)
-        .exclude(status=SubscriptionStatus.ENDED)
-    )
+    subscriptions = subscriptions_lock_for_grant(grant=grant)
     if not subscriptions or effective_view(dataset=grant.dataset, department=grant.principal_department,
                                            at=at).can_read:
         return []

@@ -169,6 +169,9 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     assert (updated.actor_id, updated.object_id, updated.department_id) == (
         Membership.objects.get(department=other_department, role="steward").user_id, str(sub_id), other_department.pk)
     assert updated.details == {"schedule": "0 * * * *", "purge_on_end": False, "status": "paused"}
+    # Only an ended one can be removed.
+    response = api.delete(f"/api/v1/sync/subscriptions/{sub_id}/")
+    assert response.status_code == 409 and "End the subscription" in response.json()["error"]["message"]
     # End keeps it (with its history); only its stewards may; a second end is a conflict.
     end = f"/api/v1/sync/subscriptions/{sub_id}/end/"
     assert as_user(people["steward"]).post(end, {}, format="json").status_code == 404
@@ -179,10 +182,43 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     assert response.json()["ended_reason"].startswith("ended by ")
     assert not PeriodicTask.objects.get().enabled
     assert api.post(end, {}, format="json").status_code == 409
+    # An ended one takes no changes (its schedule stays off).
+    response = api.patch(f"/api/v1/sync/subscriptions/{sub_id}/", {"paused": False, "schedule": "0 4 * * *"},
+                         format="json")
+    assert response.status_code == 409 and not PeriodicTask.objects.get().enabled
     assert api.get(f"/api/v1/sync/subscriptions/{sub_id}/").json()["status"] == "ended"
     assert api.delete(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 204
     assert not PeriodicTask.objects.exists()
     assert api.get(f"/api/v1/sync/subscriptions/{sub_id}/").status_code == 404
+
+
+def test_ending_with_a_purge_that_fails_ends_all_the_same_and_keeps_the_copy(
+        as_user, people, dataset, other_department, tmp_path, monkeypatch):
+    from exchange.sync import delivery
+
+    health_steward = MembershipFactory(department=other_department, role="steward").user
+    target = connection(department=other_department, kind="sqlite", secret=str(tmp_path / "h.sqlite3"))
+    grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"})
+    api = as_user(health_steward)
+    sub_id = api.post("/api/v1/sync/subscriptions/", {"dataset": dataset.pk, "connection": target.pk,
+                                                      "target_table": "permits"}, format="json").json()["id"]
+
+    def unreachable(*, subscription):
+        raise delivery.TargetError("the target database is not reachable")
+
+    monkeypatch.setattr(delivery, "subscription_purge_target", unreachable)
+    response = api.post(f"/api/v1/sync/subscriptions/{sub_id}/end/", {"purge": True}, format="json")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "ended_copy_kept" and "not reachable" in error["message"]
+    body = api.get(f"/api/v1/sync/subscriptions/{sub_id}/").json()
+    assert body["status"] == "ended" and body["purged_at"] is None
+    # A delivery still queued keeps it from being removed (its run would lose its row).
+    Run.objects.create(kind="delivery", subscription_id=sub_id, dataset=dataset)
+    response = api.delete(f"/api/v1/sync/subscriptions/{sub_id}/")
+    assert response.status_code == 409 and "still queued or running" in response.json()["error"]["message"]
+    assert AuditEvent.objects.filter(action="subscription.ended").count() == 1
+    assert not AuditEvent.objects.filter(action="subscription.deleted").exists()
 
 
 def test_list_endpoints_use_a_constant_number_of_queries(as_user, people, dataset, department,

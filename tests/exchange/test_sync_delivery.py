@@ -71,7 +71,7 @@ def read_sqlite(path: Path, table: str = "permits") -> tuple[list[str], list[tup
 
 
 def test_exactly_the_granted_fields_in_the_granted_form(setup, other_department, tmp_path):
-    dataset, source, _ = setup
+    dataset, source, g = setup
     path, conn = sqlite_target(tmp_path, other_department)
     sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
                                       target_table="permits")
@@ -88,6 +88,13 @@ def test_exactly_the_granted_fields_in_the_granted_form(setup, other_department,
     assert AuditEvent.objects.filter(action="delivery.run", department_id=other_department.pk,
                                      fields=["permit_id", "address", "fee", "approved"]).exists()
     assert run.seq_from == 1 and run.seq_to == 40 and "permits" in run.target
+    # What it was about to write was on the record before it wrote anything.
+    started, done = AuditEvent.objects.filter(action__startswith="delivery.", object_id=str(run.pk)).order_by("id")
+    assert (started.action, started.row_count, done.action, done.row_count) == (
+        "delivery.started", None, "delivery.run", 40)
+    assert started.fields == done.fields and started.details["forms"] == done.details["forms"] == {
+        "permit_id": "clear", "address": "masked", "fee": "pseudonymised", "approved": "clear"}
+    assert started.details["grants"] == done.details["grants"] == [g.pk]
 
 
 def test_incremental_delivery_carries_updates_and_deletions(setup, other_department, tmp_path):
@@ -379,3 +386,53 @@ def test_postgresql_target_through_the_copy_pipe(setup, other_department):
         sub.refresh_from_db()
         run = deliver(sub)
         assert run.status == RunStatus.FAILED and "approved text" in run.error
+
+
+def _first(sqls: list[str], *needles: str) -> int:
+    return next(i for i, sql in enumerate(sqls) if any(n in sql for n in needles))
+
+
+@pytest.mark.parametrize("change", ["revoke", "expire", "lapse"])
+def test_a_grant_change_locks_the_subscriptions_before_it_appends_to_the_audit_trail(
+        setup, other_department, people, tmp_path, change):
+    """A delivery holds its subscription's row while its target commits, and an append holds
+    the trail's one lock until its transaction ends: taken the other way round, a revoke would
+    keep every audited action waiting on a department's database."""
+    from django.test.utils import CaptureQueriesContext
+
+    from exchange import access_services
+
+    if django_connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    dataset, _, g = setup
+    _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    with CaptureQueriesContext(django_connection) as queries:
+        if change == "revoke":
+            access_services.grant_revoke(actor=people["steward"], grant=g, reason="Done.")
+        elif change == "expire":
+            access_services.grant_expire_due(now=g.valid_until + dt.timedelta(seconds=1))
+        else:
+            access_services.grant_fields_lapse(dataset=dataset, removed_or_changed=["permit_id", "address", "fee",
+                                                                                    "approved"], reason="Removed.")
+    sqls = [q["sql"] for q in queries.captured_queries]
+    lock = _first(sqls, 'FROM "exchange_subscription"')
+    assert "FOR UPDATE" in sqls[lock]
+    assert lock < _first(sqls, "exchange_audit_append", "pg_advisory_xact_lock")
+    assert Subscription.objects.get().status == SubscriptionStatus.ENDED
+
+
+def test_a_change_from_a_stale_copy_never_revives_an_ended_subscription(setup, other_department, people, tmp_path):
+    from config.api.errors import ConflictError
+    from exchange import access_services
+    from exchange.sync import services as sync_services
+
+    dataset, _, g = setup
+    _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    stale = Subscription.objects.get(pk=sub.pk)  # as a request read it before the grant ended
+    access_services.grant_revoke(actor=people["steward"], grant=g, reason="Done.")
+    with pytest.raises(ConflictError):
+        sync_services.subscription_update(actor=people["steward"], subscription=stale, schedule="0 4 * * *",
+                                          paused=False)
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.ended_reason.startswith("the grant was revoked")
+    assert sub.last_seq == 40 and sub.schedule == "" and sub.periodic_task_id is None

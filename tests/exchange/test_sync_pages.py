@@ -425,10 +425,18 @@ def test_subscribe_schedule_pause_resume_and_end(client, cast, dataset, granted)
     assert f": ended by {cast['other_steward'].username}</dd>" in page and "no active grant" not in page
     assert "End the subscription</button>" not in page and "Deliver now" not in page
     assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {}).status_code == 400  # already ended
-    # The table is free for a new subscription.
+    # It kept its copy, so it keeps its table: a new subscription there is refused, saying why.
     response = client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
                                                         "target_table": "permits"})
+    assert f"The ended subscription #{sub.pk} kept its delivered copy in this table" in field_error(
+        response.content.decode(), "target_table")
+    response = client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
+                                                        "target_table": "permits_2026"})
     assert response.status_code == 302 and Subscription.objects.count() == 2
+    # Changing an ended one is refused by the service, whichever way it is asked.
+    assert client.post(f"/sync/subscriptions/{sub.pk}/schedule/", {"schedule": "0 4 * * *"}).status_code == 400
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.schedule == ""
     # Removing the ended one takes it and its history off the lists; the audit trail keeps it.
     newer = Subscription.objects.exclude(pk=sub.pk).get()
     page = client.post(f"/sync/subscriptions/{newer.pk}/remove/", follow=True).content.decode()
@@ -466,20 +474,21 @@ def test_deliver_now_then_end_with_purge(client, cast, dataset, granted):
     assert client.post(f"/sync/subscriptions/{sub.pk}/end/", {"purge": "on"}).status_code == 302
     sub.refresh_from_db()
     assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is not None
+    # Ended first (a delivery still writing then lets go of the table), then dropped.
     assert actions(action__startswith="subscription.")[-3:] == [
-        "subscription.purged", "subscription.purge", "subscription.ended"]
+        "subscription.ended", "subscription.purged", "subscription.purge"]
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'permits'").fetchone()[0] == 0
     db.close()
     # The delivery history stays with the ended subscription.
     page = client.get(f"/sync/subscriptions/{sub.pk}/").content.decode()
     assert f"#{run.pk}" in page and "delivered copy dropped" in page and "Drop the delivered table" not in page
-    assert "The delivered copy was dropped." in cast["other_steward"].notifications.get(
+    assert "The delivered copy will be removed, as chosen." in cast["other_steward"].notifications.get(
         kind="subscription.ended").body
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_ended_subscriptions_copy_is_dropped_later_unless_a_new_one_writes_it(client, cast, dataset, granted):
+def test_an_ended_subscription_keeps_its_table_until_its_copy_is_dropped(client, cast, dataset, granted):
     path, target = granted
     assert run_ingest(upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(4)))).rows_inserted == 4
     client.force_login(cast["other_steward"])
@@ -498,18 +507,23 @@ def test_an_ended_subscriptions_copy_is_dropped_later_unless_a_new_one_writes_it
         finally:
             db.close()
 
-    # A new subscription takes the table over: the old one may no longer drop it.
-    client.post("/sync/subscriptions/new/", {"dataset": dataset.pk, "connection": target.pk,
-                                             "target_table": "permits"})
-    second = Subscription.objects.exclude(pk=first.pk).get()
-    page = client.post(f"/sync/subscriptions/{first.pk}/purge/", follow=True).content.decode()
-    assert f"now written by subscription #{second.pk}" in page and tables() == 1
-    # Once that one has ended too, the older copy can go.
-    client.post(f"/sync/subscriptions/{second.pk}/end/", {})
+    new = {"dataset": dataset.pk, "connection": target.pk, "target_table": "permits"}
+    assert client.post("/sync/subscriptions/new/", new).status_code == 400 and Subscription.objects.count() == 1
+    # Dropped, the table is free: a new subscription delivers into it.
     page = client.post(f"/sync/subscriptions/{first.pk}/purge/", follow=True).content.decode()
     assert "The delivered table permits was dropped." in page and tables() == 0
     first.refresh_from_db()
     assert first.purged_at is not None
+    assert client.post("/sync/subscriptions/new/", new).status_code == 302
+    second = Subscription.objects.exclude(pk=first.pk).get()
+    client.post(f"/sync/subscriptions/{second.pk}/run/")
+    assert Run.objects.filter(subscription=second).get().status == RunStatus.SUCCEEDED and tables() == 1
+    # The second ends keeping its copy; the first may not drop it (its own copy went already).
+    client.post(f"/sync/subscriptions/{second.pk}/end/", {})
+    page = client.post(f"/sync/subscriptions/{first.pk}/purge/", follow=True).content.decode()
+    assert "copy was dropped already" in page and f"now written by subscription #{second.pk}" in page
+    assert tables() == 1
+    assert "Drop the delivered table" not in client.get(f"/sync/subscriptions/{first.pk}/").content.decode()
 
 
 @pytest.mark.parametrize("who", ["analyst", "auditor", "outsider", "nobody", "city_auditor"])
