@@ -326,9 +326,7 @@ def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
         elif not f.nullable:
             checks.append((f"{col} IS NULL", f"missing required {f.name}", False))
         if f.type == "geopoint":
-            checks.append((f"({col} IS NOT NULL AND ({col} !~ '{_GEOPOINT_RE}' OR abs(split_part({col}, ',', 1)"
-                           f"::float8) > 90 OR abs(split_part({col}, ',', 2)::float8) > 180))",
-                           f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
+            checks.append((_bad_point_sql(col), f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
     bad = 0
     with connection.cursor() as cursor:
         # One scan answers the usual question ("anything wrong?"); only then one per check.
@@ -592,23 +590,21 @@ def first_load_eligible(plan: Plan, reader: Reader, watermark_column: str) -> bo
             and _store_is_empty(plan))
 
 
-def _geopoint_ok_sql(column: str) -> str:
-    """The bulk path's point check as one boolean (CASE: the casts run only on matching text)."""
-    return (f"CASE WHEN {column} ~ '{_GEOPOINT_RE}' THEN abs(split_part({column}, ',', 1)::float8) <= 90 "
-            f"AND abs(split_part({column}, ',', 2)::float8) <= 180 ELSE false END")
-
-
-def _point_check(table: str, position: int) -> str:
-    # By position: names built from long field names could be cut to the same 63 characters.
-    return f"{table}_point_{position}"
+def _bad_point_sql(column: str) -> str:
+    """Whether a value is something other than a point ("lat,lon") in WGS 84 ranges; NULL is
+    not bad. CASE, so that the casts only ever see text the pattern matched."""
+    return (f"({column} IS NOT NULL AND CASE WHEN {column} ~ '{_GEOPOINT_RE}' THEN "
+            f"abs(split_part({column}, ',', 1)::float8) > 90 OR abs(split_part({column}, ',', 2)::float8) > 180 "
+            f"ELSE true END)")
 
 
 @contextmanager
 def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
-    """A new table shaped like the store (constraints as the store's rows must satisfy them,
-    system columns filled by defaults), dropped again unless it replaced the store.
-    Yields its bare and its qualified name. One left behind by a killed worker is dropped by
-    the next run of the dataset."""
+    """A new table with the store's columns (NOT NULL as the store's rows must satisfy them,
+    system columns filled by defaults) but no index yet: :func:`index_load` adds them once it
+    is full, which costs less than keeping them up to date row by row. Dropped again unless it
+    replaced the store. Yields its bare and its qualified name. One left behind by a killed
+    worker is dropped by the next run of the dataset."""
     from psycopg import sql
 
     table = plan.table
@@ -617,12 +613,9 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
     qualified = ident(table.schema, name)
     now = sql.Literal(timezone.now()).as_string(connection.connection)
     columns = []
-    for i, f in enumerate(plan.fields):
+    for f in plan.fields:
         null = " NOT NULL" if f.is_key or not f.nullable else ""
-        check = ""
-        if f.type == "geopoint":
-            check = f" CONSTRAINT {ident(_point_check(name, i))} CHECK ({_geopoint_ok_sql(ident(f.name))})"
-        columns.append(f"{ident(f.name)} {column_type(f.type)}{null}{check}")
+        columns.append(f"{ident(f.name)} {column_type(f.type)}{null}")
     columns += [
         f"{ident('_seq')} bigint NOT NULL",
         f"{ident('_hash')} text NOT NULL DEFAULT ''",
@@ -631,13 +624,11 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
         f"{ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
         f"{ident('_first_run')} bigint DEFAULT {int(run.pk)}",
         f"{ident('_last_run')} bigint DEFAULT {int(run.pk)}",
-        f"CONSTRAINT {ident(name + '_pkey')} PRIMARY KEY ({quoted_list(plan.key_fields)})",
     ]
     replaced = False
     with connection.cursor() as cursor:
         cursor.execute(f"DROP TABLE IF EXISTS {qualified}")
         cursor.execute(f"CREATE TABLE {qualified} ({', '.join(columns)})")
-        cursor.execute(f"CREATE INDEX {ident(name + '_seq')} ON {qualified} ({ident('_seq')})")
     try:
         yield name, qualified
         replaced = True
@@ -648,6 +639,27 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
                     cursor.execute(f"DROP TABLE IF EXISTS {qualified}")
             except Exception:  # noqa: BLE001, S110 - the connection may be gone; the next run drops it
                 pass
+
+
+def index_load(plan: Plan, name: str, load: str) -> None:
+    """Check the full load table and give it the store's indexes; raise FirstLoadRefused if a
+    point is bad or a key repeats (the staged path then says which rows, and why). The point
+    check is one count, which PostgreSQL scans in parallel; the indexes are built by sorting."""
+    from django.db import IntegrityError
+
+    bad = " OR ".join(_bad_point_sql(ident(f.name)) for f in plan.fields if f.type == "geopoint")
+    with transaction.atomic(), connection.cursor() as cursor:
+        if bad:
+            cursor.execute(f"SELECT count(*) FROM {load} WHERE {bad}")  # noqa: S608
+            if cursor.fetchone()[0]:
+                raise FirstLoadRefused("a value is not a point")
+        try:
+            with transaction.atomic():
+                cursor.execute(f"ALTER TABLE {load} ADD CONSTRAINT {ident(name + '_pkey')} "
+                               f"PRIMARY KEY ({quoted_list(plan.key_fields)})")
+        except IntegrityError as exc:
+            raise FirstLoadRefused(str(exc)) from exc
+        cursor.execute(f"CREATE INDEX {ident(name + '_seq')} ON {load} ({ident('_seq')})")
 
 
 def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermark_column: str) -> MergeResult:
@@ -664,8 +676,9 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
         try:
             # A transaction per batch outside the run's (a savepoint inside a caller's).
             copy_in_batches(run, counts, copy_sql, reader.copy_out(), atomic_batches=True)
-        except psycopg.errors.IntegrityError as exc:
+        except psycopg.errors.IntegrityError as exc:  # a NOT NULL column without a value
             raise FirstLoadRefused(str(exc)) from exc
+        index_load(plan, name, load)
         counts.staged = counts.read
         if watermark_column:
             counts.watermark = _stage_max(load, _field_of(plan, watermark_column))
@@ -680,8 +693,6 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
                     raise FirstLoadRefused("the store changed during the run")
                 resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
                           for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
-                resets += [f"DROP CONSTRAINT {ident(_point_check(name, i))}"
-                           for i, f in enumerate(plan.fields) if f.type == "geopoint"]
                 cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
                 cursor.execute(f"DROP TABLE {table.qualified}")
                 cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")

@@ -200,7 +200,7 @@ def test_duplicate_search_is_skipped_only_when_the_source_key_is_unique(source, 
     assert (run.rows_read, run.rows_unchanged, run.rows_quarantined) == (101, 100, 1)
 
 
-def test_first_load_checks_points_as_constraints_and_leaves_none_behind(department, source_db):
+def test_first_load_checks_points_once_loaded_and_leaves_no_check_behind(department, source_db):
     fields = [("site_id", "integer", True, "public"), ("location", "geopoint", False, "public"),
               ("entrance", "geopoint", False, "public")]
     dataset = published_dataset(department=department, slug="sites", fields=fields)
@@ -210,8 +210,13 @@ def test_first_load_checks_points_as_constraints_and_leaves_none_behind(departme
     conn = connection(department=department, kind="postgresql", secret=source_db, name="sites db")
     source = Source.objects.create(dataset=dataset, connection=conn, table="sites",
                                    mapping={"site_id": "site_id", "location": "location", "entrance": "entrance"})
-    run = run_ingest(source)
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(source)
     assert (run.status, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 2, 0)
+    # A missing point is no bad point: the first load took the rows, no merge was needed.
+    assert not any('INSERT INTO "exchange_store"' in q["sql"] for q in queries.captured_queries)
     with django_connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'",
                        [f"exchange_store.ds_{dataset.pk}"])
