@@ -378,7 +378,9 @@ def subscription_purge_target(*, subscription: Subscription) -> None:
 
 def delivery_execute(*, run: Run) -> None:
     """Do the work of a claimed delivery run and record its success. Precondition: ``run`` is
-    RUNNING and claimed by the caller; raises on failure with the target unchanged."""
+    RUNNING and claimed by the caller; raises on failure with the target unchanged (only a
+    failure to record a delivery whose target has just committed leaves it changed; its
+    ``delivery.started`` event says what it was given)."""
     subscription = run.subscription
     assert subscription is not None
     if subscription.status != SubscriptionStatus.ACTIVE:
