@@ -32,5 +32,10 @@ class Migration(migrations.Migration):
             name='status',
             field=models.CharField(choices=[('active', 'Active'), ('paused', 'Paused'), ('ended', 'Ended')], default='active', max_length=16),
         ),
+        migrations.AddField(
+            model_name='subscription',
+            name='purge_claimed_at',
+            field=models.DateTimeField(blank=True, null=True),
+        ),
         migrations.RunPython(reasons_from_the_audit_trail, migrations.RunPython.noop),
     ]

@@ -121,6 +121,9 @@ class Subscription(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     ended_reason = models.TextField(blank=True, help_text="Why it ended: a steward ended it, or its grant ended.")
     purged_at = models.DateTimeField(null=True, blank=True)
+    # Set while a purge drops the copy, so that only one purge at a time touches the table
+    # (see exchange.sync.delivery.subscription_purge_target).
+    purge_claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["dataset", "department"]

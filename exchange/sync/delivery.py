@@ -20,9 +20,11 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from exchange.audit import audit_record
@@ -42,6 +44,9 @@ PG_UDT = {"text": "text", "bigint": "int8", "numeric": "numeric", "boolean": "bo
 SQLITE_TYPES = {"text": "text", "integer": "integer", "decimal": "numeric", "boolean": "integer", "date": "text",
                 "timestamp": "text", "geopoint": "text", "json": "text"}
 BATCH = 5000
+
+
+SQLITE_BUSY_SECONDS = 5.0  # how long a SQLite target's write lock is waited for
 
 
 class TargetError(Exception):
@@ -126,7 +131,9 @@ class PgTarget:
             ddl.append(f"PRIMARY KEY ({', '.join(self._q(k) for k in key)})")
         self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
 
-    def drop(self) -> None:
+    def drop(self, *, wait_seconds: int | None = None) -> None:
+        if wait_seconds is not None:  # give up instead of waiting on whoever holds the table
+            self.conn.execute(f"SET LOCAL lock_timeout = '{int(wait_seconds)}s'")
         self.conn.execute(f"DROP TABLE IF EXISTS {self.qualified}")
 
     def copy_in(self, table: str, names: Sequence[str], chunks: Iterator[bytes]) -> None:
@@ -173,7 +180,7 @@ class PgTarget:
 
 class SqliteTarget:
     def __init__(self, path: str, table: str) -> None:
-        self.conn = sqlite3.connect(sqlite_path(path), isolation_level=None)
+        self.conn = sqlite3.connect(sqlite_path(path), isolation_level=None, timeout=SQLITE_BUSY_SECONDS)
         self.conn.execute("BEGIN IMMEDIATE")
         self.name = table
         self.qualified = _q(table)
@@ -192,7 +199,8 @@ class SqliteTarget:
             ddl.append(f"PRIMARY KEY ({', '.join(_q(k) for k in key)})")
         self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
 
-    def drop(self) -> None:
+    def drop(self, *, wait_seconds: int | None = None) -> None:
+        # The write lock was taken at BEGIN IMMEDIATE, within sqlite3's busy timeout.
         self.conn.execute(f"DROP TABLE IF EXISTS {self.qualified}")
 
     def rows_in(self, table: str, names: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
@@ -332,6 +340,9 @@ def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_la
             return False
         if subscription.periodic_task_id:
             PeriodicTask.objects.filter(pk=subscription.periodic_task_id).update(enabled=False)
+        # A delivery still writing stops at its next batch (and could not commit anyway), so
+        # it lets go of the target's table soon, for a purge that may follow.
+        Run.objects.filter(subscription=subscription, status=RunStatus.RUNNING).update(cancel_requested=True)
         audit_record(actor=actor, actor_label=actor_label, action="subscription.ended", obj=subscription,
                      dataset_id=subscription.dataset_id, department_id=subscription.department_id,
                      details={"reason": reason, **(details or {})})
@@ -355,23 +366,45 @@ def subscription_end(*, subscription: Subscription, reason: str) -> None:
         subscription_purge_target(subscription=subscription)
 
 
+PURGE_CLAIM_STALE = timedelta(minutes=10)  # a claim older than this was left by a killed worker
+PURGE_LOCK_WAIT_SECONDS = 10
+
+
 def subscription_purge_target(*, subscription: Subscription) -> None:
-    """Drop the delivered table. Refused for an ended subscription whose copy was dropped
-    already: the table may since belong to a new subscription (see ``holds_target_table``)."""
-    if subscription.status == SubscriptionStatus.ENDED and subscription.purged_at is not None:
+    """Drop the delivered table. One purge at a time: it first claims the subscription by a
+    conditional update, committed before the target is touched, so a second purge (a double
+    click, the purge job) is refused instead of dropping a table that meanwhile belongs to a
+    new subscription. Refused, too, for an ended subscription whose copy was dropped already
+    (see ``holds_target_table``). Raises TargetError (or a SourceError of the connection)."""
+    import psycopg
+
+    now = timezone.now()
+    claimable = Q(purge_claimed_at__isnull=True) | Q(purge_claimed_at__lt=now - PURGE_CLAIM_STALE)
+    if not Subscription.objects.filter(claimable, pk=subscription.pk).exclude(
+            status=SubscriptionStatus.ENDED, purged_at__isnull=False).update(purge_claimed_at=now):
+        current = Subscription.objects.filter(pk=subscription.pk).first()
+        if current is None or current.purged_at is None or current.status != SubscriptionStatus.ENDED:
+            raise TargetError("The delivered copy is being dropped already.")
         holder = Subscription.objects.filter(holds_target_table(), connection_id=subscription.connection_id,
                                              target_table=subscription.target_table).first()
         raise TargetError(f"This subscription's copy was dropped already; the table {subscription.target_table} "
                           + (f"is now written by subscription #{holder.pk}." if holder else "is not touched."))
-    target = open_target(subscription)
     try:
-        target.drop()
-        target.commit()
-    finally:
-        target.close()
+        target = open_target(subscription)
+        try:
+            target.drop(wait_seconds=PURGE_LOCK_WAIT_SECONDS)
+            target.commit()
+        finally:
+            target.close()
+    except (sqlite3.Error, psycopg.Error) as exc:
+        Subscription.objects.filter(pk=subscription.pk).update(purge_claimed_at=None)
+        raise TargetError(f"Dropping the delivered table failed: {str(exc).splitlines()[0]}") from exc
+    except BaseException:
+        Subscription.objects.filter(pk=subscription.pk).update(purge_claimed_at=None)
+        raise
     with transaction.atomic():
-        Subscription.objects.filter(pk=subscription.pk).update(purged_at=timezone.now(), last_seq=0,
-                                                               delivered_columns=[])
+        Subscription.objects.filter(pk=subscription.pk).update(purged_at=timezone.now(), purge_claimed_at=None,
+                                                               last_seq=0, delivered_columns=[])
         audit_record(actor=None, actor_label="job:delivery", action="subscription.purged", obj=subscription,
                      dataset_id=subscription.dataset_id, department_id=subscription.department_id)
 
@@ -448,8 +481,10 @@ def delivery_execute(*, run: Run) -> None:
             else:
                 target.rows_in(stage, [*names, "_deleted"], _row_iter(reader, sql, params, progress))
             inserted, updated, deleted = target.apply(stage, names, key)
+        if reader is not None:
+            reader.close()  # done reading: let go of the store's snapshot before waiting on locks
         with transaction.atomic():
-            _lock_if_still_granted(subscription, table, planned)
+            _lock_if_still_granted(run, subscription, table, planned)
             target.commit()
             # Still under the subscription's lock, so no purge or end slips in between the
             # target's commit and the bookmark and record of what it now holds.
@@ -471,22 +506,29 @@ def delivery_execute(*, run: Run) -> None:
             reader.close()
 
 
-def _lock_if_still_granted(subscription: Subscription, table: StoreTable, select: Select) -> None:
-    """Lock the subscription's row and make sure that, at this moment, it is still active and
-    the department's grants still allow exactly what was written (the same projection of the
-    same rows); otherwise raise, and the target's transaction is rolled back, so nothing
-    written after a grant ended or narrowed ever reaches the target. Precondition: inside the
-    transaction that then commits the target.
+def _lock_if_still_granted(run: Run, subscription: Subscription, table: StoreTable, select: Select) -> None:
+    """Lock the subscription's row and the run's, and make sure that, at this moment, the run
+    is still running (not cancelled, not reaped), the subscription still active and the
+    department's grants still allow exactly what was written (the same projection of the same
+    rows); otherwise raise, and the target's transaction is rolled back, so nothing written
+    after a grant ended or narrowed ever reaches the target. Precondition: inside the
+    transaction that then commits the target. The locks are FOR NO KEY UPDATE, which new runs
+    referring to the subscription do not wait for.
 
     Revoking, expiring, narrowing or lapsing a grant locks the department's subscriptions in
     its own transaction before anything else (``subscriptions_lock_for_grant``), so that
     transaction either commits before this check, which then sees the new grants, or waits
     until the target has committed."""
-    current = Subscription.objects.select_for_update(of=("self",)).select_related("dataset").filter(
+    from exchange.sync.ingest import RunCancelled
+
+    current = Subscription.objects.select_for_update(no_key=True, of=("self",)).select_related("dataset").filter(
         pk=subscription.pk).first()
     if current is None or current.status != SubscriptionStatus.ACTIVE:
         state = "removed" if current is None else current.status
         raise SubscriptionEnded(f"The subscription was {state} while the run wrote; nothing was delivered.")
+    if Run.objects.select_for_update(no_key=True).filter(pk=run.pk).values_list(
+            "status", "cancel_requested").first() != (RunStatus.RUNNING, False):
+        raise RunCancelled()
     # The dataset as it is now (a schema published during the run changes the view).
     view = effective_view(dataset=current.dataset, department=subscription.department)
     now = build_select(view, table, since_seq=None, include_deleted=True, with_system=True,

@@ -310,7 +310,7 @@ def subscription_update(*, actor: User, subscription: Subscription, schedule: st
                         purge_on_end: bool | None = None, paused: bool | None = None) -> Subscription:
     # Re-read under the row's lock: a grant ending meanwhile may have ended it, and a delivery
     # finishing writes its bookmark to the same row.
-    subscription = Subscription.objects.select_for_update(of=("self",)).select_related(
+    subscription = Subscription.objects.select_for_update(no_key=True, of=("self",)).select_related(
         "periodic_task", "dataset", "department", "connection").get(pk=subscription.pk)
     if subscription.status == SubscriptionStatus.ENDED:
         raise ConflictError("The subscription has ended; it can no longer be changed.")
@@ -342,7 +342,7 @@ def subscription_end(*, actor: User, subscription: Subscription, purge: bool = F
     from exchange.sync.delivery import subscription_mark_ended
 
     with transaction.atomic():
-        subscription = Subscription.objects.select_for_update(of=("self",)).select_related(
+        subscription = Subscription.objects.select_for_update(no_key=True, of=("self",)).select_related(
             "dataset", "department", "connection").get(pk=subscription.pk)
         if subscription.status == SubscriptionStatus.ENDED:
             raise ConflictError("The subscription has already ended.")
@@ -368,6 +368,8 @@ def subscription_delete(*, actor: User, subscription: Subscription, purge: bool 
     if purge and subscription.purged_at is None:
         subscription_purge(actor=actor, subscription=subscription)
     with transaction.atomic():
+        # FOR UPDATE (not NO KEY): a new run's reference to the row waits, so none is queued
+        # between this check and the delete.
         subscription = Subscription.objects.select_for_update(of=("self",)).get(pk=subscription.pk)
         if Run.objects.filter(subscription=subscription, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).exists():
             raise ConflictError("A delivery of this subscription is still queued or running; remove it once that "
@@ -404,7 +406,7 @@ def subscriptions_lock_for_grant(*, grant: Any) -> list[Subscription]:
     if grant.principal_kind != PrincipalKind.DEPARTMENT or grant.principal_department_id is None:
         return []
     return list(
-        Subscription.objects.select_for_update(of=("self",)).select_related("dataset")
+        Subscription.objects.select_for_update(no_key=True, of=("self",)).select_related("dataset")
         .filter(dataset_id=grant.dataset_id, department_id=grant.principal_department_id)
         .exclude(status=SubscriptionStatus.ENDED).order_by("pk")
     )

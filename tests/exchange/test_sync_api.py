@@ -194,25 +194,33 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
 
 def test_ending_with_a_purge_that_fails_ends_all_the_same_and_keeps_the_copy(
         as_user, people, dataset, other_department, tmp_path, monkeypatch):
+    import sqlite3
+
     from exchange.sync import delivery
 
     health_steward = MembershipFactory(department=other_department, role="steward").user
-    target = connection(department=other_department, kind="sqlite", secret=str(tmp_path / "h.sqlite3"))
+    path = tmp_path / "h.sqlite3"
+    target = connection(department=other_department, kind="sqlite", secret=str(path))
     grant(dataset, department=other_department, approved_by=people["admin"], fields={"permit_id": "clear"})
     api = as_user(health_steward)
     sub_id = api.post("/api/v1/sync/subscriptions/", {"dataset": dataset.pk, "connection": target.pk,
                                                       "target_table": "permits"}, format="json").json()["id"]
-
-    def unreachable(*, subscription):
-        raise delivery.TargetError("the target database is not reachable")
-
-    monkeypatch.setattr(delivery, "subscription_purge_target", unreachable)
-    response = api.post(f"/api/v1/sync/subscriptions/{sub_id}/end/", {"purge": True}, format="json")
+    # Someone else writes the department's database (a delivery, or the department itself).
+    monkeypatch.setattr(delivery, "SQLITE_BUSY_SECONDS", 0.1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        response = api.post(f"/api/v1/sync/subscriptions/{sub_id}/end/", {"purge": True}, format="json")
+    finally:
+        holder.close()
     assert response.status_code == 400
     error = response.json()["error"]
-    assert error["code"] == "ended_copy_kept" and "not reachable" in error["message"]
+    assert error["code"] == "ended_copy_kept" and "database is locked" in error["message"]
     body = api.get(f"/api/v1/sync/subscriptions/{sub_id}/").json()
     assert body["status"] == "ended" and body["purged_at"] is None
+    # The failed purge let go of its claim: dropping it later works.
+    response = api.post(f"/api/v1/sync/subscriptions/{sub_id}/purge/")
+    assert response.status_code == 200 and response.json()["purged_at"] is not None
     # A delivery still queued keeps it from being removed (its run would lose its row).
     Run.objects.create(kind="delivery", subscription_id=sub_id, dataset=dataset)
     response = api.delete(f"/api/v1/sync/subscriptions/{sub_id}/")

@@ -416,7 +416,7 @@ def test_a_grant_change_locks_the_subscriptions_before_it_appends_to_the_audit_t
                                                                                     "approved"], reason="Removed.")
     sqls = [q["sql"] for q in queries.captured_queries]
     lock = _first(sqls, 'FROM "exchange_subscription"')
-    assert "FOR UPDATE" in sqls[lock]
+    assert "FOR NO KEY UPDATE" in sqls[lock]  # new runs referring to it do not wait
     assert lock < _first(sqls, "exchange_audit_append", "pg_advisory_xact_lock")
     assert Subscription.objects.get().status == SubscriptionStatus.ENDED
 
@@ -436,3 +436,67 @@ def test_a_change_from_a_stale_copy_never_revives_an_ended_subscription(setup, o
     sub.refresh_from_db()
     assert sub.status == SubscriptionStatus.ENDED and sub.ended_reason.startswith("the grant was revoked")
     assert sub.last_seq == 40 and sub.schedule == "" and sub.periodic_task_id is None
+
+
+def test_one_purge_at_a_time_and_never_one_of_a_copy_that_is_gone(setup, other_department, people, tmp_path):
+    """A stale purge (a double click, the purge job) must not drop the table once it belongs
+    to a newer subscription."""
+    from exchange.sync import delivery
+    from exchange.sync import services as sync_services
+
+    dataset, _, g = setup
+    path, first = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    sync_services.subscription_end(actor=people["steward"], subscription=first)
+    stale = Subscription.objects.get(pk=first.pk)  # as a second caller read it
+    # While a purge is under way, another is refused.
+    Subscription.objects.filter(pk=first.pk).update(purge_claimed_at=timezone.now())
+    with pytest.raises(delivery.TargetError, match="being dropped already"):
+        delivery.subscription_purge_target(subscription=stale)
+    assert _tables(path) == ["permits"]
+    # A claim left by a killed worker expires.
+    Subscription.objects.filter(pk=first.pk).update(
+        purge_claimed_at=timezone.now() - delivery.PURGE_CLAIM_STALE - dt.timedelta(seconds=1))
+    delivery.subscription_purge_target(subscription=first)
+    assert _tables(path) == []
+    # The table is taken by a new subscription, which delivers; the stale purge leaves it be.
+    second = Subscription.objects.create(dataset=dataset, department=other_department, connection=first.connection,
+                                         target_table="permits")
+    assert deliver(second).status == RunStatus.SUCCEEDED and _tables(path) == ["permits"]
+    with pytest.raises(delivery.TargetError, match=f"now written by subscription #{second.pk}"):
+        delivery.subscription_purge_target(subscription=stale)
+    assert _tables(path) == ["permits"]
+    assert AuditEvent.objects.filter(action="subscription.purged").count() == 1
+
+
+def test_ending_asks_a_running_delivery_to_stop(setup, other_department, people, tmp_path):
+    from exchange.sync import services as sync_services
+
+    dataset, _, _ = setup
+    _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    running = Run.objects.create(kind="delivery", subscription=sub, dataset=dataset, status=RunStatus.RUNNING)
+    sync_services.subscription_end(actor=people["steward"], subscription=sub)
+    running.refresh_from_db()
+    assert running.cancel_requested
+
+
+def test_a_run_cancelled_just_before_its_commit_delivers_nothing(setup, other_department, tmp_path, monkeypatch):
+    from exchange.sync import delivery
+
+    dataset, _, _ = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    real = delivery._lock_if_still_granted
+
+    def cancelled_first(run, *args):
+        Run.objects.filter(pk=run.pk).update(cancel_requested=True)  # the steward clicked Cancel
+        return real(run, *args)
+
+    monkeypatch.setattr(delivery, "_lock_if_still_granted", cancelled_first)
+    run = deliver(sub)
+    assert run.status == RunStatus.CANCELLED and _tables(path) == []
+    sub.refresh_from_db()
+    assert sub.last_seq == 0
+    actions = list(AuditEvent.objects.filter(object_id=str(run.pk), action__startswith="delivery.")
+                   .values_list("action", flat=True))
+    assert actions == ["delivery.started"]  # on the record that it was about to; nothing delivered
