@@ -48,9 +48,15 @@ def test_steward_sets_up_a_source_and_a_granted_department_subscribes(
     page.click("text=Set up the source")
     page.check("input[name=kind][value=table]")
     page.select_option("#id_connection", label="transport db (SQLite database file)")
+    # The column step replaces the form in place (no page load), its error too.
+    page.evaluate("window.sameDocument = true")
+    page.fill("#id_table", "no_such_table")
+    page.click("text=Load the source's columns")
+    assert "no_such_table" in page.wait_for_selector("#columns-error").inner_text()
     page.fill("#id_table", "permits")
     page.click("text=Load the source's columns")
     page.wait_for_selector("#columns-found")
+    assert page.evaluate("window.sameDocument") is True and not page.query_selector("#columns-error")
     assert page.input_value("#id_map__permit_id") == "permit_id"  # same-named columns preselected
     page.select_option("#id_map__applicant", "")  # not needed here: left unmapped
     page.select_option("#id_watermark_column", "updated_at")
