@@ -8,6 +8,7 @@ from celery import Task, shared_task
 
 from exchange import audit, services
 from exchange.models.audit import CheckpointReason
+from exchange.sync.readers import TransientSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,8 @@ def deliver_scheduled(subscription_id: int) -> None:
         sync_services.run_now(actor=None, subscription=subscription, trigger=RunTrigger.SCHEDULE)
 
 
-@shared_task(name="exchange.tasks.deliver_purge", ignore_result=True, acks_late=True, autoretry_for=(OSError,),
-             retry_backoff=30, max_retries=5)
+@shared_task(name="exchange.tasks.deliver_purge", ignore_result=True, acks_late=True,
+             autoretry_for=(OSError, TransientSourceError), retry_backoff=30, max_retries=5)
 def deliver_purge(subscription_id: int) -> None:
     """Drop the delivered copy of a subscription that ended with ``purge_on_end`` (idempotent:
     dropping a dropped table is a no-op)."""
@@ -112,7 +113,7 @@ def deliver_purge(subscription_id: int) -> None:
     if subscription is not None:
         try:
             subscription_purge_target(subscription=subscription)
-        except TargetError as exc:  # the target refused: the copy stays, for a steward to drop later
+        except TargetError as exc:  # refused for good: the copy stays, for a steward to drop later
             logger.warning("purge of subscription %s skipped: %s", subscription_id, exc)
 
 

@@ -375,7 +375,8 @@ def subscription_purge_target(*, subscription: Subscription) -> None:
     conditional update, committed before the target is touched, so a second purge (a double
     click, the purge job) is refused instead of dropping a table that meanwhile belongs to a
     new subscription. Refused, too, for an ended subscription whose copy was dropped already
-    (see ``holds_target_table``). Raises TargetError (or a SourceError of the connection)."""
+    (see ``holds_target_table``). Raises TargetError, or TransientSourceError when the target is
+    locked or unreachable for now (or another SourceError of the connection)."""
     import psycopg
 
     now = timezone.now()
@@ -398,7 +399,10 @@ def subscription_purge_target(*, subscription: Subscription) -> None:
             target.close()
     except (sqlite3.Error, psycopg.Error) as exc:
         Subscription.objects.filter(pk=subscription.pk).update(purge_claimed_at=None)
-        raise TargetError(f"Dropping the delivered table failed: {str(exc).splitlines()[0]}") from exc
+        # Locked or unreachable for now (worth another try later), or refused for good.
+        transient = isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError)
+        raise (TransientSourceError if transient else TargetError)(
+            f"Dropping the delivered table failed: {str(exc).splitlines()[0]}") from exc
     except BaseException:
         Subscription.objects.filter(pk=subscription.pk).update(purge_claimed_at=None)
         raise

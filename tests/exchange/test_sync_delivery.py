@@ -500,3 +500,28 @@ def test_a_run_cancelled_just_before_its_commit_delivers_nothing(setup, other_de
     actions = list(AuditEvent.objects.filter(object_id=str(run.pk), action__startswith="delivery.")
                    .values_list("action", flat=True))
     assert actions == ["delivery.started"]  # on the record that it was about to; nothing delivered
+
+
+def test_a_purge_that_finds_the_table_locked_is_tried_again_later(setup, other_department, people, tmp_path,
+                                                                  monkeypatch):
+    from exchange import tasks
+    from exchange.sync import delivery
+    from exchange.sync import services as sync_services
+    from exchange.sync.readers import TransientSourceError
+
+    dataset, _, _ = setup
+    path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
+    sync_services.subscription_end(actor=people["steward"], subscription=sub)
+    monkeypatch.setattr(delivery, "SQLITE_BUSY_SECONDS", 0.1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the department writes its database right now
+    try:
+        with pytest.raises(TransientSourceError, match="database is locked"):
+            delivery.subscription_purge_target(subscription=sub)
+    finally:
+        holder.close()
+    assert TransientSourceError in tasks.deliver_purge.autoretry_for  # the purge job retries with backoff
+    sub.refresh_from_db()
+    assert sub.purge_claimed_at is None and sub.purged_at is None and _tables(path) == ["permits"]
+    delivery.subscription_purge_target(subscription=sub)  # once the lock is gone
+    assert _tables(path) == []
