@@ -27,7 +27,7 @@ POINT_IN_TIME_TARGET_MS = 100.0
 
 
 def _entries(n: int, start: int) -> list[Any]:
-    from exchange.audit import AuditEntry
+    from exchange.audit.services import AuditEntry
 
     return [
         AuditEntry(
@@ -97,7 +97,7 @@ def _grants(n: int) -> tuple[Any, Any]:
 
     from catalog.models import Dataset, DatasetStatus, Field, SchemaStatus, SchemaVersion
     from departments import services
-    from exchange.models import Grant, GrantField, GrantStatus, PrincipalKind
+    from exchange.access.models import Grant, GrantField, GrantStatus, PrincipalKind
 
     owner = services.department_create(actor=None, code="bench-audit", name="Bench audit")
     steward = User.objects.create_user("bench-audit-steward")
@@ -133,7 +133,7 @@ def _point_in_time(repeat: int = 20) -> tuple[float, int]:
     """Median milliseconds of the auditor's "who could see field F on date T" question."""
     import statistics
 
-    from exchange.grant_history import who_could_see
+    from exchange.oversight.history import who_could_see
 
     dataset, at = _grants(2_000)
     times, answer = [], []
@@ -147,8 +147,8 @@ def _point_in_time(repeat: int = 20) -> tuple[float, int]:
 def run(*, append: int, events: int, batch: int, workers: int) -> dict[str, float]:
     from django.db import connection
 
-    from exchange.audit import audit_record_many, audit_verify
-    from exchange.models import AuditEvent
+    from exchange.audit.models import AuditEvent
+    from exchange.audit.services import audit_record_many, audit_verify
 
     results: dict[str, float] = {}
     print(f"database: {connection.vendor} ({connection.settings_dict['NAME']})")

@@ -44,8 +44,8 @@ def build(rows: int) -> tuple[Any, Any]:
     from catalog.models import Dataset, DatasetStatus, Field, SchemaStatus, SchemaVersion
     from departments import services
     from departments.models import Department
-    from exchange.models import Grant, GrantField, GrantStatus, PrincipalKind
-    from exchange.store import ident, store_drop_table, store_ensure_table
+    from exchange.access.models import Grant, GrantField, GrantStatus, PrincipalKind
+    from exchange.records.store import ident, store_drop_table, store_ensure_table
 
     owner = Department.objects.filter(code="bench-owner").first() or services.department_create(
         actor=None, code="bench-owner", name="Bench owner")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _run(args)
         finally:
-            from exchange import audit_writer
+            from exchange.audit import writer as audit_writer
 
             audit_writer.shutdown()  # its connection would keep the scratch database from going
 
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from django.db import connection
 
-    from exchange import records
-    from exchange.store import ident, store_table
+    from exchange.records import selectors as records
+    from exchange.records.store import ident, store_table
 
     t0 = time.perf_counter()
     dataset, reader = build(args.rows)
@@ -214,8 +214,8 @@ def _run(args: argparse.Namespace) -> int:
             response = client.get(api_url)
             api_ms[variant].append((time.perf_counter() - t0) * 1000)
         assert response.status_code == 200, response.content[:200]
-    from exchange import audit_writer
-    from exchange.models import AuditEvent
+    from exchange.audit import writer as audit_writer
+    from exchange.audit.models import AuditEvent
 
     # The overlapped variant really went through a link, and every audited request left its event.
     assert len(audit_writer._idle) == 1, "the overlapped appends fell back to inline"

@@ -40,9 +40,10 @@ from django.utils import timezone  # noqa: E402
 
 from catalog.models import Dataset, Field, SchemaVersion  # noqa: E402
 from departments.models import Department  # noqa: E402
-from exchange.models import Connection, Grant, GrantField, Run, RunStatus, Source, Subscription  # noqa: E402
-from exchange.store import store_drop_table, store_ensure_table  # noqa: E402
+from exchange.access.models import Grant, GrantField  # noqa: E402
+from exchange.records.store import store_drop_table, store_ensure_table  # noqa: E402
 from exchange.sync import runs, secrets  # noqa: E402
+from exchange.sync.models import Connection, Run, RunStatus, Source, Subscription  # noqa: E402
 
 FIELDS: list[tuple[str, str, str]] = [  # (name, field type, source column type)
     ("id", "integer", "bigint"), ("name", "text", "text"), ("street", "text", "text"),

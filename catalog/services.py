@@ -47,7 +47,7 @@ from config.api.errors import ApplicationError, ConflictError, PermissionDeniedE
 from departments.models import CityRole, Department, Membership, Role
 from departments.notifications import notify
 from departments.selectors import principal_of
-from exchange.audit import audit_record
+from exchange.audit.services import audit_record
 
 Actor = User | AnonymousUser | None
 

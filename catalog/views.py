@@ -42,8 +42,8 @@ from config.web import add_service_errors
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from departments.views import error_403, error_404
-from exchange import dataset_page
-from exchange.policy import effective_view
+from exchange.access.policy import effective_view
+from exchange.overview import dataset_page
 
 PAGE_SIZE = 20
 FACETS = ("department", "theme", "sensitivity", "status", "licence")

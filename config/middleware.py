@@ -7,7 +7,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from exchange.audit import RequestContext, reset_request_context, set_request_context
+from exchange.audit.services import RequestContext, reset_request_context, set_request_context
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 

@@ -78,7 +78,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.RequestContextMiddleware",
     # Inside the request context: waits for a read's audit append before the response leaves.
-    "exchange.audit_writer.AuditBarrierMiddleware",
+    "exchange.audit.writer.AuditBarrierMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -242,9 +242,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "DatasetStatusEnum": "catalog.models.DatasetStatus",
         "SchemaStatusEnum": "catalog.models.SchemaStatus",
-        "AccessRequestStatusEnum": "exchange.models.access.RequestStatus",
-        "GrantStatusEnum": "exchange.models.access.GrantStatus",
-        "AccessFormEnum": "exchange.models.access.AccessForm",
+        "AccessRequestStatusEnum": "exchange.access.models.RequestStatus",
+        "GrantStatusEnum": "exchange.access.models.GrantStatus",
+        "AccessFormEnum": "exchange.access.models.AccessForm",
     },
 }
 

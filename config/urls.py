@@ -5,9 +5,9 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from catalog import views as catalog_views
 from departments import views as department_views
-from exchange import sync_views
 from exchange import views as exchange_views
-from exchange.apis import HealthApi
+from exchange.ops.apis import HealthApi
+from exchange.sync import views as sync_views
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("departments.urls")),

@@ -14,8 +14,8 @@ from knox.models import AuthToken
 from config.api.errors import ApplicationError, ConflictError, NotFoundError
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
 from departments.selectors import principal_forget
-from exchange.audit import audit_record
-from exchange.models.audit import AuditOutcome
+from exchange.audit.models import AuditOutcome
+from exchange.audit.services import audit_record
 
 # Who acted: a signed-in user, or None for the system (seeding, jobs).
 Actor = User | AnonymousUser | None

@@ -9,8 +9,9 @@ class ExchangeConfig(AppConfig):
         from django.db.backends.signals import connection_created
 
         from catalog.signals import schema_version_published
-        from exchange import ckan_datastore, receivers
-        from exchange.records import register_sqlite_functions
+        from exchange import receivers
+        from exchange.records import ckan as ckan_datastore
+        from exchange.records.selectors import register_sqlite_functions
 
         connection_created.connect(register_sqlite_functions, dispatch_uid="exchange.sqlite_functions")
         ckan_datastore.register()

@@ -24,16 +24,10 @@ from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
 from departments.models import Department, Role
-from exchange import access_services
-from exchange.models import (
-    Connection,
-    ConnectionKind,
-    FileFormat,
-    Source,
-    Subscription,
-)
-from exchange.policy import effective_view
+from exchange.access import services as access_services
+from exchange.access.policy import effective_view
 from exchange.sync import runs, services
+from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source, Subscription
 
 # (dataset slug, kind of source, rows, schedule)
 SOURCES: list[tuple[str, str, int, str]] = [

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from catalog.models import SENSITIVITY_RANK, Dataset, Field, SchemaVersion, Sensitivity
-from exchange.access_services import grant_fields_lapse
-from exchange.store import store_ensure_table
+from exchange.access.services import grant_fields_lapse
+from exchange.records.store import store_ensure_table
 
 # Changes after which a grant no longer covers the field: its values are gone, now live under
 # another name, or mean something else. A field that became more sensitive lapses too: the

@@ -6,8 +6,9 @@ import logging
 
 from celery import Task, shared_task
 
-from exchange import audit, services
-from exchange.models.audit import CheckpointReason
+from exchange.audit import services as audit
+from exchange.audit.models import CheckpointReason
+from exchange.ops import services
 from exchange.sync.readers import TransientSourceError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class _RunTask(Task):  # type: ignore[misc]
     def on_failure(self, exc, task_id, args, kwargs, einfo):  # type: ignore[no-untyped-def]
         # Reached only if something escaped execute() (e.g. the database went away while
         # recording); make sure the run does not stay "running" for the reaper to find.
-        from exchange.models import Run
+        from exchange.sync.models import Run
 
         run = Run.objects.filter(pk=args[0]).first() if args else None
         if run is not None:
@@ -81,8 +82,8 @@ def housekeeping_reaper() -> int:
 def ingest_scheduled(source_id: int) -> None:
     """Fired by beat from the source's PeriodicTask row: queue a run (never a second one
     behind a queued run)."""
-    from exchange.models import RunTrigger, Source
     from exchange.sync import services as sync_services
+    from exchange.sync.models import RunTrigger, Source
 
     source = Source.objects.filter(pk=source_id).first()
     if source is not None:
@@ -92,8 +93,8 @@ def ingest_scheduled(source_id: int) -> None:
 
 @shared_task(name="exchange.tasks.deliver_scheduled", ignore_result=True)
 def deliver_scheduled(subscription_id: int) -> None:
-    from exchange.models import RunTrigger, Subscription, SubscriptionStatus
     from exchange.sync import services as sync_services
+    from exchange.sync.models import RunTrigger, Subscription, SubscriptionStatus
 
     subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ACTIVE).first()
     if subscription is not None:
@@ -105,8 +106,8 @@ def deliver_scheduled(subscription_id: int) -> None:
 def deliver_purge(subscription_id: int) -> None:
     """Drop the delivered copy of a subscription that ended with ``purge_on_end`` (idempotent:
     dropping a dropped table is a no-op)."""
-    from exchange.models import Subscription, SubscriptionStatus
     from exchange.sync.delivery import TargetError, subscription_purge_target
+    from exchange.sync.models import Subscription, SubscriptionStatus
 
     subscription = Subscription.objects.filter(pk=subscription_id, status=SubscriptionStatus.ENDED,
                                                purge_on_end=True, purged_at__isnull=True).first()
@@ -124,7 +125,7 @@ def deliver_purge(subscription_id: int) -> None:
 
 from django.db import OperationalError  # noqa: E402
 
-from exchange import access_services  # noqa: E402
+from exchange.access import services as access_services  # noqa: E402
 
 # A lost connection or a lock timeout is worth another try; a bug is not.
 _GRANT_TASK_OPTIONS: dict[str, object] = {

@@ -1,6 +1,9 @@
 from django.urls import path
 
-from exchange import apis, audit_apis, grant_history_apis, record_apis
+from exchange.ops import apis
+from exchange.oversight import apis as audit_apis
+from exchange.oversight import history_apis as grant_history_apis
+from exchange.records import apis as record_apis
 
 urlpatterns = [
     path("health/", apis.HealthApi.as_view(), name="health"),
@@ -22,7 +25,7 @@ urlpatterns = [
          name="audit-grant-timeline"),
 ]
 
-from exchange import sync_apis  # noqa: E402
+from exchange.sync import apis as sync_apis  # noqa: E402
 
 urlpatterns += [
     path("sync/connections/", sync_apis.ConnectionListApi.as_view(), name="sync-connections"),
@@ -48,7 +51,7 @@ urlpatterns += [
          name="sync-subscription-purge"),
 ]
 
-from exchange import access_apis  # noqa: E402
+from exchange.access import apis as access_apis  # noqa: E402
 
 urlpatterns += [
     path("access-requests/", access_apis.AccessRequestListApi.as_view(), name="access-request-list"),

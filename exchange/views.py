@@ -22,10 +22,9 @@ from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedE
 from departments.models import Role
 from departments.selectors import principal_of, user_memberships
 from departments.views import error_403, error_404
-from exchange import access_selectors, access_services, audit_selectors, dashboard_selectors, grant_history, records
-from exchange.audit import audit_record, audit_verify
-from exchange.audit_selectors import AuditEventFilter, AuditScope
-from exchange.forms import (
+from exchange.access import selectors as access_selectors
+from exchange.access import services as access_services
+from exchange.access.forms import (
     ROW_FILTER_OPS,
     AccessRequestForm,
     CommentForm,
@@ -38,9 +37,15 @@ from exchange.forms import (
     conditions_from_post,
     row_filter_of,
 )
-from exchange.models import AccessForm, AuditEvent, GrantStatus, RequestStatus
-from exchange.models.audit import AuditOutcome
-from exchange.policy import effective_view
+from exchange.access.models import AccessForm, GrantStatus, RequestStatus
+from exchange.access.policy import effective_view
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.audit.services import audit_record, audit_verify
+from exchange.oversight import history as grant_history
+from exchange.oversight import selectors as audit_selectors
+from exchange.oversight.selectors import AuditEventFilter, AuditScope
+from exchange.overview import dashboard as dashboard_selectors
+from exchange.records import selectors as records
 
 RECORD_FILTER_OPS = [("eq", "equals"), ("ne", "differs from"), ("contains", "contains"), ("gt", "greater than"),
                      ("lt", "less than"), ("in", "one of (a,b,c)")]

@@ -88,7 +88,7 @@ def make_cast(people: dict[str, Any], department: Department, other_department: 
 
 def submit(*, actor: Any, dataset: Dataset, fields: list[str], department: Department | None = None,
            row_filter: list[dict[str, Any]] | None = None, days: int = 90) -> Any:
-    from exchange.access_services import access_request_submit
+    from exchange.access.services import access_request_submit
 
     now = timezone.now()
     return access_request_submit(
@@ -101,7 +101,7 @@ def submit(*, actor: Any, dataset: Dataset, fields: list[str], department: Depar
 def decide(*, actor: Any, access_request: Any, approve: dict[str, str | None], deny: list[str] | None = None,
            clear_reason: str = "") -> Any:
     """Approve the fields of ``approve`` (form or None for the default) and deny ``deny``."""
-    from exchange.access_services import FieldDecisionInput, access_request_decide
+    from exchange.access.services import FieldDecisionInput, access_request_decide
 
     decisions = [FieldDecisionInput(name=n, approved=True, form=f or "") for n, f in approve.items()]
     decisions += [FieldDecisionInput(name=n, approved=False, reason="Not needed for the purpose")
@@ -113,8 +113,8 @@ def decide(*, actor: Any, access_request: Any, approve: dict[str, str | None], d
 def active_grant(*, cast: dict[str, Any], dataset: Dataset, fields: list[str] | None = None,
                  grantee: str = "analyst_h", department: Department | None = None) -> Any:
     """A grant made through the whole workflow, including the DPO when the fields need one."""
-    from exchange.access_services import grant_dpo_approve
-    from exchange.models import GrantStatus
+    from exchange.access.models import GrantStatus
+    from exchange.access.services import grant_dpo_approve
 
     fields = fields or ["stop_id", "district"]
     access_request = submit(actor=cast[grantee], dataset=dataset, fields=fields, department=department)

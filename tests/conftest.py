@@ -17,7 +17,7 @@ def _audit_writer_stopped_before_the_database_goes(django_db_setup: None, django
     the audit writer's link connections, which would keep the test database from being dropped
     at the end of the session."""
     yield
-    from exchange import audit_writer
+    from exchange.audit import writer as audit_writer
 
     with django_db_blocker.unblock():
         audit_writer.shutdown()

@@ -13,8 +13,8 @@ from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field, SchemaStatus, SchemaVersion, Visibility
 from departments.models import Department
-from exchange.models import Grant, GrantField, GrantStatus, PrincipalKind
-from exchange.store import ident, is_postgres, store_ensure_table, store_table
+from exchange.access.models import Grant, GrantField, GrantStatus, PrincipalKind
+from exchange.records.store import ident, is_postgres, store_ensure_table, store_table
 
 PERMIT_FIELDS: list[dict[str, Any]] = [
     {"name": "permit_id", "type": "integer", "is_key": True, "nullable": False, "sensitivity": "public"},

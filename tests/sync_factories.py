@@ -16,9 +16,9 @@ from django.utils import timezone
 
 from catalog.models import Dataset, Field, SchemaVersion
 from departments.models import Department
-from exchange.models import Connection, FileFormat, Source
-from exchange.store import store_drop_table, store_ensure_table
+from exchange.records.store import store_drop_table, store_ensure_table
 from exchange.sync import secrets
+from exchange.sync.models import Connection, FileFormat, Source
 
 # (name, type, is_key, sensitivity)
 PERMIT_FIELDS: list[tuple[str, str, bool, str]] = [

@@ -11,8 +11,9 @@ import pytest
 from django.core.management import call_command
 
 from departments.models import CityRoleAssignment, Department, Membership
-from exchange.audit import audit_verify
-from exchange.models import AuditEvent, WorkerHeartbeat
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_verify
+from exchange.ops.models import WorkerHeartbeat
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def test_schema_has_no_warnings():
 def test_health_reports_database_and_worker_staleness(api):
     body = api.get("/healthz").json()
     assert body == {"status": "ok", "database": "ok", "workers": "stale", "worker_last_seen": None}
-    from exchange.services import worker_heartbeat
+    from exchange.ops.services import worker_heartbeat
 
     worker_heartbeat(hostname="w1@host", task_id="abc")
     assert api.get("/api/v1/health/").json()["workers"] == "ok"

@@ -4,13 +4,13 @@ from django.db import migrations
 
 
 def install(apps, schema_editor):
-    from exchange import audit_guard
+    from exchange.audit import guard as audit_guard
 
     audit_guard.install(schema_editor.connection)
 
 
 def uninstall(apps, schema_editor):
-    from exchange import audit_guard
+    from exchange.audit import guard as audit_guard
 
     audit_guard.uninstall(schema_editor.connection)
 

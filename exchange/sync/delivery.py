@@ -27,14 +27,14 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from exchange.audit import audit_record
-from exchange.models import AccessForm, ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus
-from exchange.models.sync import holds_target_table
-from exchange.policy import EffectiveView, effective_view
-from exchange.records import Select, build_select
-from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
+from exchange.access.models import AccessForm
+from exchange.access.policy import EffectiveView, effective_view
+from exchange.audit.services import audit_record
+from exchange.records.selectors import Select, build_select
+from exchange.records.store import StoreTable, ident, is_postgres, store_exists, store_table
 from exchange.sync import secrets
 from exchange.sync.convert import for_sqlite
+from exchange.sync.models import ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus, holds_target_table
 from exchange.sync.readers import TransientSourceError, sqlite_path
 
 PG_TYPES = {"text": "text", "integer": "bigint", "decimal": "numeric", "boolean": "boolean", "date": "date",
@@ -332,7 +332,7 @@ def subscription_mark_ended(*, subscription: Subscription, reason: str, actor_la
     from django_celery_beat.models import PeriodicTask
 
     from departments.notifications import notify
-    from exchange.access_selectors import stewards_of
+    from exchange.access.selectors import stewards_of
 
     with transaction.atomic():
         if not Subscription.objects.filter(pk=subscription.pk).exclude(status=SubscriptionStatus.ENDED).update(

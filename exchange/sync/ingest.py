@@ -22,10 +22,10 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
-from exchange.audit import audit_record
-from exchange.models import QuarantinedRow, Run, RunMode, RunStatus
-from exchange.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
+from exchange.audit.services import audit_record
+from exchange.records.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
 from exchange.sync.convert import CONVERTERS, SOURCE_KINDS, BadValue, content_hash, for_sqlite
+from exchange.sync.models import QuarantinedRow, Run, RunMode, RunStatus
 from exchange.sync.readers import RawRow, Reader, SourceError, open_source
 
 # Quarantined rows kept with their data per run; beyond this they are only counted.

@@ -24,9 +24,9 @@ from typing import IO, Any
 import sqlparse
 from django.conf import settings
 
-from exchange.models import Connection, ConnectionKind, FileFormat, Source
 from exchange.sync import secrets
 from exchange.sync.convert import PG_KINDS
+from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source
 
 
 class SourceError(Exception):

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from departments.models import Role
 from departments.notifications import notify
-from exchange.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
+from exchange.sync.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
 from exchange.sync.readers import SourceError, TransientSourceError
 
 log = logging.getLogger(__name__)

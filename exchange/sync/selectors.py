@@ -23,8 +23,9 @@ from catalog.models import Dataset
 from config.api.errors import NotFoundError
 from departments.models import Role
 from departments.selectors import principal_of
-from exchange.models import Connection, ConnectionKind, Grant, PrincipalKind, QuarantinedRow, Run, Source, Subscription
-from exchange.policy import active_grants_q
+from exchange.access.models import Grant, PrincipalKind
+from exchange.access.policy import active_grants_q
+from exchange.sync.models import Connection, ConnectionKind, QuarantinedRow, Run, Source, Subscription
 
 
 def _steward_departments(user: User | AnonymousUser) -> frozenset[int]:

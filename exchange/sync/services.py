@@ -22,8 +22,10 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 from catalog.models import Dataset, Field
 from config.api.errors import ApplicationError, ConflictError
 from departments.models import Department
-from exchange.audit import audit_record
-from exchange.models import (
+from exchange.access.policy import effective_view
+from exchange.audit.services import audit_record
+from exchange.sync import readers, runs, secrets
+from exchange.sync.models import (
     Connection,
     ConnectionKind,
     FileFormat,
@@ -34,10 +36,8 @@ from exchange.models import (
     Source,
     Subscription,
     SubscriptionStatus,
+    holds_target_table,
 )
-from exchange.models.sync import holds_target_table
-from exchange.policy import effective_view
-from exchange.sync import readers, runs, secrets
 
 
 def _check_secret(kind: str, secret: str) -> None:
@@ -401,7 +401,7 @@ def subscriptions_lock_for_grant(*, grant: Any) -> list[Subscription]:
     the audit trail: an append holds the trail's one lock until the transaction commits, and
     a delivery holds its subscription's lock while its target commits, so locking in the other
     order would keep every audited action in the exchange waiting on a department's database."""
-    from exchange.models import PrincipalKind
+    from exchange.access.models import PrincipalKind
 
     if grant.principal_kind != PrincipalKind.DEPARTMENT or grant.principal_department_id is None:
         return []

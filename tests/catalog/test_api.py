@@ -11,7 +11,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 from catalog.models import Dataset
 from departments.models import Notification
 from departments.selectors import principal_forget
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.departments.test_api import assert_error
 from tests.factories import DatasetFactory, DepartmentFactory, MembershipFactory
 

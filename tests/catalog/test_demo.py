@@ -8,8 +8,8 @@ import pytest
 from django.core.management import call_command
 
 from catalog.models import Dataset, DatasetTransition, SchemaStatus
-from exchange.audit import audit_verify
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_verify
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import pytest
 
 from catalog.models import ChangeKind, Field, SchemaVersion
 from catalog.services import classify_changes
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.departments.test_api import assert_error
 from tests.factories import PERMIT_FIELDS
 

@@ -11,8 +11,8 @@ from django.core import mail
 from catalog.models import Dataset, DatasetTransition, SchemaStatus
 from catalog.signals import breaking_change_published, schema_version_published
 from departments.models import Notification
-from exchange.audit import audit_verify
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_verify
 from tests.departments.test_api import assert_error
 from tests.factories import PERMIT_FIELDS
 

@@ -7,7 +7,7 @@ from django.contrib.auth.models import Group
 
 from departments.models import Department, Membership
 from departments.selectors import principal_forget
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.departments.test_api import assert_error
 from tests.factories import UserFactory
 

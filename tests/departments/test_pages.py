@@ -9,7 +9,7 @@ from django.test import Client
 from knox.models import AuthToken
 
 from departments.models import CityRoleAssignment, Membership, Role
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db

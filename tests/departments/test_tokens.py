@@ -7,7 +7,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.departments.test_api import assert_error
 from tests.factories import UserFactory
 
@@ -90,7 +90,7 @@ def test_a_user_cannot_revoke_someone_elses_token(api, user):
 
 
 def test_purge_expired_tokens(user):
-    from exchange.services import purge_expired_tokens
+    from exchange.ops.services import purge_expired_tokens
 
     AuthToken.objects.create(user=user, expiry=timedelta(seconds=-5))
     AuthToken.objects.create(user=user)

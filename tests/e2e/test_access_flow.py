@@ -102,7 +102,7 @@ def test_request_decide_dpo_records_and_audit(page, login, screenshot, people, d
 
 
 def test_a_second_click_does_not_submit_the_form_again(page, login, people, department, other_department):
-    from exchange.models import AccessRequest
+    from exchange.access.models import AccessRequest
 
     cast = make_cast(people, department, other_department)
     dataset = published_dataset(department)

@@ -11,7 +11,7 @@ from typing import cast
 import pytest
 from django.contrib.auth.models import User
 
-from exchange.models import Connection, Run, RunStatus, Source, Subscription
+from exchange.sync.models import Connection, Run, RunStatus, Source, Subscription
 from tests.factories import MembershipFactory
 from tests.records_support import grant
 from tests.sync_factories import PERMIT_FIELDS, permit_rows, published_dataset

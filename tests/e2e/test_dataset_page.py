@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from exchange.records import pseudonymise
+from exchange.records.selectors import pseudonymise
 from tests.catalog.test_dataset_page import RUN_ERROR, build_flow
 from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE
 from tests.factories import DepartmentFactory

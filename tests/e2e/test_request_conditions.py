@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from exchange.models import AccessRequest
+from exchange.access.models import AccessRequest
 from tests.access_factories import make_cast
 from tests.exchange.test_records import rows
 from tests.records_support import load_rows, published_dataset

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from catalog.models import Dataset
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.access_factories import make_cast
 from tests.sync_factories import csv_bytes
 

@@ -11,9 +11,9 @@ from typing import Any
 from django.db import connection
 
 from catalog.models import Dataset
-from exchange.models import Run, RunMode, Source
-from exchange.store import ident, store_table
+from exchange.records.store import ident, store_table
 from exchange.sync import runs
+from exchange.sync.models import Run, RunMode, Source
 
 
 def run_ingest(source: Source, *, mode: str = RunMode.FULL) -> Run:

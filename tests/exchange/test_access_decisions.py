@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from departments.models import Notification
-from exchange.models import AuditEvent, FieldDecision, Grant, GrantField
-from exchange.policy import effective_view
+from exchange.access.models import FieldDecision, Grant, GrantField
+from exchange.access.policy import effective_view
+from exchange.audit.models import AuditEvent
 from tests.access_factories import decide, make_cast, published_dataset, submit
 from tests.factories import MembershipFactory
 

@@ -13,10 +13,11 @@ from guardian.shortcuts import get_perms
 from departments.models import Notification
 from departments.selectors import principal_forget
 from exchange import tasks
-from exchange.access_services import grant_fields_lapse
-from exchange.audit import audit_verify
-from exchange.models import AuditEvent, Grant, GrantField
-from exchange.policy import effective_view
+from exchange.access.models import Grant, GrantField
+from exchange.access.policy import effective_view
+from exchange.access.services import grant_fields_lapse
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_verify
 from exchange.receivers import lapsing_field_names, on_schema_version_published
 from tests.access_factories import active_grant, decide, make_cast, published_dataset, schema_with_fields, submit
 
@@ -199,7 +200,7 @@ class TestSchemaChangeLapse:
         assert grant_fields_lapse(dataset=dataset, removed_or_changed=["district"], reason="again") == []
 
     def test_a_grant_scoped_by_a_changed_field_loses_all_its_fields(self, cast, dataset):
-        from exchange.access_services import grant_dpo_approve
+        from exchange.access.services import grant_dpo_approve
 
         access_request = submit(actor=cast["analyst_h"], dataset=dataset, fields=["stop_id", "boardings"],
                                 row_filter=[{"field": "district", "op": "eq", "value": "North"}])

@@ -9,7 +9,8 @@ import pytest
 from django.utils import timezone
 
 from departments.models import Notification
-from exchange.models import AccessRequest, AuditEvent, RequestEvent
+from exchange.access.models import AccessRequest, RequestEvent
+from exchange.audit.models import AuditEvent
 from tests.access_factories import decide, make_cast, period, published_dataset, submit
 
 pytestmark = pytest.mark.django_db

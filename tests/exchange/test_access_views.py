@@ -10,8 +10,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from exchange.access_services import grant_dpo_approve
-from exchange.models import AccessRequest, AuditEvent, Grant, GrantStatus, RequestStatus
+from exchange.access.models import AccessRequest, Grant, GrantStatus, RequestStatus
+from exchange.access.services import grant_dpo_approve
+from exchange.audit.models import AuditEvent
 from tests.access_factories import active_grant, decide, make_cast, published_dataset, submit
 
 pytestmark = pytest.mark.django_db
@@ -142,7 +143,7 @@ def test_a_condition_without_a_field_is_refused_next_to_it(client, cast, dataset
 
 
 def test_too_many_conditions_are_refused_by_the_service(client, cast, dataset):
-    from exchange.access_services import ROW_FILTER_MAX_CONDITIONS
+    from exchange.access.services import ROW_FILTER_MAX_CONDITIONS
 
     client.force_login(cast["analyst_h"])
     rows = {}

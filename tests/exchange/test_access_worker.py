@@ -12,8 +12,9 @@ import pytest
 from django.utils import timezone
 from guardian.shortcuts import get_perms
 
-from exchange.audit import audit_verify
-from exchange.models import AuditEvent, Grant
+from exchange.access.models import Grant
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_verify
 from exchange.tasks import housekeeping_expire_grants
 from tests.access_factories import active_grant, make_cast, published_dataset
 

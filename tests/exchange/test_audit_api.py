@@ -11,7 +11,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from exchange.audit import (
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import (
     AuditEntry,
     RequestContext,
     audit_record,
@@ -19,7 +20,6 @@ from exchange.audit import (
     reset_request_context,
     set_request_context,
 )
-from exchange.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from exchange import audit_guard
-from exchange.audit import audit_record, audit_verify
-from exchange.models import AuditEvent
+from exchange.audit import guard as audit_guard
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_record, audit_verify
 
 pytestmark = pytest.mark.django_db
 
@@ -44,7 +44,7 @@ def test_a_deleted_event_is_found():
 def test_the_verifiers_json_reader_answers_as_json_loads():
     import json
 
-    from exchange.audit import _json_loader
+    from exchange.audit.services import _json_loader
 
     for text in ['{"b": [1, 2.5, null], "a": "é"}', ' {"a": 1} ', "[]", "{}", '"x"', "3"]:
         assert _json_loader(text) == json.loads(text)

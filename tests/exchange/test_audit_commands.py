@@ -10,10 +10,10 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from exchange import audit_guard
-from exchange.audit import AuditEntry, audit_record, audit_record_many, audit_verify, event_hash
+from exchange.audit import guard as audit_guard
+from exchange.audit.models import AuditCheckpoint, AuditEvent
+from exchange.audit.services import AuditEntry, audit_record, audit_record_many, audit_verify, event_hash
 from exchange.management.commands.archive_audit import verify_archive
-from exchange.models import AuditCheckpoint, AuditEvent
 
 pytestmark = pytest.mark.django_db
 

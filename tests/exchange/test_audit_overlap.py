@@ -15,9 +15,9 @@ from django.http import StreamingHttpResponse
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from exchange import audit_writer, records
-from exchange.models import AuditEvent
-from exchange.models.audit import AuditOutcome
+from exchange.audit import writer as audit_writer
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.records import selectors as records
 from tests.exchange.test_records import CANARY_NAME, CANARY_PHONE, rows, url
 from tests.records_support import grant, load_rows, published_dataset
 
@@ -64,7 +64,7 @@ def test_page_is_audited_on_the_link_and_committed_before_the_response(as_user, 
     assert event.filters["conditions"] == [{"field": "district", "op": "eq", "value": "North"}]
     assert event.request_id == "req-overlap-1" == response["X-Request-ID"]
     assert event.client_ip == "127.0.0.1"
-    from exchange.audit import audit_verify
+    from exchange.audit.services import audit_verify
 
     assert audit_verify().intact
 
@@ -264,7 +264,7 @@ def test_concurrent_requests_keep_the_chain_intact(people, permits, monkeypatch)
 
     from django.db import connections
 
-    from exchange.audit import audit_record, audit_verify
+    from exchange.audit.services import audit_record, audit_verify
 
     # The first append of every thread waits until all eight hold a link: eight in flight at once.
     together = threading.Barrier(8, timeout=20)

@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import pytest
 
-from exchange import audit_guard
-from exchange.audit import AuditEntry, audit_checkpoint_create, audit_record, audit_record_many, audit_verify
-from exchange.models import AuditCheckpoint, AuditEvent
+from exchange.audit import guard as audit_guard
+from exchange.audit.models import AuditCheckpoint, AuditEvent
+from exchange.audit.services import AuditEntry, audit_checkpoint_create, audit_record, audit_record_many, audit_verify
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,8 +11,9 @@ import pytest
 from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.test import override_settings
 
-from exchange import audit_guard
-from exchange.audit import (
+from exchange.audit import guard as audit_guard
+from exchange.audit.models import AuditCheckpoint, AuditEvent
+from exchange.audit.services import (
     HASHED_FIELDS,
     AuditEntry,
     RequestContext,
@@ -25,7 +26,6 @@ from exchange.audit import (
     reset_request_context,
     set_request_context,
 )
-from exchange.models import AuditCheckpoint, AuditEvent
 from exchange.tasks import housekeeping_audit_checkpoint
 
 pytestmark = pytest.mark.django_db
@@ -294,7 +294,7 @@ def _reference_hash(values: dict[str, Any]) -> str:
 
     from django.core.serializers.json import DjangoJSONEncoder
 
-    from exchange.audit import HASHED_FIELDS
+    from exchange.audit.services import HASHED_FIELDS
 
     payload = {
         name: values[name].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if name == "occurred_at" else values[name]

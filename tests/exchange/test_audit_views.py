@@ -8,9 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from exchange.audit import audit_record
-from exchange.models import AuditEvent
-from exchange.models.audit import AuditOutcome
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.audit.services import audit_record
 from tests.access_factories import active_grant, decide, make_cast, published_dataset, submit
 
 pytestmark = pytest.mark.django_db

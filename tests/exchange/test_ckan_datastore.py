@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
 from tests.records_support import grant, load_rows, published_dataset
 

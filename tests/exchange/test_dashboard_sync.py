@@ -11,7 +11,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from exchange.models import Run, RunKind, RunStatus, Subscription
+from exchange.sync.models import Run, RunKind, RunStatus, Subscription
 from tests.factories import MembershipFactory
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, published_dataset, upload_source
 

@@ -5,8 +5,9 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from exchange.audit import audit_record
-from exchange.models import AuditEvent, GrantField, GrantStatus
+from exchange.access.models import GrantField, GrantStatus
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_record
 from tests.departments.test_api import assert_error
 from tests.factories import MembershipFactory
 from tests.records_support import grant, published_dataset

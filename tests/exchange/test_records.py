@@ -14,8 +14,9 @@ from django.utils import timezone
 
 from catalog.models import Visibility
 from departments.selectors import principal_forget
-from exchange.models import AuditEvent, GrantField, GrantStatus
-from exchange.records import mask, pseudonymise
+from exchange.access.models import GrantField, GrantStatus
+from exchange.audit.models import AuditEvent
+from exchange.records.selectors import mask, pseudonymise
 from tests.departments.test_api import assert_error
 from tests.factories import MembershipFactory
 from tests.records_support import grant, load_rows, published_dataset

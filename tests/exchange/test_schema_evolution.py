@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from catalog import services as catalog
-from exchange.models import GrantField
-from exchange.store import store_exists, store_table
+from exchange.access.models import GrantField
+from exchange.records.store import store_exists, store_table
 from tests.records_support import grant, load_rows
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django_celery_beat.models import PeriodicTask
 
 from departments.models import Membership
-from exchange.models import AuditEvent, Connection, Run, RunStatus, Source
+from exchange.audit.models import AuditEvent
+from exchange.sync.models import Connection, Run, RunStatus, Source
 from tests.factories import MembershipFactory
 from tests.records_support import grant
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, identity_mapping, permit_rows, published_dataset
@@ -259,7 +260,7 @@ def test_list_endpoints_use_a_constant_number_of_queries(as_user, people, datase
 def test_run_now_and_purge_a_subscription(as_user, people, dataset, other_department, tmp_path):
     import sqlite3
 
-    from exchange.models import Subscription
+    from exchange.sync.models import Subscription
 
     health_steward = MembershipFactory(department=other_department, role="steward").user
     path = tmp_path / "h.sqlite3"

@@ -11,8 +11,9 @@ from django.conf import settings as django_settings
 from django.db import connection as django_connection
 from django.utils import timezone
 
-from exchange.models import AuditEvent, Run, RunStatus, Subscription, SubscriptionStatus
+from exchange.audit.models import AuditEvent
 from exchange.sync import runs
+from exchange.sync.models import Run, RunStatus, Subscription, SubscriptionStatus
 from tests.exchange.sync_helpers import extra_pg_database, run_ingest
 from tests.records_support import grant
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, permit_rows, published_dataset, upload_source
@@ -164,7 +165,7 @@ def _tables(path: Path) -> list[str]:
 
 
 def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_department, people, tmp_path):
-    from exchange import access_services
+    from exchange.access import services as access_services
     from tests.factories import MembershipFactory
 
     dataset, _, g = setup
@@ -192,7 +193,7 @@ def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_departmen
 
 
 def test_expiry_ends_the_subscription_and_keeps_the_copy_unless_asked(setup, other_department, tmp_path):
-    from exchange import access_services
+    from exchange.access import services as access_services
 
     dataset, _, g = setup
     path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
@@ -210,7 +211,7 @@ def test_subscriptions_that_ended_before_their_reason_was_kept_take_it_from_the_
 
     from django.apps import apps
 
-    from exchange import access_services
+    from exchange.access import services as access_services
 
     dataset, _, g = setup
     _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
@@ -224,7 +225,7 @@ def test_subscriptions_that_ended_before_their_reason_was_kept_take_it_from_the_
 
 def test_a_subscription_lives_on_while_another_grant_covers_the_department(setup, other_department, people,
                                                                           tmp_path):
-    from exchange import access_services
+    from exchange.access import services as access_services
 
     dataset, _, g = setup
     _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True)
@@ -238,7 +239,7 @@ def test_a_subscription_lives_on_while_another_grant_covers_the_department(setup
 
 
 def test_lapsed_fields_end_the_subscription_when_nothing_is_left(setup, other_department, tmp_path):
-    from exchange import access_services
+    from exchange.access import services as access_services
 
     dataset, _, _ = setup
     _, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
@@ -269,7 +270,7 @@ def _revoke_when_written(monkeypatch, target_class, method: str, revoke) -> None
 
 def test_a_grant_revoked_while_the_run_writes_delivers_nothing(setup, other_department, people, tmp_path,
                                                               monkeypatch):
-    from exchange import access_services
+    from exchange.access import services as access_services
     from exchange.sync import delivery
 
     dataset, _, g = setup
@@ -289,7 +290,7 @@ def test_a_grant_revoked_while_the_run_writes_delivers_nothing(setup, other_depa
 
 def test_a_grant_narrowed_while_the_run_writes_is_retried_with_the_new_view(setup, other_department, people,
                                                                            tmp_path, monkeypatch):
-    from exchange import access_services
+    from exchange.access import services as access_services
     from exchange.sync import delivery
 
     dataset, _, g = setup
@@ -316,7 +317,7 @@ def test_a_grant_revoked_during_an_incremental_run_leaves_the_earlier_copy(setup
         pytest.skip("PostgreSQL targets are tested on the PostgreSQL run")
     import psycopg
 
-    from exchange import access_services
+    from exchange.access import services as access_services
     from exchange.sync import delivery
 
     dataset, source, g = setup
@@ -400,7 +401,7 @@ def test_a_grant_change_locks_the_subscriptions_before_it_appends_to_the_audit_t
     keep every audited action waiting on a department's database."""
     from django.test.utils import CaptureQueriesContext
 
-    from exchange import access_services
+    from exchange.access import services as access_services
 
     if django_connection.vendor != "postgresql":
         pytest.skip("row locks are PostgreSQL's")
@@ -423,7 +424,7 @@ def test_a_grant_change_locks_the_subscriptions_before_it_appends_to_the_audit_t
 
 def test_a_change_from_a_stale_copy_never_revives_an_ended_subscription(setup, other_department, people, tmp_path):
     from config.api.errors import ConflictError
-    from exchange import access_services
+    from exchange.access import services as access_services
     from exchange.sync import services as sync_services
 
     dataset, _, g = setup

@@ -8,8 +8,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 
-from exchange.models import AuditEvent, QuarantinedRow, RunMode, RunStatus
+from exchange.audit.models import AuditEvent
 from exchange.sync import ingest
+from exchange.sync.models import QuarantinedRow, RunMode, RunStatus
 from tests.exchange.sync_helpers import run_ingest, store_rows
 from tests.sync_factories import PERMIT_FIELDS, csv_bytes, permit_rows, published_dataset, upload_source
 
@@ -197,7 +198,7 @@ def test_sqlite_source_with_watermark(dataset, settings, tmp_path):
                "approved INTEGER, issued_on TEXT, updated_at TEXT)")
     db.executemany("INSERT INTO permits VALUES (?,?,?,?,?,?,?)", permit_rows(30))
     db.commit()
-    from exchange.models import Source
+    from exchange.sync.models import Source
     from tests.sync_factories import connection as make_connection
     from tests.sync_factories import identity_mapping
 
@@ -215,7 +216,7 @@ def test_sqlite_source_with_watermark(dataset, settings, tmp_path):
 
 
 def test_sqlite_file_outside_allowed_directories_is_refused(dataset, tmp_path):
-    from exchange.models import Source
+    from exchange.sync.models import Source
     from tests.sync_factories import connection as make_connection
     from tests.sync_factories import identity_mapping
 

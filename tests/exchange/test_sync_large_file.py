@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from exchange.models import RunStatus, Source
-from exchange.store import ident, store_table
+from exchange.records.store import ident, store_table
+from exchange.sync.models import RunStatus, Source
 from tests.exchange.sync_helpers import run_ingest
 from tests.sync_factories import PERMIT_FIELDS, identity_mapping, published_dataset
 

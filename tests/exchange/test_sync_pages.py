@@ -14,8 +14,9 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import PeriodicTask
 
-from exchange.models import AuditEvent, Connection, Run, RunStatus, Source, Subscription, SubscriptionStatus
+from exchange.audit.models import AuditEvent
 from exchange.sync import secrets
+from exchange.sync.models import Connection, Run, RunStatus, Source, Subscription, SubscriptionStatus
 from tests.exchange.sync_helpers import run_ingest
 from tests.factories import MembershipFactory
 from tests.records_support import grant
@@ -286,7 +287,7 @@ def test_sources_are_404_for_everyone_but_the_owners_stewards(client, cast, data
 
 def test_remove_a_source_keeps_the_records_and_drops_the_upload(client, cast, dataset, settings,
                                                                 django_capture_on_commit_callbacks):
-    from exchange.store import store_table
+    from exchange.records.store import store_table
 
     source = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(5)))
     assert run_ingest(source).status == RunStatus.SUCCEEDED

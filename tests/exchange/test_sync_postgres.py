@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection as django_connection
 
-from exchange.models import Run, RunMode, RunStatus, Source
 from exchange.sync import runs
+from exchange.sync.models import Run, RunMode, RunStatus, Source
 from tests.exchange.sync_helpers import extra_pg_database, pg_execute, run_ingest, store_rows
 from tests.sync_factories import connection, identity_mapping, permit_rows, published_dataset
 
@@ -123,7 +123,7 @@ def test_bulk_path_checks_keys_required_values_and_points_in_sql(department, sou
 
 
 def _store_indexes(dataset) -> set[str]:
-    from exchange.store import store_table
+    from exchange.records.store import store_table
 
     table = store_table(dataset)
     with django_connection.cursor() as cursor:
@@ -160,7 +160,7 @@ def test_first_load_copies_into_a_new_table_that_replaces_the_empty_store(source
 
 
 def test_a_load_table_left_by_a_killed_worker_is_replaced(source):
-    from exchange.store import ident, store_ensure_table
+    from exchange.records.store import ident, store_ensure_table
 
     table = store_ensure_table(source.dataset)
     with django_connection.cursor() as cursor:

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from exchange.models import RunStatus, Source
 from exchange.sync import urlguard
 from exchange.sync.allowlist import parse_allowed
+from exchange.sync.models import RunStatus, Source
 from tests.exchange.sync_helpers import run_ingest
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, identity_mapping, permit_rows, published_dataset
 

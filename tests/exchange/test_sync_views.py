@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from exchange.models import Run, RunStatus
+from exchange.sync.models import Run, RunStatus
 from tests.sync_factories import PERMIT_FIELDS, csv_bytes, permit_rows, published_dataset, upload_source
 
 pytestmark = pytest.mark.django_db

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from config.celery import app as celery_app
-from exchange.models import Run, RunStatus, Source
 from exchange.sync import runs
+from exchange.sync.models import Run, RunStatus, Source
 from exchange.tasks import housekeeping_reaper
 from tests.exchange.sync_helpers import store_rows
 from tests.exchange.sync_worker import Worker, serve_files, start_worker, wait_for
@@ -174,7 +174,7 @@ def test_delivery_through_a_worker(department, other_department, people, env, qu
 
     from django.conf import settings
 
-    from exchange.models import Subscription
+    from exchange.sync.models import Subscription
     from tests.records_support import grant
 
     settings.SYNC_SQLITE_DIRS = [str(tmp_path)]

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from exchange.models import WorkerHeartbeat
+from exchange.ops.models import WorkerHeartbeat
 from exchange.tasks import housekeeping_heartbeat
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

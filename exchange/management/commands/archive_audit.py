@@ -24,15 +24,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from exchange.audit import (
-    GENESIS_HASH,
-    HASHED_FIELDS,
-    audit_checkpoint_create,
-    audit_record,
-    event_hash,
-)
-from exchange.models import AuditEvent
-from exchange.models.audit import CheckpointReason
+from exchange.audit.models import AuditEvent, CheckpointReason
+from exchange.audit.services import GENESIS_HASH, HASHED_FIELDS, audit_checkpoint_create, audit_record, event_hash
 
 ARCHIVE_FORMAT = "exchange-audit-archive/1"
 

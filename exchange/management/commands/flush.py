@@ -13,7 +13,7 @@ from typing import Any
 
 from django.core.management.commands import flush
 
-from exchange import audit_guard
+from exchange.audit import guard as audit_guard
 
 
 class Command(flush.Command):

@@ -8,8 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from exchange.audit import audit_checkpoint_create, audit_record, audit_verify
-from exchange.models.audit import AuditOutcome, CheckpointReason
+from exchange.audit.models import AuditOutcome, CheckpointReason
+from exchange.audit.services import audit_checkpoint_create, audit_record, audit_verify
 
 
 class Command(BaseCommand):

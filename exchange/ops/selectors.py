@@ -5,7 +5,7 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from exchange.models import WorkerHeartbeat
+from exchange.ops.models import WorkerHeartbeat
 
 
 def worker_last_seen() -> datetime | None:

@@ -21,7 +21,7 @@ from catalog.models import Dataset, Field
 from config.api.errors import NotFoundError
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
 from departments.selectors import Principal, principal_of
-from exchange.models import AccessRequest, Grant, GrantField, GrantStatus, RequestStatus
+from exchange.access.models import AccessRequest, Grant, GrantField, GrantStatus, RequestStatus
 
 AnyUser = User | AnonymousUser
 
@@ -257,7 +257,7 @@ def explain_hidden(*, dataset: Dataset, user: User | None, department: Departmen
     not yet started, denied or still undecided. Two queries whatever the number of grants."""
     if not hidden:
         return hidden
-    from exchange.policy import DEPARTMENT_GRANT_ROLES  # the policy decides which memberships count
+    from exchange.access.policy import DEPARTMENT_GRANT_ROLES
 
     if user is not None:
         department_ids = principal_of(user).departments_where(*DEPARTMENT_GRANT_ROLES)

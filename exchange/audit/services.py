@@ -34,7 +34,7 @@ from django.db.models import Max, Min, Model
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
-from exchange.models.audit import ActorKind, AuditCheckpoint, AuditEvent, AuditOutcome, CheckpointReason
+from exchange.audit.models import ActorKind, AuditCheckpoint, AuditEvent, AuditOutcome, CheckpointReason
 
 GENESIS_HASH = "0" * 64
 # Any constant works; it names the one lock every append takes on PostgreSQL.

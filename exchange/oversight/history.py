@@ -17,11 +17,11 @@ from django.db.models import Q, QuerySet
 
 from catalog.models import Dataset
 from config.api.errors import ApplicationError, PermissionDeniedError
-from exchange.audit import audit_record
-from exchange.audit_selectors import audit_scope_of
-from exchange.models import AuditEvent, Grant, GrantField
-from exchange.models.audit import AuditOutcome
-from exchange.policy import OWNER_ROLES, active_grants_q
+from exchange.access.models import Grant, GrantField
+from exchange.access.policy import OWNER_ROLES, active_grants_q
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.audit.services import audit_record
+from exchange.oversight.selectors import audit_scope_of
 
 TIMELINE_ACTIONS = ("access_request.", "grant.", "subscription.", "delivery.")
 

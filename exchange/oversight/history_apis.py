@@ -12,9 +12,9 @@ from rest_framework.views import APIView
 
 from catalog.selectors import dataset_get_for_user
 from config.api.errors import ApplicationError
-from exchange import grant_history
-from exchange.audit import audit_record
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
+from exchange.audit.services import audit_record
+from exchange.oversight import history as grant_history
 
 
 def _moment(raw: str) -> datetime:

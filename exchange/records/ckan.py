@@ -18,7 +18,7 @@ from catalog import ckan, selectors
 from catalog.ckan import CkanError
 from catalog.models import FieldType
 from config.api.errors import ApplicationError, PermissionDeniedError
-from exchange import records
+from exchange.records import selectors as records
 
 DEFAULT_LIMIT = 100
 

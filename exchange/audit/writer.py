@@ -45,7 +45,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from psycopg import pq
 
-from exchange.audit import AuditEntry, append_statement, audit_record, event_values
+from exchange.audit.services import AuditEntry, append_statement, audit_record, event_values
 
 logger = logging.getLogger(__name__)
 

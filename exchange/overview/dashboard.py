@@ -14,9 +14,10 @@ from django.utils import timezone
 from catalog.models import Field
 from departments.models import Role
 from departments.selectors import principal_of
-from exchange import access_selectors as sel
-from exchange.audit_selectors import AuditScope, audit_event_list
-from exchange.models import GrantField, GrantStatus, Run, RunKind, RunStatus
+from exchange.access import selectors as sel
+from exchange.access.models import GrantField, GrantStatus
+from exchange.oversight.selectors import AuditScope, audit_event_list
+from exchange.sync.models import Run, RunKind, RunStatus
 
 AnyUser = User | AnonymousUser
 

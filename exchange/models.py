@@ -1,4 +1,4 @@
-from exchange.models.access import (
+from exchange.access.models import (
     AccessForm,
     AccessRequest,
     FieldDecision,
@@ -9,9 +9,9 @@ from exchange.models.access import (
     RequestEvent,
     RequestStatus,
 )
-from exchange.models.audit import AuditCheckpoint, AuditEvent
-from exchange.models.ops import WorkerHeartbeat
-from exchange.models.sync import (
+from exchange.audit.models import AuditCheckpoint, AuditEvent
+from exchange.ops.models import WorkerHeartbeat
+from exchange.sync.models import (
     Connection,
     ConnectionKind,
     FileFormat,

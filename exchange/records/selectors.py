@@ -29,12 +29,12 @@ from django.db import connection
 
 from catalog.models import Dataset, DatasetStatus, FieldType
 from config.api.errors import ApplicationError, PermissionDeniedError
-from exchange.audit import audit_record, current_request_context, reset_request_context, set_request_context
-from exchange.audit_writer import append_read
-from exchange.models import AccessForm
-from exchange.models.audit import AuditOutcome
-from exchange.policy import EffectiveView, FieldAccess, RowFilter, effective_view
-from exchange.store import StoreTable, ident, is_postgres, store_exists, store_table
+from exchange.access.models import AccessForm
+from exchange.access.policy import EffectiveView, FieldAccess, RowFilter, effective_view
+from exchange.audit.models import AuditOutcome
+from exchange.audit.services import audit_record, current_request_context, reset_request_context, set_request_context
+from exchange.audit.writer import append_read
+from exchange.records.store import StoreTable, ident, is_postgres, store_exists, store_table
 
 EXPORT_CHUNK_BYTES = 256 * 1024
 # Grantees read published and deprecated datasets; the owner reads whatever is in the store.

@@ -23,9 +23,8 @@ from django.utils.dateparse import parse_date, parse_datetime
 from config.api.errors import NotFoundError
 from departments.models import Department, Role
 from departments.selectors import principal_of
-from exchange.audit import HASHED_FIELDS
-from exchange.models import AuditEvent
-from exchange.models.audit import AuditOutcome
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.audit.services import HASHED_FIELDS
 
 
 @dataclass(frozen=True)

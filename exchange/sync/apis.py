@@ -20,8 +20,8 @@ from config.api.errors import NotFoundError, PermissionDeniedError
 from config.api.pagination import PageNumberPagination
 from departments.models import Department, Role
 from departments.selectors import principal_of
-from exchange.models import ConnectionKind, FileFormat, Run, RunKind, RunMode, RunStatus
 from exchange.sync import selectors, services
+from exchange.sync.models import ConnectionKind, FileFormat, Run, RunKind, RunMode, RunStatus
 
 
 def _paginate(request: Request, view: APIView, qs: QuerySet[Any], serializer: type[serializers.Serializer]) -> Response:

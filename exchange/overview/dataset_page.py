@@ -33,12 +33,13 @@ from django.utils import timezone
 from catalog.models import Dataset
 from departments.models import Role
 from departments.selectors import principal_of
-from exchange import access_selectors, records
-from exchange.audit_selectors import audit_scope_of
-from exchange.models import Grant, GrantStatus, PrincipalKind, Run, RunKind, RunStatus, Source, Subscription
-from exchange.models.sync import SubscriptionStatus
-from exchange.policy import OWNER_ROLES, EffectiveView, active_grants_q
-from exchange.store import ident, store_exists, table_name
+from exchange.access import selectors as access_selectors
+from exchange.access.models import Grant, GrantStatus, PrincipalKind
+from exchange.access.policy import OWNER_ROLES, EffectiveView, active_grants_q
+from exchange.oversight.selectors import audit_scope_of
+from exchange.records import selectors as records
+from exchange.records.store import ident, store_exists, table_name
+from exchange.sync.models import Run, RunKind, RunStatus, Source, Subscription, SubscriptionStatus
 
 PREVIEW_ROWS = 10
 AnyUser = User | AnonymousUser

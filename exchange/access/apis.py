@@ -23,10 +23,10 @@ from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedE
 from config.api.pagination import PageNumberPagination
 from departments.models import Role
 from departments.selectors import principal_of, user_by_username
-from exchange import access_selectors as sel
-from exchange import access_services as services
-from exchange.models import AccessForm, AccessRequest, Grant, GrantStatus, RequestStatus
-from exchange.policy import effective_view
+from exchange.access import selectors as sel
+from exchange.access import services
+from exchange.access.models import AccessForm, AccessRequest, Grant, GrantStatus, RequestStatus
+from exchange.access.policy import effective_view
 
 ROW_FILTER_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "is_null")
 

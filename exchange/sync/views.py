@@ -22,10 +22,9 @@ from config.api.errors import ApplicationError, ConflictError, NotFoundError
 from config.web import add_service_errors
 from departments.models import Department
 from departments.views import error_404
-from exchange.models import ConnectionKind, Run, RunStatus, Source, Subscription, SubscriptionStatus
 from exchange.sync import selectors
 from exchange.sync import services as sync_services
-from exchange.sync_forms import (
+from exchange.sync.forms import (
     ConnectionEditForm,
     ConnectionForm,
     ScheduleForm,
@@ -35,6 +34,7 @@ from exchange.sync_forms import (
     SubscriptionForm,
     source_initial,
 )
+from exchange.sync.models import ConnectionKind, Run, RunStatus, Source, Subscription, SubscriptionStatus
 
 RUNS_SHOWN = 15
 LIVE = (RunStatus.QUEUED, RunStatus.RUNNING)

@@ -39,9 +39,8 @@ from config.api.errors import ApplicationError, ConflictError, PermissionDeniedE
 from departments.models import Department, Role
 from departments.notifications import notify
 from departments.selectors import principal_of
-from exchange import access_selectors as sel
-from exchange.audit import audit_record
-from exchange.models import (
+from exchange.access import selectors as sel
+from exchange.access.models import (
     AccessForm,
     AccessRequest,
     FieldDecision,
@@ -52,6 +51,7 @@ from exchange.models import (
     RequestEvent,
     RequestStatus,
 )
+from exchange.audit.services import audit_record
 
 VIEW_DATASET = "catalog.view_dataset"
 

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.selectors import dataset_get_for_user
-from exchange import records
-from exchange.policy import EffectiveView
+from exchange.access.policy import EffectiveView
+from exchange.records import selectors as records
 
 
 def _field_meta(view: EffectiveView, names: tuple[str, ...]) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.utils import timezone
 from knox.models import AuthToken
 
-from exchange.models import WorkerHeartbeat
+from exchange.ops.models import WorkerHeartbeat
 
 
 def worker_heartbeat(*, hostname: str, task_id: str) -> WorkerHeartbeat:

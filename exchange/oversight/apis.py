@@ -28,11 +28,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.errors import PermissionDeniedError
-from exchange import audit_selectors as selectors
-from exchange.audit import audit_record, audit_verify
-from exchange.audit_selectors import AuditEventFilter, AuditReportFilter, AuditScope
-from exchange.models import AuditEvent
-from exchange.models.audit import AuditOutcome
+from exchange.audit.models import AuditEvent, AuditOutcome
+from exchange.audit.services import audit_record, audit_verify
+from exchange.oversight import selectors
+from exchange.oversight.selectors import AuditEventFilter, AuditReportFilter, AuditScope
 
 PAGING_PARAMS = frozenset({"cursor", "page_size"})
 

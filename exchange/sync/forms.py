@@ -12,7 +12,7 @@ from typing import Any
 from django import forms
 
 from catalog.models import Field
-from exchange.models import Connection, ConnectionKind, FileFormat
+from exchange.sync.models import Connection, ConnectionKind, FileFormat
 
 TARGET_TABLE = r"^[a-z_][a-z0-9_]{0,62}$"
 SCHEDULE_HELP = "Cron: minute hour day month weekday, e.g. “0 2 * * *” for every night at 02:00. Empty: on demand."

@@ -26,8 +26,7 @@ from django.utils import timezone
 from catalog.models import Dataset, Field
 from departments.models import Department, Role
 from departments.selectors import principal_of
-from exchange.models import AccessForm, Grant, GrantField, GrantStatus, PrincipalKind
-from exchange.models.access import FORM_ORDER
+from exchange.access.models import FORM_ORDER, AccessForm, Grant, GrantField, GrantStatus, PrincipalKind
 
 # Department grants reach the members who work with data; administrators and auditors of
 # the department do not read records through them (auditors read evidence, not values).
