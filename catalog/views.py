@@ -42,8 +42,6 @@ from config.web import add_service_errors
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from departments.views import error_403, error_404
-from exchange.access.policy import effective_view
-from exchange.overview import dataset_page
 
 PAGE_SIZE = 20
 FACETS = ("department", "theme", "sensitivity", "status", "licence")
@@ -107,7 +105,7 @@ def catalogue(request: HttpRequest) -> HttpResponse:
 
 # --- The dataset page --------------------------------------------------------------------------
 
-def _detail_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
+def dataset_detail_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
     user = request.user
     pending = services.pending_schema_version(dataset)
     schema = selectors.working_schema(user=user, dataset=dataset)
@@ -131,35 +129,6 @@ def _timeline(dataset: Dataset) -> list[Any]:
     return steps
 
 
-def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
-    """Lineage, sync status and my records preview, each scoped by ``exchange.dataset_page``."""
-    user = request.user
-    view = effective_view(dataset=dataset, user=user)
-    try:
-        preview = dataset_page.dataset_preview(user=user, dataset=dataset, view=view)
-    except PermissionDeniedError:  # a grant ended between the two reads
-        preview = dataset_page.Preview(readable=False)
-    return {
-        "view": view,
-        "preview": preview,
-        "lineage": dataset_page.dataset_lineage(user=user, dataset=dataset),
-        "lineage_complete": dataset_page.sees_all_receivers(user=user, dataset=dataset),
-        "preview_rows": dataset_page.PREVIEW_ROWS,
-        "sync": dataset_page.dataset_sync_status(user=user, dataset=dataset),
-    }
-
-
-@login_required
-def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    try:
-        dataset = selectors.dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-    except NotFoundError:
-        return error_404(request)
-    context = _detail_context(request, dataset)
-    context.update(_flow_context(request, dataset))
-    return render(request, "catalog/dataset_detail.html", context)
-
-
 @login_required
 @require_POST
 def dataset_transition(request: HttpRequest, dataset_id: int) -> HttpResponse:
@@ -177,7 +146,7 @@ def dataset_transition(request: HttpRequest, dataset_id: int) -> HttpResponse:
             raise ApplicationError("Unknown action.", fields={"action": ["Choose one of the buttons."]})
         services.dataset_transition(actor=request.user, dataset=dataset, action=action, comment=comment)
     except ApplicationError as exc:
-        context = _review_context(request, dataset) if from_review else _detail_context(request, dataset)
+        context = _review_context(request, dataset) if from_review else dataset_detail_context(request, dataset)
         context.update({"transition_error": exc, "comment": comment,
                         "allowed": [ACTION_LABELS.get(a, a) for a in exc.extra.get("allowed", [])]})
         template = "catalog/review_detail.html" if from_review else "catalog/dataset_detail.html"
@@ -263,7 +232,7 @@ def dataset_delete(request: HttpRequest, dataset_id: int) -> HttpResponse:
     try:
         services.dataset_delete(actor=request.user, dataset=dataset)
     except ApplicationError as exc:
-        context = _detail_context(request, dataset)
+        context = dataset_detail_context(request, dataset)
         context.update({"transition_error": exc,
                         "allowed": [ACTION_LABELS.get(a, a) for a in exc.extra.get("allowed", [])]})
         return render(request, "catalog/dataset_detail.html", context, status=exc.status_code)
@@ -339,7 +308,7 @@ def review_queue(request: HttpRequest) -> HttpResponse:
 def _review_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
     """The dataset as the reviewer must judge it: a first publication shows its whole schema;
     a new version of a published dataset shows its diff against the current version."""
-    context = _detail_context(request, dataset)
+    context = dataset_detail_context(request, dataset)
     pending = services.pending_schema_version(dataset)
     p = principal_of(request.user)
     in_review_version = pending if pending is not None and pending.status == SchemaStatus.IN_REVIEW else None

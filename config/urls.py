@@ -5,8 +5,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from catalog import views as catalog_views
 from departments import views as department_views
-from exchange import views as exchange_views
+from exchange.access import views as access_views
 from exchange.ops.apis import HealthApi
+from exchange.oversight import views as oversight_views
+from exchange.overview import views as overview_views
+from exchange.records import views as records_views
 from exchange.sync import views as sync_views
 
 api_v1: list[URLPattern | URLResolver] = [
@@ -39,14 +42,14 @@ urlpatterns = [
     path("account/tokens/<str:token_key>/revoke/", department_views.account_token_revoke, name="ui-token-revoke"),
     path("catalogue/", catalog_views.catalogue, name="ui-catalogue"),
     path("datasets/new/", catalog_views.dataset_create, name="ui-dataset-create"),
-    path("datasets/<int:dataset_id>/", catalog_views.dataset_detail, name="ui-dataset-detail"),
+    path("datasets/<int:dataset_id>/", overview_views.dataset_detail, name="ui-dataset-detail"),
     path("datasets/<int:dataset_id>/edit/", catalog_views.dataset_edit, name="ui-dataset-edit"),
     path("datasets/<int:dataset_id>/schema/", catalog_views.dataset_schema, name="ui-dataset-schema"),
     path("datasets/<int:dataset_id>/delete/", catalog_views.dataset_delete, name="ui-dataset-delete"),
     path("datasets/<int:dataset_id>/transition/", catalog_views.dataset_transition, name="ui-dataset-transition"),
     path("review/", catalog_views.review_queue, name="ui-review-queue"),
     path("review/<int:dataset_id>/", catalog_views.review_detail, name="ui-review-detail"),
-    path("datasets/<int:dataset_id>/records/", exchange_views.dataset_records, name="ui-dataset-records"),
+    path("datasets/<int:dataset_id>/records/", records_views.dataset_records, name="ui-dataset-records"),
     path("datasets/<int:dataset_id>/sync/", sync_views.dataset_sync, name="ui-dataset-sync"),
     path("datasets/<int:dataset_id>/sync/run/", sync_views.dataset_sync_run, name="ui-dataset-sync-run"),
     path("datasets/<int:dataset_id>/sync/upload/", sync_views.dataset_sync_upload, name="ui-dataset-sync-upload"),
@@ -73,28 +76,28 @@ urlpatterns = [
          name="ui-subscription-remove"),
     path("sync/runs/<int:run_id>/", sync_views.run_detail, name="ui-run-detail"),
     path("sync/runs/<int:run_id>/cancel/", sync_views.run_cancel, name="ui-run-cancel"),
-    path("datasets/<int:dataset_id>/request-access/", exchange_views.request_access, name="ui-request-access"),
-    path("datasets/<int:dataset_id>/access/explain/", exchange_views.access_explain, name="ui-access-explain"),
-    path("access/", exchange_views.access_home, name="ui-access"),
-    path("access/requests/", exchange_views.access_requests, name="ui-access-requests"),
-    path("access/requests/<int:request_id>/", exchange_views.access_request_detail, name="ui-access-request"),
-    path("access/requests/<int:request_id>/withdraw/", exchange_views.access_request_withdraw,
+    path("datasets/<int:dataset_id>/request-access/", access_views.request_access, name="ui-request-access"),
+    path("datasets/<int:dataset_id>/access/explain/", access_views.access_explain, name="ui-access-explain"),
+    path("access/", access_views.access_home, name="ui-access"),
+    path("access/requests/", access_views.access_requests, name="ui-access-requests"),
+    path("access/requests/<int:request_id>/", access_views.access_request_detail, name="ui-access-request"),
+    path("access/requests/<int:request_id>/withdraw/", access_views.access_request_withdraw,
          name="ui-access-request-withdraw"),
-    path("access/requests/<int:request_id>/decide/", exchange_views.access_request_decide,
+    path("access/requests/<int:request_id>/decide/", access_views.access_request_decide,
          name="ui-access-request-decide"),
-    path("access/grants/", exchange_views.my_grants, name="ui-my-grants"),
-    path("access/grants/department/", exchange_views.department_grants, name="ui-department-grants"),
-    path("access/grants/<int:grant_id>/<slug:action>/", exchange_views.grant_action, name="ui-grant-action"),
-    path("access/dpo/", exchange_views.dpo_queue, name="ui-dpo-queue"),
-    path("audit/", exchange_views.audit_explorer, name="ui-audit"),
-    path("audit/datasets/<int:dataset_id>/timeline/", exchange_views.audit_timeline, name="ui-audit-timeline"),
-    path("audit/who-could-see/", exchange_views.audit_who_could_see, name="ui-audit-who-could-see"),
-    path("audit/verify/", exchange_views.audit_verify_page, name="ui-audit-verify"),
-    path("dashboard/", exchange_views.dashboard, name="ui-dashboard"),
-    path("dashboard/data/requests.json", exchange_views.dashboard_requests, name="ui-dashboard-requests"),
-    path("dashboard/data/grants.json", exchange_views.dashboard_grants, name="ui-dashboard-grants"),
-    path("dashboard/data/sync.json", exchange_views.dashboard_sync, name="ui-dashboard-sync"),
-    path("dashboard/data/audit.json", exchange_views.dashboard_audit, name="ui-dashboard-audit"),
+    path("access/grants/", access_views.my_grants, name="ui-my-grants"),
+    path("access/grants/department/", access_views.department_grants, name="ui-department-grants"),
+    path("access/grants/<int:grant_id>/<slug:action>/", access_views.grant_action, name="ui-grant-action"),
+    path("access/dpo/", access_views.dpo_queue, name="ui-dpo-queue"),
+    path("audit/", oversight_views.audit_explorer, name="ui-audit"),
+    path("audit/datasets/<int:dataset_id>/timeline/", oversight_views.audit_timeline, name="ui-audit-timeline"),
+    path("audit/who-could-see/", oversight_views.audit_who_could_see, name="ui-audit-who-could-see"),
+    path("audit/verify/", oversight_views.audit_verify_page, name="ui-audit-verify"),
+    path("dashboard/", overview_views.dashboard, name="ui-dashboard"),
+    path("dashboard/data/requests.json", overview_views.dashboard_requests, name="ui-dashboard-requests"),
+    path("dashboard/data/grants.json", overview_views.dashboard_grants, name="ui-dashboard-grants"),
+    path("dashboard/data/sync.json", overview_views.dashboard_sync, name="ui-dashboard-sync"),
+    path("dashboard/data/audit.json", overview_views.dashboard_audit, name="ui-dashboard-audit"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/3/action/", include("catalog.ckan_urls")),

@@ -6,16 +6,20 @@ class ExchangeConfig(AppConfig):
     verbose_name = "Exchange: access, data movement and audit"
 
     def ready(self) -> None:
+        """The wiring between packages that must not import each other: a lower package sends
+        a signal, the higher one that reacts is connected here."""
         from django.db.backends.signals import connection_created
 
         from catalog.signals import schema_version_published
-        from exchange import receivers
+        from exchange import tasks  # noqa: F401  (registers every task in every process)
+        from exchange.access import receivers as access_receivers
         from exchange.records import ckan as ckan_datastore
+        from exchange.records import receivers as records_receivers
         from exchange.records.selectors import register_sqlite_functions
 
         connection_created.connect(register_sqlite_functions, dispatch_uid="exchange.sqlite_functions")
         ckan_datastore.register()
-        schema_version_published.connect(receivers.on_schema_version_published_store,
+        schema_version_published.connect(records_receivers.on_schema_version_published_store,
                                          dispatch_uid="exchange.store_evolve")
-        schema_version_published.connect(receivers.on_schema_version_published,
+        schema_version_published.connect(access_receivers.on_schema_version_published,
                                          dispatch_uid="exchange.grant_fields_lapse")

@@ -36,7 +36,7 @@ class Outcome(Enum):
 
 
 def _send(run: Run, countdown: float | None = None) -> None:
-    from exchange import tasks
+    from exchange.sync import tasks
 
     task = tasks.ingest_run if run.kind == RunKind.INGEST else tasks.deliver_run
     options: dict[str, object] = {"task_id": run.celery_task_id}

@@ -436,6 +436,6 @@ def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None 
 
 
 def _purge_after_commit(subscription_id: int) -> None:
-    from exchange import tasks
+    from exchange.sync import tasks
 
     transaction.on_commit(lambda: tasks.deliver_purge.delay(subscription_id))

@@ -12,13 +12,13 @@ from guardian.shortcuts import get_perms
 
 from departments.models import Notification
 from departments.selectors import principal_forget
-from exchange import tasks
+from exchange.access import tasks
 from exchange.access.models import Grant, GrantField
 from exchange.access.policy import effective_view
+from exchange.access.receivers import lapsing_field_names, on_schema_version_published
 from exchange.access.services import grant_fields_lapse
 from exchange.audit.models import AuditEvent
 from exchange.audit.services import audit_verify
-from exchange.receivers import lapsing_field_names, on_schema_version_published
 from tests.access_factories import active_grant, decide, make_cast, published_dataset, schema_with_fields, submit
 
 pytestmark = pytest.mark.django_db

@@ -26,7 +26,7 @@ from exchange.audit.services import (
     reset_request_context,
     set_request_context,
 )
-from exchange.tasks import housekeeping_audit_checkpoint
+from exchange.audit.tasks import housekeeping_audit_checkpoint
 
 pytestmark = pytest.mark.django_db
 

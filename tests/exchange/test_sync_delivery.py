@@ -505,8 +505,7 @@ def test_a_run_cancelled_just_before_its_commit_delivers_nothing(setup, other_de
 
 def test_a_purge_that_finds_the_table_locked_is_tried_again_later(setup, other_department, people, tmp_path,
                                                                   monkeypatch):
-    from exchange import tasks
-    from exchange.sync import delivery
+    from exchange.sync import delivery, tasks
     from exchange.sync import services as sync_services
     from exchange.sync.readers import TransientSourceError
 

@@ -12,7 +12,7 @@ import pytest
 from config.celery import app as celery_app
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Source
-from exchange.tasks import housekeeping_reaper
+from exchange.sync.tasks import housekeeping_reaper
 from tests.exchange.sync_helpers import store_rows
 from tests.exchange.sync_worker import Worker, serve_files, start_worker, wait_for
 from tests.sync_factories import (

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import connection
 
 from exchange.ops.models import WorkerHeartbeat
-from exchange.tasks import housekeeping_heartbeat
+from exchange.ops.tasks import housekeeping_heartbeat
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

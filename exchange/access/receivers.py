@@ -1,10 +1,9 @@
-"""Reactions of the exchange to events of other apps, connected in ExchangeConfig.ready().
+"""How grants react to a published schema version, connected in ExchangeConfig.ready().
 
 When a schema version is published (catalog.signals.schema_version_published, sent after
-commit with ``dataset``, ``schema_version`` and ``previous``): the record store's table is
-evolved to the new schema (:func:`on_schema_version_published_store`), and grants lapse for
-the fields that were removed, renamed, retyped or made more sensitive
-(:func:`on_schema_version_published`).
+commit with ``dataset``, ``schema_version`` and ``previous``), grants lapse for the fields that
+were removed, renamed, retyped or made more sensitive (:func:`on_schema_version_published`).
+The record store's table follows in exchange.records.receivers.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 
 from catalog.models import SENSITIVITY_RANK, Dataset, Field, SchemaVersion, Sensitivity
 from exchange.access.services import grant_fields_lapse
-from exchange.records.store import store_ensure_table
 
 # Changes after which a grant no longer covers the field: its values are gone, now live under
 # another name, or mean something else. A field that became more sensitive lapses too: the
@@ -81,8 +79,3 @@ def on_schema_version_published(
             dataset=dataset, removed_or_changed=names,
             reason=f"Schema version {schema_version.number} removed or changed the field.",
         )
-
-
-def on_schema_version_published_store(sender: Any, *, dataset: Dataset, **kwargs: Any) -> None:
-    """Create or evolve the dataset's store table for its newly published schema."""
-    store_ensure_table(Dataset.objects.get(pk=dataset.pk))

@@ -1,4 +1,8 @@
-"""Server-rendered pages over the same services as the API."""
+"""Access pages: requests, decisions, grants, the DPO queue and the explanation of a view.
+
+Each view fetches through a scoped selector (404 for what the user may not know exists),
+calls one service (403 for what they know but may not do) and redirects after a POST.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from catalog.selectors import dataset_get_for_user, dataset_visible
+from catalog.selectors import dataset_get_for_user
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from departments.models import Role
 from departments.selectors import principal_of, user_memberships
@@ -30,7 +34,6 @@ from exchange.access.forms import (
     CommentForm,
     ConditionRow,
     ReasonForm,
-    WhoCouldSeeForm,
     apply_condition_operation,
     attach_condition_errors,
     check_condition_rows,
@@ -39,65 +42,7 @@ from exchange.access.forms import (
 )
 from exchange.access.models import AccessForm, GrantStatus, RequestStatus
 from exchange.access.policy import effective_view
-from exchange.audit.models import AuditEvent, AuditOutcome
-from exchange.audit.services import audit_record, audit_verify
-from exchange.oversight import history as grant_history
-from exchange.oversight import selectors as audit_selectors
-from exchange.oversight.selectors import AuditEventFilter, AuditScope
-from exchange.overview import dashboard as dashboard_selectors
-from exchange.records import selectors as records
 
-RECORD_FILTER_OPS = [("eq", "equals"), ("ne", "differs from"), ("contains", "contains"), ("gt", "greater than"),
-                     ("lt", "less than"), ("in", "one of (a,b,c)")]
-
-
-@login_required
-def dataset_records(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    """Browse the records of a dataset exactly as the signed-in user's effective view shows
-    them; filters and ordering only on visible fields; "more" loads the next page by cursor."""
-    try:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-    except NotFoundError:
-        return error_404(request)
-    params: dict[str, str] = {k: str(v) for k, v in request.GET.items() if v != ""}
-    # The filter form sends field/op/value; turn them into the records query syntax.
-    field, op, value = params.pop("f_field", ""), params.pop("f_op", "eq"), params.pop("f_value", "")
-    if field and value:
-        params[field if op == "eq" else f"{field}__{op}"] = value
-    context: dict[str, Any] = {"dataset": dataset, "params": request.GET, "error": None,
-                               "filter_ops": RECORD_FILTER_OPS}
-    try:
-        view, query, page = records.read_page(user=request.user, dataset=dataset, params=params)
-    except PermissionDeniedError as exc:
-        return error_403(request, exc)
-    except ApplicationError as exc:
-        context["error"] = exc
-        view, query, page = None, None, None
-    if view is not None and query is not None and page is not None:
-        columns = [view.fields[name] for name in query.fields]
-        context.update({
-            "view": view, "columns": columns,
-            "rows": [[row.get(c.name) for c in columns] for row in page.rows],
-            "next_cursor": page.next_cursor,
-            "visible_fields": list(view.fields),
-            "hidden_fields": view.hidden,
-            "next_query": _with(request, cursor=page.next_cursor) if page.next_cursor else "",
-        })
-    partial = bool(getattr(request, "htmx", False)) and bool(request.GET.get("cursor"))
-    template = "exchange/_record_rows.html" if partial else "exchange/records.html"
-    return render(request, template, context, status=400 if context["error"] else 200)
-
-
-def _with(request: HttpRequest, **changes: Any) -> str:
-    query = request.GET.copy()
-    for key, value in changes.items():
-        query[key] = value
-    return query.urlencode()
-
-
-# --- Access pages ---------------------------------------------------------------------------
-# Each view fetches through a scoped selector (404 for what the user may not know exists),
-# calls one service (403 for what they know but may not do) and redirects after a POST.
 
 def _user(request: HttpRequest) -> User:
     user = request.user
@@ -473,143 +418,3 @@ def _form_errors(form: forms.Form, exc: ApplicationError) -> None:
     for key, msgs in exc.fields.items():
         for message in msgs:
             form.add_error(key if key in form.fields else None, message)
-
-
-# --- Audit pages ----------------------------------------------------------------------------
-
-def _auditor_scope(request: HttpRequest, *, attempted: str) -> AuditScope | None:
-    """The caller's audit scope, or None after auditing the refused attempt (as the API does)."""
-    scope = audit_selectors.audit_scope_of(request.user)
-    if scope is None:
-        audit_record(actor=request.user, action="audit.denied", outcome=AuditOutcome.DENIED,
-                     details={"attempted": attempted, "path": request.path})
-    return scope
-
-
-AUDIT_PAGE = 50
-
-
-@login_required
-def audit_explorer(request: HttpRequest) -> HttpResponse:
-    scope = _auditor_scope(request, attempted="audit.read")
-    if scope is None:
-        return error_403(request)
-    data: dict[str, str] = {k: str(v) for k, v in request.GET.items() if k in AuditEventFilter.base_filters and v}
-    filterset = AuditEventFilter(data=data, queryset=audit_selectors.audit_event_list(scope=scope))
-    events: list[AuditEvent] = []
-    next_before = ""
-    if filterset.is_valid():
-        qs = filterset.qs.order_by("-id")
-        before = request.GET.get("before", "")
-        if before.isdigit():
-            qs = qs.filter(id__lt=int(before))
-        events = list(qs[: AUDIT_PAGE + 1])
-        if len(events) > AUDIT_PAGE:
-            events = events[:AUDIT_PAGE]
-            next_before = str(events[-1].pk)
-        audit_record(actor=request.user, action="audit.read", filters=data, row_count=len(events),
-                     details={"endpoint": "ui.explorer"})
-    query = QueryDict(mutable=True)
-    query.update(data)
-    next_query = query.copy()
-    if next_before:
-        next_query["before"] = next_before
-    return render(request, "exchange/audit_explorer.html", {
-        "events": events, "filters": data, "errors": filterset.errors,
-        "outcomes": AuditOutcome.choices, "export_query": query.urlencode(),
-        "next_query": next_query.urlencode() if next_before else "",
-        "first_page": "before" in request.GET,
-    }, status=400 if filterset.errors else 200)
-
-
-@login_required
-def audit_timeline(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    try:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-        grant_history.require_auditor(user=request.user, dataset=dataset, action="grant_timeline")
-    except NotFoundError:
-        return error_404(request)
-    except PermissionDeniedError as exc:
-        return error_403(request, exc)
-    events = list(grant_history.grant_timeline(dataset=dataset)[:1000])
-    audit_record(actor=request.user, action="audit.read", obj=dataset, dataset_id=dataset.pk,
-                 department_id=dataset.department_id, row_count=len(events),
-                 filters={"question": "grant_timeline"})
-    return render(request, "exchange/audit_timeline.html", {"dataset": dataset, "events": events})
-
-
-@login_required
-def audit_who_could_see(request: HttpRequest) -> HttpResponse:
-    scope = _auditor_scope(request, attempted="who_could_see")
-    if scope is None:
-        return error_403(request)
-    datasets = dataset_visible(user=request.user).order_by("title")
-    if not scope.everything:
-        datasets = datasets.filter(department_id__in=scope.department_ids)
-    form = WhoCouldSeeForm(request.GET or None, datasets=list(datasets.values_list("pk", "title")[:1000]))
-    answer = None
-    dataset = None
-    if request.GET and form.is_valid():
-        try:
-            dataset = dataset_get_for_user(user=request.user, dataset_id=form.cleaned_data["dataset"])
-            grant_history.require_auditor(user=request.user, dataset=dataset, action="who_could_see")
-        except NotFoundError:
-            return error_404(request)
-        except PermissionDeniedError as exc:
-            return error_403(request, exc)
-        field = form.cleaned_data["field"]
-        at = timezone.make_aware(dt.datetime.combine(form.cleaned_data["at"], dt.time.max))
-        answer = grant_history.who_could_see(dataset=dataset, field=field, at=at)
-        audit_record(actor=request.user, action="audit.read", obj=dataset, dataset_id=dataset.pk,
-                     department_id=dataset.department_id, fields=[field], row_count=len(answer),
-                     filters={"question": "who_could_see", "at": at.isoformat()})
-    return render(request, "exchange/audit_who_could_see.html",
-                  {"form": form, "answer": answer, "dataset": dataset},
-                  status=400 if form.errors else 200)
-
-
-@login_required
-def audit_verify_page(request: HttpRequest) -> HttpResponse:
-    scope = _auditor_scope(request, attempted="audit.verify")
-    if scope is None:
-        return error_403(request)
-    # Read-only, so a GET: reloading the page verifies again.
-    result = audit_verify()
-    audit_record(actor=request.user, action="audit.verify",
-                 outcome=AuditOutcome.ALLOWED if result.intact else AuditOutcome.FAILED,
-                 details={"intact": result.intact, "checked": result.checked, "broken_at": result.broken_at,
-                          "via": "ui"})
-    return render(request, "exchange/audit_verify.html", {"result": result})
-
-
-# --- Dashboard ------------------------------------------------------------------------------
-
-@login_required
-def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "exchange/dashboard.html", {
-        "is_auditor": audit_selectors.audit_scope_of(request.user) is not None,
-        "sees_runs": dashboard_selectors.runs_in_view(user=request.user).exists(),
-    })
-
-
-@login_required
-def dashboard_requests(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(dashboard_selectors.requests_per_week(user=request.user))
-
-
-@login_required
-def dashboard_grants(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(dashboard_selectors.active_grants_breakdown(user=request.user))
-
-
-@login_required
-def dashboard_sync(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(dashboard_selectors.sync_per_day(user=request.user))
-
-
-@login_required
-def dashboard_audit(request: HttpRequest) -> HttpResponse:
-    scope = _auditor_scope(request, attempted="dashboard.audit")
-    if scope is None:
-        return JsonResponse({"detail": "Only auditors may read the audit trail."}, status=403)
-    return JsonResponse(dashboard_selectors.audit_events_per_day(scope=scope))
