@@ -42,6 +42,7 @@ test: install-dev
 
 lint: install-dev
 	$(BIN)/ruff check .
+	PYTHONPATH=. $(BIN)/lint-imports --no-cache
 
 typecheck: install-dev
 	$(BIN)/mypy .

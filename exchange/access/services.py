@@ -51,6 +51,7 @@ from exchange.access.models import (
     RequestEvent,
     RequestStatus,
 )
+from exchange.access.signals import grant_changing, grant_narrowed, send_required
 from exchange.audit.services import audit_record
 
 VIEW_DATASET = "catalog.view_dataset"
@@ -75,16 +76,12 @@ def _link_request(access_request: AccessRequest) -> str:
 
 def _lock_subscriptions(grant: Grant) -> None:
     """Before anything is audited (see the sync service)."""
-    from exchange.sync.services import subscriptions_lock_for_grant
-
-    subscriptions_lock_for_grant(grant=grant)
+    send_required(grant_changing, grant=grant)
 
 
 def _end_subscriptions(grant: Grant, *, reason: str, at: dt.datetime | None) -> None:
     """Deliveries stop with the grant, in the same transaction (see the sync service)."""
-    from exchange.sync.services import subscriptions_end_for_grant
-
-    subscriptions_end_for_grant(grant=grant, reason=reason, at=at)
+    send_required(grant_narrowed, grant=grant, reason=reason, at=at)
 
 
 def _link_grant(grant: Grant) -> str:

@@ -34,8 +34,9 @@ from exchange.records.selectors import Select, build_select
 from exchange.records.store import StoreTable, ident, is_postgres, store_exists, store_table
 from exchange.sync import secrets
 from exchange.sync.convert import for_sqlite
+from exchange.sync.errors import TransientSourceError
 from exchange.sync.models import ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus, holds_target_table
-from exchange.sync.readers import TransientSourceError, sqlite_path
+from exchange.sync.readers import sqlite_path
 
 PG_TYPES = {"text": "text", "integer": "bigint", "decimal": "numeric", "boolean": "boolean", "date": "date",
             "timestamp": "timestamptz", "geopoint": "text", "json": "jsonb"}

@@ -25,8 +25,9 @@ from catalog.models import Dataset, DatasetStatus, Field
 from exchange.audit.services import audit_record
 from exchange.records.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
 from exchange.sync.convert import CONVERTERS, SOURCE_KINDS, BadValue, content_hash, for_sqlite
+from exchange.sync.errors import SourceError
 from exchange.sync.models import QuarantinedRow, Run, RunMode, RunStatus
-from exchange.sync.readers import RawRow, Reader, SourceError, open_source
+from exchange.sync.readers import RawRow, Reader, open_source
 
 # Quarantined rows kept with their data per run; beyond this they are only counted.
 QUARANTINE_KEEP = 10_000

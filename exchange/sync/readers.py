@@ -26,15 +26,8 @@ from django.conf import settings
 
 from exchange.sync import secrets
 from exchange.sync.convert import PG_KINDS
+from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source
-
-
-class SourceError(Exception):
-    """The source cannot be read as configured; retrying will not help."""
-
-
-class TransientSourceError(SourceError):
-    """The source could not be reached or went away; a later attempt may succeed."""
 
 
 @dataclass

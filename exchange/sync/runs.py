@@ -14,6 +14,7 @@ import uuid
 from datetime import timedelta
 from enum import Enum
 
+from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -23,8 +24,8 @@ from django.utils import timezone
 
 from departments.models import Role
 from departments.notifications import notify
+from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
-from exchange.sync.readers import SourceError, TransientSourceError
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,14 @@ class Outcome(Enum):
     SKIPPED = "skipped"
 
 
-def _send(run: Run, countdown: float | None = None) -> None:
-    from exchange.sync import tasks
+INGEST_TASK = "exchange.tasks.ingest_run"
+DELIVER_TASK = "exchange.tasks.deliver_run"
 
-    task = tasks.ingest_run if run.kind == RunKind.INGEST else tasks.deliver_run
+
+def _send(run: Run, countdown: float | None = None) -> None:
+    # By name from Celery's registry: the task module calls into this one, and every process
+    # registers it at start (ExchangeConfig.ready); an unknown name raises NotRegistered.
+    task = current_app.tasks[INGEST_TASK if run.kind == RunKind.INGEST else DELIVER_TASK]
     options: dict[str, object] = {"task_id": run.celery_task_id}
     if run.queue:
         options["queue"] = run.queue

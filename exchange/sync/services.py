@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from celery import current_app
 from celery.schedules import crontab
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -435,7 +436,9 @@ def subscriptions_end_for_grant(*, grant: Any, reason: str, at: datetime | None 
     return ended
 
 
-def _purge_after_commit(subscription_id: int) -> None:
-    from exchange.sync import tasks
+PURGE_TASK = "exchange.tasks.deliver_purge"
 
-    transaction.on_commit(lambda: tasks.deliver_purge.delay(subscription_id))
+
+def _purge_after_commit(subscription_id: int) -> None:
+    # By name, as exchange.sync.runs queues its runs: the task module calls into this one.
+    transaction.on_commit(lambda: current_app.tasks[PURGE_TASK].delay(subscription_id))

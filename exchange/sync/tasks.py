@@ -8,7 +8,7 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from exchange.sync import runs
-from exchange.sync.readers import TransientSourceError
+from exchange.sync.errors import TransientSourceError
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 from django.conf import settings
 
 from exchange.sync.allowlist import parse_allowed
-from exchange.sync.readers import SourceError
+from exchange.sync.errors import SourceError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

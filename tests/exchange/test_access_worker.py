@@ -13,9 +13,9 @@ from django.utils import timezone
 from guardian.shortcuts import get_perms
 
 from exchange.access.models import Grant
+from exchange.access.tasks import housekeeping_expire_grants
 from exchange.audit.models import AuditEvent
 from exchange.audit.services import audit_verify
-from exchange.access.tasks import housekeeping_expire_grants
 from tests.access_factories import active_grant, make_cast, published_dataset
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -507,7 +507,7 @@ def test_a_purge_that_finds_the_table_locked_is_tried_again_later(setup, other_d
                                                                   monkeypatch):
     from exchange.sync import delivery, tasks
     from exchange.sync import services as sync_services
-    from exchange.sync.readers import TransientSourceError
+    from exchange.sync.errors import TransientSourceError
 
     dataset, _, _ = setup
     path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=False)
