@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from tests.access_factories import make_cast
-from tests.exchange.test_records import CANARY_NAME, rows
+from tests.exchange.records.test_records import CANARY_NAME, rows
 from tests.records_support import load_rows, published_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.exchange.test_records import CANARY_NOTE, CANARY_PHONE, rows
+from tests.exchange.records.test_records import CANARY_NOTE, CANARY_PHONE, rows
 from tests.records_support import grant, load_rows, published_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

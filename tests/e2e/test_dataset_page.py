@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from exchange.records.selectors import pseudonymise
-from tests.catalog.test_dataset_page import RUN_ERROR, build_flow
-from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE
+from tests.exchange.overview.test_dataset_page import RUN_ERROR, build_flow
+from tests.exchange.records.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE
 from tests.factories import DepartmentFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

@@ -10,7 +10,7 @@ import pytest
 
 from exchange.access.models import AccessRequest
 from tests.access_factories import make_cast
-from tests.exchange.test_records import rows
+from tests.exchange.records.test_records import rows
 from tests.records_support import load_rows, published_dataset
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

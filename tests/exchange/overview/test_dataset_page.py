@@ -18,7 +18,7 @@ from departments.models import Department
 from exchange.audit.models import AuditEvent
 from exchange.records.selectors import pseudonymise
 from exchange.sync.models import Connection, Run, RunKind, RunStatus, Source, Subscription
-from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
+from tests.exchange.records.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
 from tests.factories import DepartmentFactory, MembershipFactory
 from tests.records_support import grant, load_rows, published_dataset
 

@@ -16,7 +16,7 @@ from django.db import connection
 
 from exchange.records.store import ident, store_table
 from exchange.sync.models import RunStatus, Source
-from tests.exchange.sync_helpers import run_ingest
+from tests.exchange.sync.helpers import run_ingest
 from tests.sync_factories import PERMIT_FIELDS, identity_mapping, published_dataset
 
 pytestmark = pytest.mark.django_db

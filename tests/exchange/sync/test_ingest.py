@@ -1,5 +1,5 @@
 """Ingest from files and databases into the store, in-process (the worker tests live in
-test_sync_worker.py)."""
+tests/exchange/sync/test_worker.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from django.db import connection
 from exchange.audit.models import AuditEvent
 from exchange.sync import ingest
 from exchange.sync.models import QuarantinedRow, RunMode, RunStatus
-from tests.exchange.sync_helpers import run_ingest, store_rows
+from tests.exchange.sync.helpers import run_ingest, store_rows
 from tests.sync_factories import PERMIT_FIELDS, csv_bytes, permit_rows, published_dataset, upload_source
 
 HEADER = [f[0] for f in PERMIT_FIELDS]

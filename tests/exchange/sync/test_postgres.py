@@ -7,7 +7,7 @@ from django.db import connection as django_connection
 
 from exchange.sync import runs
 from exchange.sync.models import Run, RunMode, RunStatus, Source
-from tests.exchange.sync_helpers import extra_pg_database, pg_execute, run_ingest, store_rows
+from tests.exchange.sync.helpers import extra_pg_database, pg_execute, run_ingest, store_rows
 from tests.sync_factories import connection, identity_mapping, permit_rows, published_dataset
 
 pytestmark = pytest.mark.django_db

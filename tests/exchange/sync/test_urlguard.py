@@ -13,7 +13,7 @@ import pytest
 from exchange.sync import urlguard
 from exchange.sync.allowlist import parse_allowed
 from exchange.sync.models import RunStatus, Source
-from tests.exchange.sync_helpers import run_ingest
+from tests.exchange.sync.helpers import run_ingest
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, identity_mapping, permit_rows, published_dataset
 
 CSV = csv_bytes([f[0] for f in PERMIT_FIELDS], permit_rows(5))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from exchange.audit.models import AuditEvent
-from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
+from tests.exchange.records.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
 from tests.records_support import grant, load_rows, published_dataset
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,7 @@ from django_celery_beat.models import PeriodicTask
 from exchange.audit.models import AuditEvent
 from exchange.sync import secrets
 from exchange.sync.models import Connection, Run, RunStatus, Source, Subscription, SubscriptionStatus
-from tests.exchange.sync_helpers import run_ingest
+from tests.exchange.sync.helpers import run_ingest
 from tests.factories import MembershipFactory
 from tests.records_support import grant
 from tests.sync_factories import (

@@ -56,6 +56,24 @@ class TestRevoke:
                          409)
         assert error["code"] == "invalid_state"
 
+    def test_without_the_sync_receivers_a_revoke_fails_and_changes_nothing(self, cast, dataset):
+        """The grant services reach the subscriptions through a signal; a process where nobody
+        listens must not revoke a grant while its deliveries go on."""
+        from exchange.access.services import grant_revoke
+        from exchange.access.signals import grant_changing
+        from exchange.sync.receivers import on_grant_changing
+
+        grant = active_grant(cast=cast, dataset=dataset)
+        assert grant_changing.disconnect(dispatch_uid="exchange.sync.lock_for_grant")
+        try:
+            with pytest.raises(RuntimeError, match="no receiver"):
+                grant_revoke(actor=cast["steward2"], grant=grant, reason="Project ended")
+        finally:
+            grant_changing.connect(on_grant_changing, dispatch_uid="exchange.sync.lock_for_grant")
+        grant.refresh_from_db()
+        assert grant.status == "active"
+        assert not AuditEvent.objects.filter(action="grant.revoke").exists()
+
     def test_dpo_may_revoke(self, as_user, cast, dataset):
         grant = active_grant(cast=cast, dataset=dataset)
         assert as_user(cast["dpo"]).post(f"/api/v1/grants/{grant.pk}/revoke/", {"reason": "Breach"}).status_code == 200

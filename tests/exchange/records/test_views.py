@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.exchange.test_records import CANARY_NOTE, rows
+from tests.exchange.records.test_records import CANARY_NOTE, rows
 from tests.records_support import grant, load_rows, published_dataset
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from departments import services
-from tests.exchange.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
+from tests.exchange.records.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
 from tests.factories import MembershipFactory, UserFactory
 from tests.records_support import grant, load_rows, published_dataset
 

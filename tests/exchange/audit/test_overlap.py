@@ -18,7 +18,7 @@ from rest_framework.test import APIClient
 from exchange.audit import writer as audit_writer
 from exchange.audit.models import AuditEvent, AuditOutcome
 from exchange.records import selectors as records
-from tests.exchange.test_records import CANARY_NAME, CANARY_PHONE, rows, url
+from tests.exchange.records.test_records import CANARY_NAME, CANARY_PHONE, rows, url
 from tests.records_support import grant, load_rows, published_dataset
 
 pytestmark = pytest.mark.django_db(transaction=True)

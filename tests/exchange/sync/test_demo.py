@@ -10,7 +10,7 @@ import pytest
 
 from exchange import demo
 from exchange.sync.models import Run, RunStatus, Source, Subscription
-from tests.exchange.sync_helpers import store_rows
+from tests.exchange.sync.helpers import store_rows
 from tests.factories import DepartmentFactory, MembershipFactory
 from tests.sync_factories import published_dataset
 

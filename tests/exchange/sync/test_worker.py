@@ -13,8 +13,8 @@ from config.celery import app as celery_app
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Source
 from exchange.sync.tasks import housekeeping_reaper
-from tests.exchange.sync_helpers import store_rows
-from tests.exchange.sync_worker import Worker, serve_files, start_worker, wait_for
+from tests.exchange.sync.helpers import store_rows
+from tests.exchange.sync.worker import Worker, serve_files, start_worker, wait_for
 from tests.sync_factories import (
     PERMIT_FIELDS,
     connection,
@@ -83,7 +83,7 @@ def test_upload_ingest_through_a_worker(department, env, queue, workers):
 def test_a_second_run_of_the_same_source_is_skipped_while_one_runs(department, env, queue, workers, files):
     workers.append(worker := start_worker(queue, env=env, concurrency=2))
     dataset = published_dataset(department=department)
-    from tests.exchange.sync_worker import Served
+    from tests.exchange.sync.worker import Served
 
     files.files["/permits.csv"] = served = Served(csv_bytes(HEADER, permit_rows(60)), chunk_delay=0.05,
                                                    slow_requests=1)
@@ -101,7 +101,7 @@ def test_a_second_run_of_the_same_source_is_skipped_while_one_runs(department, e
 def test_transient_errors_are_retried_with_backoff(department, env, queue, workers, files):
     workers.append(worker := start_worker(queue, env=env))
     dataset = published_dataset(department=department)
-    from tests.exchange.sync_worker import Served
+    from tests.exchange.sync.worker import Served
 
     files.files["/flaky.csv"] = served = Served(csv_bytes(HEADER, permit_rows(10)), fail_first=2)
     source = url_source(dataset, files.url("/flaky.csv"))
@@ -128,7 +128,7 @@ def test_an_unreachable_source_fails_after_bounded_retries(department, env, queu
 def test_cancel_a_running_run(department, env, queue, workers, files):
     workers.append(worker := start_worker(queue, env=env))
     dataset = published_dataset(department=department)
-    from tests.exchange.sync_worker import Served
+    from tests.exchange.sync.worker import Served
 
     files.files["/slow.csv"] = Served(csv_bytes(HEADER, permit_rows(200)), chunk_delay=0.05, slow_requests=9)
     run = runs.run_enqueue(source=url_source(dataset, files.url("/slow.csv")), queue=queue)
@@ -145,7 +145,7 @@ def test_worker_killed_mid_run_is_reaped_and_the_rerun_loads_exactly_once(depart
     source0 = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(30)))
     runs.execute(run_id=runs.run_enqueue(source=source0, queue="nowhere").pk)  # a first load, in-process
     Source.objects.filter(pk=source0.pk).delete()
-    from tests.exchange.sync_worker import Served
+    from tests.exchange.sync.worker import Served
 
     rows = permit_rows(80, fee_bump=3)  # 30 updated, 50 new
     files.files["/big.csv"] = Served(csv_bytes(HEADER, rows), chunk_delay=0.1, slow_requests=1)
@@ -203,7 +203,7 @@ def test_postgresql_source_dropped_mid_run(department, env, queue, workers):
 
     if django_connection.vendor != "postgresql":
         pytest.skip("PostgreSQL sources are tested on the PostgreSQL run")
-    from tests.exchange.sync_helpers import extra_pg_database, pg_execute
+    from tests.exchange.sync.helpers import extra_pg_database, pg_execute
 
     workers.append(worker := start_worker(queue, env=env))
     dataset = published_dataset(department=department)

@@ -14,7 +14,7 @@ from django.utils import timezone
 from exchange.audit.models import AuditEvent
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Subscription, SubscriptionStatus
-from tests.exchange.sync_helpers import extra_pg_database, run_ingest
+from tests.exchange.sync.helpers import extra_pg_database, run_ingest
 from tests.records_support import grant
 from tests.sync_factories import PERMIT_FIELDS, connection, csv_bytes, permit_rows, published_dataset, upload_source
 

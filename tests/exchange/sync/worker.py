@@ -70,7 +70,7 @@ def start_worker(queue: str, *, env: dict[str, str] | None = None, concurrency: 
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "-n",
              f"{queue}-{time.monotonic_ns()}@localhost", "--pool", "prefork", "--concurrency", str(concurrency),
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2],
+            env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[3],
         )
     worker = Worker(process, queue, logfile)
     deadline = time.monotonic() + 60
