@@ -7,7 +7,8 @@ EU data themes are groups. Each package has two resources: the records API (with
 datastore-like ``fields`` list describing the current schema, each field with its
 sensitivity class) and the CSV export. ``datastore_search`` is provided by the record store.
 
-Visibility is the catalogue's: signed-in callers (session or ``Authorization: Token …``)
+Visibility is the catalogue's: signed-in callers (session, or a token as CKAN clients send
+it: ``Authorization: <token>``, ``X-CKAN-API-Key: <token>`` or ``Authorization: Token …``)
 see the published and deprecated datasets they may see; anonymous callers see only the
 city-visible ones under an open licence. Every answer, errors included, uses CKAN's envelope
 with CKAN's status codes.
@@ -31,6 +32,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404, QueryDict
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,6 +42,7 @@ from catalog import selectors
 from catalog.dcat import LICENCE_URIS
 from catalog.models import Dataset, Field, FieldType, Licence, Theme, Visibility
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from departments.authentication import CkanTokenAuthentication
 from departments.models import Department
 
 logger = logging.getLogger(__name__)
@@ -372,6 +375,7 @@ class CkanActionView(APIView):
     CKAN serves it: GET with query parameters, POST with a JSON (or form) body, every answer
     and every error in CKAN's envelope."""
 
+    authentication_classes = [CkanTokenAuthentication, SessionAuthentication]
     permission_classes = [AllowAny]
 
     def get(self, request: Request, action: str) -> Response:

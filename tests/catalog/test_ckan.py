@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.utils import timezone
+from knox.models import AuthToken
 
 from catalog import ckan
+from departments import services
 from tests.factories import DatasetFactory
 
 pytestmark = pytest.mark.django_db
@@ -250,3 +253,49 @@ def test_an_unexpected_failure_is_a_500_in_the_envelope(api, monkeypatch, base):
     monkeypatch.setitem(ckan.ACTIONS, "status_show", broken)
     error = failed(api.get(f"{base}status_show"), 500, "Internal Server Error")
     assert "secret" not in error["message"]
+
+
+@pytest.fixture
+def steward_token(cast) -> str:
+    return services.token_issue(user=cast["steward"])[1]
+
+
+@pytest.mark.parametrize("base", PATHS)
+@pytest.mark.parametrize("headers", [
+    {"HTTP_AUTHORIZATION": "{token}"},
+    {"HTTP_X_CKAN_API_KEY": "{token}"},
+    {"HTTP_AUTHORIZATION": "Token {token}"},
+    {"HTTP_X_CKAN_API_KEY": "{token}", "HTTP_AUTHORIZATION": "{token}"},  # what ckanapi sends
+    {"HTTP_X_CKAN_API_KEY": "{token}", "HTTP_AUTHORIZATION": "Basic c29tZW9uZTplbHNl"},  # the CKAN header wins
+], ids=["authorization", "x-ckan-api-key", "authorization-token", "both", "api-key-and-basic"])
+def test_ckans_token_headers_sign_the_caller_in(api, catalogue, steward_token, base, headers):
+    api.credentials(**{name: value.format(token=steward_token) for name, value in headers.items()})
+    assert "parking-fines" in ok(api.get(f"{base}package_list"))  # restricted: the owner's steward sees it
+    assert ok(api.post(f"{base}package_show", {"id": "parking-fines"}, format="json"))["private"] is True
+
+
+@pytest.mark.parametrize("base", PATHS)
+@pytest.mark.parametrize("header", ["HTTP_AUTHORIZATION", "HTTP_X_CKAN_API_KEY"])
+@pytest.mark.parametrize("value", ["a" * 64, "short", "Token " + "a" * 64, "Token a b", "\u00fcml\u00e4ut"])
+def test_a_bad_token_is_ckans_authorization_error(api, catalogue, base, header, value):
+    api.credentials(**{header: value})
+    failed(api.get(f"{base}package_list"), 403, "Authorization Error")
+    failed(api.post(f"{base}package_show", {"id": "street-trees"}, format="json"), 403, "Authorization Error")
+
+
+def test_an_expired_token_says_so(api, cast, steward_token):
+    AuthToken.objects.filter(user=cast["steward"]).update(expiry=timezone.now())
+    api.credentials(HTTP_AUTHORIZATION=steward_token)
+    assert "expired" in failed(api.get("/api/action/package_list"), 403, "Authorization Error")["message"]
+
+
+def test_another_authorization_scheme_is_not_a_token(api, catalogue):
+    api.credentials(HTTP_AUTHORIZATION="Basic c29tZW9uZTplbHNl")
+    assert ok(api.get("/api/action/package_list")) == ["clinics", "street-trees"]  # anonymous
+
+
+def test_ckans_token_headers_are_for_the_ckan_endpoints_only(api, steward_token):
+    api.credentials(HTTP_AUTHORIZATION=steward_token)
+    assert api.get("/api/v1/me/").status_code == 401
+    api.credentials(HTTP_X_CKAN_API_KEY=steward_token)
+    assert api.get("/api/v1/me/").status_code == 401
