@@ -1,30 +1,38 @@
-"""A CKAN-compatible read API (``/api/3/action/<name>``) so that CKAN clients and harvesters
-(ckanapi, CKAN's own harvester, open-data portals) read the catalogue unchanged.
+"""A CKAN-compatible read API (``/api/3/action/<name>`` and ``/api/action/<name>``, as CKAN
+serves it) so that CKAN clients and harvesters (ckanapi, CKAN's own harvester, open-data
+portals) read the catalogue unchanged.
 
 Departments are organizations, datasets are packages (``name`` = slug), keywords are tags,
 EU data themes are groups. Each package has two resources: the records API (with a
 datastore-like ``fields`` list describing the current schema, each field with its
 sensitivity class) and the CSV export. ``datastore_search`` is provided by the record store.
 
-Visibility is the catalogue's: signed-in callers (session or ``Authorization: Token …``)
+Visibility is the catalogue's: signed-in callers (session, or a token as CKAN clients send
+it: ``Authorization: <token>``, ``X-CKAN-API-Key: <token>`` or ``Authorization: Token …``)
 see the published and deprecated datasets they may see; anonymous callers see only the
-city-visible ones under an open licence. Every answer uses CKAN's envelope.
+city-visible ones under an open licence. Every answer, errors included, uses CKAN's envelope
+with CKAN's status codes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, Q, QuerySet
-from django.http import Http404
+from django.http import Http404, QueryDict
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -33,8 +41,11 @@ from rest_framework.views import APIView
 from catalog import selectors
 from catalog.dcat import LICENCE_URIS
 from catalog.models import Dataset, Field, FieldType, Licence, Theme, Visibility
-from config.api.errors import ApplicationError, NotFoundError
+from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from departments.authentication import CkanTokenAuthentication
 from departments.models import Department
+
+logger = logging.getLogger(__name__)
 
 CKAN_VERSION = "2.10.4"
 DATASTORE_TYPES = {
@@ -68,6 +79,11 @@ def _int(params: dict[str, Any], name: str, default: int, maximum: int) -> int:
     if value < 0:
         raise _validation(name, "Must be a positive integer")
     return min(value, maximum)
+
+
+def _number(text: str) -> int | None:
+    """An id given as a number (``str.isdigit`` alone also accepts "²", which ``int`` refuses)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -159,7 +175,8 @@ def _get_package(request: Request, ident: Any) -> Dataset:
     if not ident:
         raise _validation("id", "Missing value")
     ident = str(ident)
-    q = Q(slug=ident) | Q(pk=int(ident)) if ident.isdigit() else Q(slug=ident)
+    pk = _number(ident)
+    q = Q(slug=ident) | Q(pk=pk) if pk is not None else Q(slug=ident)
     dataset = _visible(request).filter(q).first()
     if dataset is None:
         raise CkanError("Not Found Error", "Not found", 404)
@@ -176,8 +193,8 @@ def _apply_fq(qs: QuerySet[Dataset], fq: str) -> QuerySet[Dataset]:
         if key in ("dataset_type", "state", "capacity"):
             continue  # every package here is an active, public-type dataset
         if key in ("organization", "owner_org"):
-            term = Q(department__slug=value) | Q(department_id=int(value)) if value.isdigit() else Q(
-                department__slug=value)
+            pk = _number(value)
+            term = Q(department__slug=value) | Q(department_id=pk) if pk is not None else Q(department__slug=value)
         elif key == "tags":
             term = Q(keywords__icontains=selectors.json_element(value))
         elif key == "groups":
@@ -217,11 +234,14 @@ def package_search(request: Request, params: dict[str, Any]) -> Any:
     qs = _apply_fq(qs, str(params.get("fq") or ""))
     ordered = qs.order_by(*_order(str(params.get("sort") or ""), bool(q)))
     results = [package_dict(d) for d in ordered[start:start + rows]]
-    facet_fields = params.get("facet.field") or "[]"
-    try:
-        wanted = json.loads(facet_fields) if isinstance(facet_fields, str) else list(facet_fields)
-    except ValueError:
-        raise _validation("facet.field", "Must be a JSON list") from None
+    wanted = params.get("facet.field") or "[]"
+    if isinstance(wanted, str):
+        try:
+            wanted = json.loads(wanted)
+        except ValueError:
+            raise _validation("facet.field", "Must be a JSON list") from None
+    if not isinstance(wanted, list):
+        raise _validation("facet.field", "Must be a JSON list")
     return {"count": qs.count(), "sort": params.get("sort") or "", "results": results,
             **_facets(qs, [str(w) for w in wanted])}
 
@@ -260,7 +280,8 @@ def organization_show(request: Request, params: dict[str, Any]) -> Any:
     ident = str(params.get("id") or "")
     if not ident:
         raise _validation("id", "Missing value")
-    q = Q(slug=ident) | Q(pk=int(ident)) if ident.isdigit() else Q(slug=ident) | Q(code=ident)
+    pk = _number(ident)
+    q = Q(slug=ident) | Q(pk=pk) if pk is not None else Q(slug=ident) | Q(code=ident)
     org = _organizations(request).filter(q).first()
     if org is None:
         raise CkanError("Not Found Error", "Not found", 404)
@@ -295,7 +316,7 @@ ACTIONS: dict[str, Callable[[Request, dict[str, Any]], Any]] = {
 
 
 def envelope(action: str, *, result: Any = None, error: CkanError | None = None) -> Response:
-    body: dict[str, Any] = {"help": f"{settings.SITE_URL}/api/3/action/help_show?name={action}"}
+    body: dict[str, Any] = {"help": f"{settings.SITE_URL}/api/3/action/help_show?name={quote(action, safe='')}"}
     if error is None:
         body.update(success=True, result=result)
         return Response(body)
@@ -303,36 +324,93 @@ def envelope(action: str, *, result: Any = None, error: CkanError | None = None)
     return Response(body, status=error.status)
 
 
+def _bad_request(message: str) -> CkanError:
+    return CkanError("Bad request", f"Bad request - {message}", 400)
+
+
+def _mixed(data: QueryDict) -> dict[str, Any]:
+    """CKAN's reading of query and form parameters: a repeated key gives a list."""
+    return {key: values[0] if len(values) == 1 else values for key, values in data.lists()}
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _as_ckan_error(exc: Exception) -> CkanError | None:
+    """The exceptions of actions, services and DRF as CKAN's action API reports them: 404 Not
+    Found Error, 403 Authorization Error (also for a bad token: CKAN has no 401), 409
+    Validation Error, 400 for a request it cannot read."""
+    if isinstance(exc, CkanError):
+        return exc
+    if isinstance(exc, NotFoundError | Http404 | exceptions.NotFound):
+        return CkanError("Not Found Error", "Not found", 404)
+    if isinstance(exc, PermissionDeniedError):
+        return CkanError("Authorization Error", f"Access denied: {exc.message}", 403)
+    if isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated | exceptions.PermissionDenied):
+        return CkanError("Authorization Error", f"Access denied: {exc.detail}", 403)
+    if isinstance(exc, DjangoPermissionDenied):
+        return CkanError("Authorization Error", "Access denied", 403)
+    if isinstance(exc, ApplicationError):
+        return CkanError("Validation Error", exc.message, 409, **exc.fields)
+    if isinstance(exc, DjangoValidationError):
+        fields = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+        return CkanError("Validation Error", "The input is not valid.", 409, **fields)
+    if isinstance(exc, exceptions.ParseError):
+        return _bad_request(f"JSON Error: {exc.detail}")
+    if isinstance(exc, exceptions.APIException):
+        return CkanError("Bad request", str(exc.detail), exc.status_code)
+    return None
+
+
 @extend_schema(exclude=True)
 class CkanActionView(APIView):
+    """CKAN's action API, served at ``/api/3/action/<name>`` and ``/api/action/<name>`` as
+    CKAN serves it: GET with query parameters, POST with a JSON (or form) body, every answer
+    and every error in CKAN's envelope."""
+
+    authentication_classes = [CkanTokenAuthentication, SessionAuthentication]
     permission_classes = [AllowAny]
 
     def get(self, request: Request, action: str) -> Response:
-        return self._run(request, action, dict(request.query_params.items()))
+        return self._run(request, action, _mixed(request.query_params))
 
     def post(self, request: Request, action: str) -> Response:
-        data = request.data if isinstance(request.data, dict) else {}
-        return self._run(request, action, {**dict(request.query_params.items()), **data})
+        data: Any = request.data
+        if isinstance(data, QueryDict):
+            values = list(data.values())
+            if len(values) == 1 and values[0] in ("1", ""):
+                # As CKAN: a JSON document posted as a form (``curl -d '{…}'``) is its only key.
+                try:
+                    data = json.loads(next(iter(data)))
+                except ValueError as exc:
+                    raise _bad_request(f"JSON Error: {exc}") from None
+            else:
+                data = _mixed(data)
+        if not isinstance(data, dict):
+            raise _bad_request(f"JSON Error: Request data JSON decoded to {data!r} but it needs to be a dictionary.")
+        return self._run(request, action, {**_mixed(request.query_params), **data})
 
     def _run(self, request: Request, action: str, params: dict[str, Any]) -> Response:
         handler = ACTIONS.get(action)
         if handler is None:
-            return envelope(action, error=CkanError("Bad request", f"Bad request - Action name not known: {action}",
-                                                    400))
-        try:
-            return envelope(action, result=handler(request, params))
-        except CkanError as exc:
-            return envelope(action, error=exc)
-        except (NotFoundError, Http404):
-            return envelope(action, error=CkanError("Not Found Error", "Not found", 404))
-        except ApplicationError as exc:
-            return envelope(action, error=CkanError("Validation Error", exc.message, 409))
+            raise _bad_request(f"Action name not known: {action}")
+        for key, value in params.items():
+            if _has_nul(key) or _has_nul(value):
+                raise _validation(key, "Null characters are not allowed.")
+        return envelope(action, result=handler(request, params))
 
     def handle_exception(self, exc: Exception) -> Response:
-        # Authentication and parsing failures, in CKAN's envelope too.
         action = str(self.kwargs.get("action", ""))
-        if isinstance(exc, exceptions.AuthenticationFailed | exceptions.NotAuthenticated):
-            return envelope(action, error=CkanError("Authorization Error", str(exc.detail), 401))
-        if isinstance(exc, exceptions.APIException):
-            return envelope(action, error=CkanError("Bad request", str(exc.detail), exc.status_code))
-        return super().handle_exception(exc)
+        error = _as_ckan_error(exc)
+        if error is None:
+            # As CKAN: an unexpected failure is a 500 in the envelope too, and is logged.
+            logger.exception("CKAN action %r failed", action, exc_info=exc)
+            error = CkanError("Internal Server Error", "Internal Server Error", 500)
+        return envelope(action, error=error)

@@ -100,7 +100,9 @@ urlpatterns = [
     path("dashboard/data/audit.json", overview_views.dashboard_audit, name="ui-dashboard-audit"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # CKAN serves its action API at both; clients such as ckanapi use the unversioned one.
     path("api/3/action/", include("catalog.ckan_urls")),
+    path("api/action/", include("catalog.ckan_urls")),
     path("", include("catalog.dcat_urls")),
 ]
 

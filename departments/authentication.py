@@ -8,7 +8,8 @@ from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
 from knox.models import get_token_model
 from knox.settings import CONSTANTS
-from rest_framework import exceptions
+from rest_framework import HTTP_HEADER_ENCODING, exceptions
+from rest_framework.authentication import get_authorization_header
 
 
 class ExpiringTokenAuthentication(TokenAuthentication):
@@ -34,3 +35,19 @@ class ExpiringTokenAuthentication(TokenAuthentication):
                 )
             return self.validate_user(auth_token)
         raise exceptions.AuthenticationFailed("Invalid token.", code="invalid_token")
+
+
+class CkanTokenAuthentication(ExpiringTokenAuthentication):
+    """The same tokens, presented the ways CKAN clients present them (CKAN endpoints only):
+    bare in ``X-CKAN-API-Key`` or in ``Authorization`` (ckanapi sends both), or as
+    ``Authorization: Token …``. ``X-CKAN-API-Key`` wins, as in CKAN. An ``Authorization``
+    header of another scheme (``Basic …``) is not a token and is left to other backends."""
+
+    def authenticate(self, request: Any) -> Any:
+        api_key = request.headers.get("X-CKAN-API-Key", "")
+        if api_key:
+            return self.authenticate_credentials(api_key.encode(HTTP_HEADER_ENCODING))
+        words = get_authorization_header(request).split()
+        if len(words) == 1:
+            return self.authenticate_credentials(words[0])
+        return super().authenticate(request)

@@ -24,11 +24,13 @@ DEFAULT_LIMIT = 100
 
 
 def _resource_dataset_id(resource_id: Any) -> int:
-    text = str(resource_id or "")
-    ident = text.removesuffix("-records")
-    if not ident.isdigit():
+    if resource_id in (None, ""):
+        raise CkanError("Validation Error", "resource_id: Missing value", 409, resource_id=["Missing value"])
+    text = str(resource_id)
+    dataset_id = ckan._number(text.removesuffix("-records"))
+    if dataset_id is None:
         raise CkanError("Not Found Error", "Resource was not found.", 404)
-    return int(ident)
+    return dataset_id
 
 
 def _json_param(params: dict[str, Any], name: str) -> Any:
@@ -41,20 +43,32 @@ def _json_param(params: dict[str, Any], name: str) -> Any:
     return value
 
 
+def _text(name: str, value: Any) -> str:
+    """A value as the records query reads it (the text of a query string): JSON numbers and
+    booleans as text, anything nested refused."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise CkanError("Validation Error", f"{name}: use text, numbers or booleans", 409,
+                    **{name: ["Use text, numbers or booleans"]})
+
+
 def _query_params(params: dict[str, Any]) -> dict[str, Any]:
     """CKAN's parameters in the records query syntax."""
     out: dict[str, Any] = {}
     fields = _json_param(params, "fields")
     if fields:
-        out["fields"] = ",".join(fields) if isinstance(fields, list) else str(fields)
+        out["fields"] = ",".join(_text("fields", f) for f in fields) if isinstance(fields, list) else _text(
+            "fields", fields)
     filters = _json_param(params, "filters") or {}
     if not isinstance(filters, dict):
         raise CkanError("Validation Error", "filters: must be a JSON object", 409, filters=["Must be an object"])
     for name, value in filters.items():
         if isinstance(value, list):
-            out[f"{name}__in"] = ",".join(str(v) for v in value)
+            out[f"{name}__in"] = ",".join(_text("filters", v) for v in value)
         else:
-            out[str(name)] = value
+            out[str(name)] = _text("filters", value)
     q = params.get("q")
     if q:
         if not isinstance(q, str):
@@ -92,7 +106,7 @@ def datastore_search(request: Request, params: dict[str, Any]) -> Any:
         raise CkanError("Validation Error", exc.message, 409, **exc.fields) from None
     fields = [{"id": name, "type": ckan.DATASTORE_TYPES[FieldType(view.fields[name].output_type)]}
               for name in query.fields]
-    base = f"/api/3/action/datastore_search?resource_id={dataset.pk}-records"
+    base = f"{request.path}?resource_id={dataset.pk}-records"  # the path the client called, as CKAN
     return {
         "resource_id": f"{dataset.pk}-records",
         "fields": fields,
