@@ -13,8 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.selectors import dataset_get_for_user
-from exchange import records
+from exchange import read_cache, records
 from exchange.policy import EffectiveView
 
 
@@ -65,8 +64,10 @@ class RecordListApi(APIView):
         }),
     )
     def get(self, request: Request, dataset_id: int) -> Response:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-        view, query, page = records.read_page(user=request.user, dataset=dataset, params=request.query_params.dict())
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
+        view, query, page = records.read_page(user=request.user, dataset=dataset, params=request.query_params.dict(),
+                                              view=context.view, exists=context.store_exists)
         next_url = None
         if page.next_cursor:
             params = request.query_params.copy()
@@ -82,10 +83,12 @@ class RecordExportApi(APIView):
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
     )
     def get(self, request: Request, dataset_id: int) -> StreamingHttpResponse:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
         params = request.query_params.dict()
         fmt = params.pop("format", "csv")
-        stream = records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt)
+        stream = records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt,
+                                     view=context.view, exists=context.store_exists)
         content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
         response = StreamingHttpResponse(stream, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{dataset.slug}.{fmt}"'
@@ -99,7 +102,9 @@ class RecordPreviewApi(APIView):
         "results": serializers.ListField(child=serializers.DictField()),
     }))
     def get(self, request: Request, dataset_id: int) -> Response:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-        view, page = records.preview(user=request.user, dataset=dataset)
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
+        view, page = records.preview(user=request.user, dataset=dataset, view=context.view,
+                                     exists=context.store_exists)
         return Response({"dataset": dataset.pk, "fields": _field_meta(view, tuple(view.fields)),
                          "results": page.rows})

@@ -630,10 +630,12 @@ def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
 
 # --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
 
-def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str) -> EffectiveView:
-    """The user's effective view, or a 403 (audited) when it shows no field at all. The
-    caller has already checked that the user may know the dataset (404 otherwise)."""
-    view = effective_view(dataset=dataset, user=user)
+def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str,
+                  view: EffectiveView | None = None) -> EffectiveView:
+    """The user's effective view (``view`` when the caller has it already, from
+    ``exchange.read_cache``), or a 403 (audited) when it shows no field at all. The caller has
+    already checked that the user may know the dataset (404 otherwise)."""
+    view = view if view is not None else effective_view(dataset=dataset, user=user)
     if not view.can_read or (not view.is_owner and dataset.status not in READABLE_STATUSES):
         audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset,
                      dataset_id=dataset.pk, department_id=dataset.department_id,
@@ -670,18 +672,21 @@ def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: Effec
 
 
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
-              action: str = "records.read", page_size: int | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
-    view = readable_view(user=user, dataset=dataset, action=action)
+              action: str = "records.read", page_size: int | None = None, view: EffectiveView | None = None,
+              exists: bool | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
+    """One page of the user's view. ``view`` and ``exists`` (whether the store table exists)
+    may come from ``exchange.read_cache``; they are computed here otherwise."""
+    view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
                             default_page_size=page_size)
     table = store_table(dataset, fields=list(view.schema_fields.values()))
-    page = fetch_page(view, table, query) if store_exists(dataset) else Page([], None)
+    page = fetch_page(view, table, query) if (store_exists(dataset) if exists is None else exists) else Page([], None)
     _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
     return view, query, page
 
 
 def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
-                fmt: str) -> Iterator[bytes]:
+                fmt: str, view: EffectiveView | None = None, exists: bool | None = None) -> Iterator[bytes]:
     """Stream everything visible as CSV or NDJSON. Validation and the access check happen
     before the first byte. Two audit events: ``records.export_started`` (fields, filter,
     purpose) before it, so that an export cut short by a crash is on the record too, and
@@ -689,11 +694,11 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     away mid-way)."""
     if fmt not in {"csv", "ndjson"}:
         raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
-    view = readable_view(user=user, dataset=dataset, action="records.export")
+    view = readable_view(user=user, dataset=dataset, action="records.export", view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action="records.export",
                             params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
-    exists = store_exists(dataset)
+    exists = store_exists(dataset) if exists is None else exists
     # Inside a request, committed before the response (and so the first row) leaves.
     _audit_read(user=user, action="records.export_started", dataset=dataset, view=view, query=query,
                 row_count=None, details={"format": fmt})
@@ -789,9 +794,10 @@ def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied
         copied[0] = max(cursor.rowcount, 0)
 
 
-def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20) -> tuple[EffectiveView, Page]:
+def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20, view: EffectiveView | None = None,
+            exists: bool | None = None) -> tuple[EffectiveView, Page]:
     view, _query, page = read_page(user=user, dataset=dataset, params={"page_size": str(rows)},
-                                   action="records.preview")
+                                   action="records.preview", view=view, exists=exists)
     return view, page
 
 
