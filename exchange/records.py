@@ -466,15 +466,19 @@ def build_select(
     if paginate and query.cursor:
         sql += " WHERE " + _after_cursor(order, decode_cursor(query.cursor, view, len(order)), params)
     if order:
-        parts = []
-        for item in order:
-            if item.nullable:  # nulls last in both directions, to keep the cursor simple
-                parts.append(f"(CASE WHEN {ident(item.alias)} IS NULL THEN 1 ELSE 0 END)")
-            parts.append(f"{ident(item.alias)} {'DESC' if item.descending else 'ASC'}")
-        sql += " ORDER BY " + ", ".join(parts)
+        sql += " ORDER BY " + _order_by(order)
     if paginate:
         sql += f" LIMIT {int(query.page_size) + 1}"
     return Select(sql, params, selected, tuple(order), with_system)
+
+
+def _order_by(order: Sequence[OrderItem]) -> str:
+    parts = []
+    for item in order:
+        if item.nullable:  # nulls last in both directions, to keep the cursor simple
+            parts.append(f"(CASE WHEN {ident(item.alias)} IS NULL THEN 1 ELSE 0 END)")
+        parts.append(f"{ident(item.alias)} {'DESC' if item.descending else 'ASC'}")
+    return ", ".join(parts)
 
 
 def _after_cursor(order: Sequence[OrderItem], values: list[Any], params: list[Any]) -> str:
@@ -591,6 +595,14 @@ def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[l
 class Page:
     rows: list[dict[str, Any]]
     next_cursor: str | None
+    # PostgreSQL, when asked for JSON: the rows as one JSON array, written by the database
+    # (``rows`` is then empty) and the number of rows in it.
+    json: str | None = None
+    json_rows: int = 0
+
+    @property
+    def row_count(self) -> int:
+        return self.json_rows if self.json is not None else len(self.rows)
 
 
 def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
@@ -607,6 +619,49 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
     rows = [dict(zip(names, r[:width], strict=True)) for r in _normalise(raw, select.columns)]
     next_cursor = encode_cursor(view, list(raw[-1][width:])) if has_next and raw else None
     return Page(rows, next_cursor)
+
+
+def _json_value(expr: str, field_type: str) -> str:
+    """A projected value as the API's JSON renderer would write it (DRF's encoder: numbers for
+    decimals, ISO 8601 with ``Z`` for UTC timestamps, microseconds only when there are any)."""
+    if field_type == FieldType.TIMESTAMP:
+        utc = f"({expr} AT TIME ZONE 'UTC')"
+        return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
+                f"date_part('microseconds', {expr})::bigint %% 1000000 <> 0 THEN to_char({utc}, '.US') "
+                f"ELSE '' END || 'Z')")
+    return expr
+
+
+def _cursor_value(expr: str, field_type: str) -> str:
+    """An order value as :func:`encode_cursor` keeps it (decimals as their text)."""
+    return f"CAST({expr} AS text)" if field_type == FieldType.DECIMAL else expr
+
+
+def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
+    """PostgreSQL: the page as one JSON array built by the database from the projected SELECT
+    (the same :func:`build_select` as :func:`fetch_page`, so the same values, rows and order),
+    passed on to the client without being parsed. One statement returns the array of the
+    first ``page_size`` rows, how many rows there were (one more than a page: there is a next
+    page) and the order values of the page's last row, for the cursor."""
+    select = build_select(view, table, query)
+    size = int(query.page_size)
+    values = ", ".join(f"{_json_value(f'_s.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
+                       for c in select.columns)
+    keys = ", ".join(_cursor_value(f"_s.{ident(i.alias)}", i.field_type) for i in select.order)
+    # Field names start with a letter, so the aliases _p, _s, _n, _r never meet one. The
+    # rows are numbered in the page's own order (a window over rows already in that order
+    # needs no sort), and the array is aggregated in that numbering.
+    sql = (
+        f"SELECT COALESCE(json_agg(_r ORDER BY _s._n) FILTER (WHERE _s._n <= {size}), '[]')::text, count(*), "
+        f"(array_agg(json_build_array({keys})::text) FILTER (WHERE _s._n = {size}))[1] "
+        f"FROM (SELECT *, row_number() OVER (ORDER BY {_order_by(select.order)}) AS _n "
+        f"FROM ({select.sql}) AS _p) AS _s CROSS JOIN LATERAL (SELECT {values}) AS _r"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, select.params)
+        rows_json, count, last_keys = cursor.fetchone()
+    next_cursor = encode_cursor(view, json.loads(last_keys)) if count > size and last_keys else None
+    return Page([], next_cursor, json=rows_json, json_rows=min(count, size))
 
 
 def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
@@ -673,15 +728,21 @@ def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: Effec
 
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
               action: str = "records.read", page_size: int | None = None, view: EffectiveView | None = None,
-              exists: bool | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
+              exists: bool | None = None, as_json: bool = False) -> tuple[EffectiveView, RecordQuery, Page]:
     """One page of the user's view. ``view`` and ``exists`` (whether the store table exists)
-    may come from ``exchange.read_cache``; they are computed here otherwise."""
+    may come from ``exchange.read_cache``; they are computed here otherwise. With
+    ``as_json`` on PostgreSQL the page comes as JSON text (:func:`fetch_page_json`)."""
     view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
                             default_page_size=page_size)
     table = store_table(dataset, fields=list(view.schema_fields.values()))
-    page = fetch_page(view, table, query) if (store_exists(dataset) if exists is None else exists) else Page([], None)
-    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
+    if not (store_exists(dataset) if exists is None else exists):
+        page = Page([], None)
+    elif as_json and is_postgres():
+        page = fetch_page_json(view, table, query)
+    else:
+        page = fetch_page(view, table, query)
+    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=page.row_count)
     return view, query, page
 
 
