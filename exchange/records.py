@@ -111,8 +111,10 @@ def _as_text(col: str, field_type: str) -> str:
 def _masked(col: str, field_type: str) -> str:
     t = _as_text(col, field_type)
     if is_postgres():
-        return (f"(CASE WHEN length({t}) <= 4 THEN repeat('*', length({t})) "
-                f"ELSE repeat('*', length({t}) - 4) || right({t}, 4) END)")
+        # The last four characters of a value longer than four, padded on the left with "*" to
+        # the value's length. length() reads the whole value, so it is called once; the test
+        # for "longer than four" reads five characters at most.
+        return f"lpad(CASE WHEN substr({t}, 5, 1) <> '' THEN right({t}, 4) ELSE '' END, length({t}), '*')"
     return (f"(CASE WHEN length({t}) <= 4 THEN replace(hex(zeroblob(length({t}))), '00', '*') "
             f"ELSE replace(hex(zeroblob(length({t}) - 4)), '00', '*') || substr({t}, -4) END)")
 
@@ -621,14 +623,29 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
     return Page(rows, next_cursor)
 
 
+def _iso_timestamp(expr: str, utc_suffix: str) -> str:
+    """A timestamptz as Python's ``isoformat()`` of it in UTC writes it (microseconds only when
+    there are any), with ``utc_suffix`` for the offset."""
+    utc = f"({expr} AT TIME ZONE 'UTC')"
+    return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN extract(second FROM {utc}) "
+            f"<> floor(extract(second FROM {utc})) THEN to_char({utc}, '.US') ELSE '' END || '{utc_suffix}')")
+
+
 def _json_value(expr: str, field_type: str) -> str:
     """A projected value as the API's JSON renderer would write it (DRF's encoder: numbers for
-    decimals, ISO 8601 with ``Z`` for UTC timestamps, microseconds only when there are any)."""
+    decimals, ISO 8601 with ``Z`` for UTC timestamps)."""
     if field_type == FieldType.TIMESTAMP:
-        utc = f"({expr} AT TIME ZONE 'UTC')"
-        return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN "
-                f"date_part('microseconds', {expr})::bigint %% 1000000 <> 0 THEN to_char({utc}, '.US') "
-                f"ELSE '' END || 'Z')")
+        return _iso_timestamp(expr, "Z")
+    return expr
+
+
+def _ndjson_value(expr: str, field_type: str) -> str:
+    """A projected value as the NDJSON export writes it (decimals as text, timestamps as their
+    ``isoformat()``)."""
+    if field_type == FieldType.TIMESTAMP:
+        return _iso_timestamp(expr, "+00:00")
+    if field_type == FieldType.DECIMAL:
+        return f"CAST({expr} AS text)"
     return expr
 
 
@@ -774,10 +791,10 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                 if fmt == "csv":
                     yield (",".join(query.fields) + "\r\n").encode()
                 return
-            if fmt == "csv" and is_postgres():
+            if is_postgres():
                 copied = [0]
                 try:
-                    yield from _copy_csv(view, table, query, copied)
+                    yield from _copy_out(view, table, query, copied, fmt)
                 finally:
                     count = copied[0]
                 return
@@ -824,21 +841,33 @@ def _json_default(value: Any) -> Any:
     return _jsonable(value) if not isinstance(value, decimal.Decimal) else str(value)
 
 
-def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int]) -> Iterator[bytes]:
-    """PostgreSQL: the database writes the CSV itself (COPY … TO STDOUT), at COPY speed; the
-    projection (masking, pseudonymisation, row filters) is already in the SELECT."""
+def _copy_out(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int],
+              fmt: str) -> Iterator[bytes]:
+    """PostgreSQL: the database writes the CSV or the NDJSON itself (COPY … TO STDOUT), at COPY
+    speed; the projection (masking, pseudonymisation, row filters) is already in the SELECT.
+
+    NDJSON is one JSON object per row (``row_to_json`` of the row's visible values), copied as
+    a single-column CSV whose delimiter and quote character are control characters that JSON
+    text never contains raw (PostgreSQL writes them as ``\u0001``): no value is ever quoted, so
+    each line is exactly the object. COPY's text format would double every backslash."""
     select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
-    outer = []
-    for column in select.columns:
-        name = ident(column.name)
-        if column.field_type == FieldType.BOOLEAN:
-            outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
-        elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
-            outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
-        else:
-            outer.append(name)
-    statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
-                 f"TO STDOUT WITH (FORMAT csv, HEADER)")
+    if fmt == "ndjson":
+        values = ", ".join(f"{_ndjson_value(f'_x.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
+                           for c in select.columns)
+        statement = (f"COPY (SELECT row_to_json(_r) FROM ({select.sql}) AS _x CROSS JOIN LATERAL "
+                     f"(SELECT {values}) AS _r) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')")
+    else:
+        outer = []
+        for column in select.columns:
+            name = ident(column.name)
+            if column.field_type == FieldType.BOOLEAN:
+                outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
+            elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
+                outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
+            else:
+                outer.append(name)
+        statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
+                     f"TO STDOUT WITH (FORMAT csv, HEADER)")
     connection.ensure_connection()
     raw = connection.connection
     with raw.cursor() as cursor:
