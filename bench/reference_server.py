@@ -54,8 +54,9 @@ def serve(dsn: str, schema: str, table: str, key: str, port: int) -> None:
             if conn is None:
                 conn = local.conn = psycopg.connect(dsn, autocommit=True)
             after, size = int(query.get("after", ["0"])[0]), int(query.get("size", ["1000"])[0])
-            rows = conn.execute(statement(columns), [after, size]).fetchone()[0]
-            body = b'{"results":' + rows.encode() + b"}"
+            row = conn.execute(statement(columns), [after, size]).fetchone()
+            assert row is not None  # an aggregate always answers one row
+            body = b'{"results":' + row[0].encode() + b"}"
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
