@@ -160,7 +160,7 @@ def _get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -
     if response.status != 200:
         raise RuntimeError(f"{path}: {response.status} {body[:300]!r}")
     if response.getheader("Connection", "").lower() == "close":
-        conn.close()  # gunicorn's sync workers answer one request per connection
+        conn.close()  # the server said it closes the connection: reconnect on the next request
     return body
 
 
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per case and concurrency")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
     configure()
     from django.db import connection
@@ -295,7 +296,8 @@ def _run(args: argparse.Namespace) -> int:
            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
     gunicorn = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{api_port}",
-         "--workers", str(args.workers), "--log-level", "warning"], cwd=root, env=env)
+         "--workers", str(args.workers), "--threads", str(args.threads), "--log-level", "warning"],
+        cwd=root, env=env)
     reference = subprocess.Popen(
         [sys.executable, "-m", "bench.reference_server", "--dsn", database_url, "--table",
          f"{table.schema}.{table.name}", "--key", "id", "--port", str(ref_port)], cwd=root, env=env)
@@ -338,7 +340,8 @@ def _run(args: argparse.Namespace) -> int:
         load(ref_port, ref_paths["steward"], {}, 4, 2)
 
         print(f"pages of {PAGE:,} rows from random keys, {args.seconds:.0f} s per line, gunicorn "
-              f"{args.workers} sync workers (DEBUG=0) vs the reference (http.server + psycopg, json_agg)")
+              f"{args.workers} workers x {args.threads} threads (DEBUG=0) vs the reference (http.server + psycopg, "
+              f"json_agg)")
         print(f"{'case':<44} {'clients':>7} {'rows/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'vs ref':>7}")
         peak = 0.0
         status = 0
