@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["records", "sync", "audit"]
+BENCHMARKS = ["records", "http", "sync", "audit"]
 
 
 def main(argv: list[str]) -> int:

@@ -5,6 +5,8 @@ measured in the same run:
 
 - raw: ``COPY (SELECT the same 5 columns) TO STDOUT`` (CSV), rows/s
 - export: the exchange's streaming CSV export of the grantee's view, rows/s, and its ratio to raw
+- export NDJSON: the same view as NDJSON (written by PostgreSQL), rows/s, and its ratio to the raw CSV
+  and to a raw ``COPY`` of ``row_to_json`` of the same 5 columns
 - page: a records page of 1,000 rows (first page and a deep page through the cursor), ms
 - memory: peak Python allocation during the export (tracemalloc), MB
 - audit, through the records API (a GET of the first 1,000-row page through Django's whole
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _run(args)
         finally:
-            from exchange.audit import writer as audit_writer
+            from exchange.audit.services import writer as audit_writer
 
             audit_writer.shutdown()  # its connection would keep the scratch database from going
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from django.db import connection
 
-    from exchange.records import selectors as records
+    from exchange.records.selectors import selectors as records
     from exchange.records.store import ident, store_table
 
     t0 = time.perf_counter()
@@ -136,11 +138,28 @@ def _run(args: argparse.Namespace) -> int:
             raw_bytes += len(block)
     raw_s = time.perf_counter() - t0
 
+    # The same five columns as JSON lines, written by the database alone (row_to_json).
+    names = ", ".join(f"x.{ident(c)}" for c in ["id", "t1", "t2", "n1", "d1"])
+    raw_json_sql = (f"COPY (SELECT row_to_json(r) FROM {table.qualified} AS x "
+                    f"CROSS JOIN LATERAL (SELECT {names}) AS r) "
+                    f"TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')")
+    t0 = time.perf_counter()
+    with connection.connection.cursor() as cursor, cursor.copy(raw_json_sql) as copy:
+        for _block in copy:
+            pass
+    raw_json_s = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     export_bytes = 0
     for chunk in records.export_rows(user=reader, dataset=dataset, params={}, fmt="csv"):
         export_bytes += len(chunk)
     export_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ndjson_bytes = 0
+    for chunk in records.export_rows(user=reader, dataset=dataset, params={}, fmt="ndjson"):
+        ndjson_bytes += len(chunk)
+    ndjson_s = time.perf_counter() - t0
 
     # Memory in a second pass: tracing allocations slows Python down, so not in the timed one.
     tracemalloc.start()
@@ -214,8 +233,8 @@ def _run(args: argparse.Namespace) -> int:
             response = client.get(api_url)
             api_ms[variant].append((time.perf_counter() - t0) * 1000)
         assert response.status_code == 200, response.content[:200]
-    from exchange.audit import writer as audit_writer
     from exchange.audit.models import AuditEvent
+    from exchange.audit.services import writer as audit_writer
 
     # The overlapped variant really went through a link, and every audited request left its event.
     assert len(audit_writer._idle) == 1, "the overlapped appends fell back to inline"
@@ -225,7 +244,10 @@ def _run(args: argparse.Namespace) -> int:
     rows = args.rows
     print(f"raw COPY (5 columns)     {rows / raw_s:>12,.0f} rows/s   {raw_s:6.2f} s   {raw_bytes / 1e6:7.1f} MB")
     print(f"export CSV (policy)      {rows / export_s:>12,.0f} rows/s   {export_s:6.2f} s   "
-          f"{export_bytes / 1e6:7.1f} MB   ratio {raw_s / export_s:5.2f} of raw")
+          f"{export_bytes / 1e6:7.1f} MB   ratio {raw_s / export_s:5.2f} of raw (aim >= 0.60)")
+    print(f"export NDJSON (policy)   {rows / ndjson_s:>12,.0f} rows/s   {ndjson_s:6.2f} s   "
+          f"{ndjson_bytes / 1e6:7.1f} MB   ratio {raw_s / ndjson_s:5.2f} of raw CSV (aim >= 0.50), "
+          f"{raw_json_s / ndjson_s:5.2f} of raw row_to_json COPY ({rows / raw_json_s:,.0f} rows/s)")
     print(f"records page of 1,000    median {statistics.median(page_ms):6.1f} ms   "
           f"p95 {sorted(page_ms)[int(len(page_ms) * 0.95) - 1]:6.1f} ms  (first {args.pages} pages, incl. audit)")
     print(f"deep page (cursor)       median {statistics.median(deep_ms):6.1f} ms")

@@ -2,7 +2,7 @@
 
 A grant gives one principal (a user, or a whole department) a set of fields of one dataset,
 each in a form (clear, masked, pseudonymised), optionally limited to rows that match a
-structured filter, for a period. The policy (exchange/policy.py) turns the active grants that
+structured filter, for a period. The policy (exchange/access/policy.py) turns the active grants that
 apply to a principal into their effective view; nothing reads record values another way.
 """
 

@@ -3,18 +3,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalog.selectors import dataset_get_for_user
 from exchange.access.policy import EffectiveView
+from exchange.records import read_cache
 from exchange.records import selectors as records
 
 
@@ -30,6 +32,15 @@ def _field_meta(view: EffectiveView, names: tuple[str, ...]) -> list[dict[str, A
             "conditional": not access.unconditional,
         })
     return out
+
+
+def _page_response(dataset_id: int, fields: list[dict[str, Any]], rows_json: str,
+                   next_url: str | None) -> HttpResponse:
+    """The records page in the shape (and the compact, unescaped JSON) DRF's JSON renderer
+    writes, around the rows' JSON text from the database, which is never parsed here."""
+    head = json.dumps({"dataset": dataset_id, "fields": fields}, ensure_ascii=False, separators=(",", ":"))
+    body = f'{head[:-1]},"results":{rows_json},"next":{json.dumps(next_url, ensure_ascii=False)}}}'
+    return HttpResponse(body.encode("utf-8"), content_type="application/json")
 
 
 FIELD_META = inline_serializer(
@@ -64,14 +75,20 @@ class RecordListApi(APIView):
             "next": serializers.CharField(allow_null=True),
         }),
     )
-    def get(self, request: Request, dataset_id: int) -> Response:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-        view, query, page = records.read_page(user=request.user, dataset=dataset, params=request.query_params.dict())
+    def get(self, request: Request, dataset_id: int) -> Response | HttpResponse:
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
+        # A JSON client gets the rows as the database wrote them (the browsable API renders them).
+        as_json = isinstance(getattr(request, "accepted_renderer", None), JSONRenderer)
+        view, query, page = records.read_page(user=request.user, dataset=dataset, params=request.query_params.dict(),
+                                              view=context.view, exists=context.store_exists, as_json=as_json)
         next_url = None
         if page.next_cursor:
             params = request.query_params.copy()
             params["cursor"] = page.next_cursor
             next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+        if page.json is not None:
+            return _page_response(dataset.pk, _field_meta(view, query.fields), page.json, next_url)
         return Response({"dataset": dataset.pk, "fields": _field_meta(view, query.fields),
                          "results": page.rows, "next": next_url})
 
@@ -82,10 +99,12 @@ class RecordExportApi(APIView):
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
     )
     def get(self, request: Request, dataset_id: int) -> StreamingHttpResponse:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
         params = request.query_params.dict()
         fmt = params.pop("format", "csv")
-        stream = records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt)
+        stream = records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt,
+                                     view=context.view, exists=context.store_exists)
         content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
         response = StreamingHttpResponse(stream, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{dataset.slug}.{fmt}"'
@@ -99,7 +118,9 @@ class RecordPreviewApi(APIView):
         "results": serializers.ListField(child=serializers.DictField()),
     }))
     def get(self, request: Request, dataset_id: int) -> Response:
-        dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
-        view, page = records.preview(user=request.user, dataset=dataset)
+        context = read_cache.read_context(user=request.user, dataset_id=dataset_id)
+        dataset = context.dataset
+        view, page = records.preview(user=request.user, dataset=dataset, view=context.view,
+                                     exists=context.store_exists)
         return Response({"dataset": dataset.pk, "fields": _field_meta(view, tuple(view.fields)),
                          "results": page.rows})

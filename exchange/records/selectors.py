@@ -1,4 +1,4 @@
-"""Reading record values, always through an :class:`~exchange.policy.EffectiveView`.
+"""Reading record values, always through an :class:`~exchange.access.policy.EffectiveView`.
 
 :func:`build_select` turns a view into SQL: each visible field becomes an expression that
 applies the granted form (clear, masked, pseudonymised) on the rows each grant covers, hidden
@@ -111,8 +111,10 @@ def _as_text(col: str, field_type: str) -> str:
 def _masked(col: str, field_type: str) -> str:
     t = _as_text(col, field_type)
     if is_postgres():
-        return (f"(CASE WHEN length({t}) <= 4 THEN repeat('*', length({t})) "
-                f"ELSE repeat('*', length({t}) - 4) || right({t}, 4) END)")
+        # The last four characters of a value longer than four, padded on the left with "*" to
+        # the value's length. length() reads the whole value, so it is called once; the test
+        # for "longer than four" reads five characters at most.
+        return f"lpad(CASE WHEN substr({t}, 5, 1) <> '' THEN right({t}, 4) ELSE '' END, length({t}), '*')"
     return (f"(CASE WHEN length({t}) <= 4 THEN replace(hex(zeroblob(length({t}))), '00', '*') "
             f"ELSE replace(hex(zeroblob(length({t}) - 4)), '00', '*') || substr({t}, -4) END)")
 
@@ -466,15 +468,19 @@ def build_select(
     if paginate and query.cursor:
         sql += " WHERE " + _after_cursor(order, decode_cursor(query.cursor, view, len(order)), params)
     if order:
-        parts = []
-        for item in order:
-            if item.nullable:  # nulls last in both directions, to keep the cursor simple
-                parts.append(f"(CASE WHEN {ident(item.alias)} IS NULL THEN 1 ELSE 0 END)")
-            parts.append(f"{ident(item.alias)} {'DESC' if item.descending else 'ASC'}")
-        sql += " ORDER BY " + ", ".join(parts)
+        sql += " ORDER BY " + _order_by(order)
     if paginate:
         sql += f" LIMIT {int(query.page_size) + 1}"
     return Select(sql, params, selected, tuple(order), with_system)
+
+
+def _order_by(order: Sequence[OrderItem]) -> str:
+    parts = []
+    for item in order:
+        if item.nullable:  # nulls last in both directions, to keep the cursor simple
+            parts.append(f"(CASE WHEN {ident(item.alias)} IS NULL THEN 1 ELSE 0 END)")
+        parts.append(f"{ident(item.alias)} {'DESC' if item.descending else 'ASC'}")
+    return ", ".join(parts)
 
 
 def _after_cursor(order: Sequence[OrderItem], values: list[Any], params: list[Any]) -> str:
@@ -591,6 +597,14 @@ def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[l
 class Page:
     rows: list[dict[str, Any]]
     next_cursor: str | None
+    # PostgreSQL, when asked for JSON: the rows as one JSON array, written by the database
+    # (``rows`` is then empty) and the number of rows in it.
+    json: str | None = None
+    json_rows: int = 0
+
+    @property
+    def row_count(self) -> int:
+        return self.json_rows if self.json is not None else len(self.rows)
 
 
 def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
@@ -607,6 +621,64 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
     rows = [dict(zip(names, r[:width], strict=True)) for r in _normalise(raw, select.columns)]
     next_cursor = encode_cursor(view, list(raw[-1][width:])) if has_next and raw else None
     return Page(rows, next_cursor)
+
+
+def _iso_timestamp(expr: str, utc_suffix: str) -> str:
+    """A timestamptz as Python's ``isoformat()`` of it in UTC writes it (microseconds only when
+    there are any), with ``utc_suffix`` for the offset."""
+    utc = f"({expr} AT TIME ZONE 'UTC')"
+    return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN extract(second FROM {utc}) "
+            f"<> floor(extract(second FROM {utc})) THEN to_char({utc}, '.US') ELSE '' END || '{utc_suffix}')")
+
+
+def _json_value(expr: str, field_type: str) -> str:
+    """A projected value as the API's JSON renderer would write it (DRF's encoder: numbers for
+    decimals, ISO 8601 with ``Z`` for UTC timestamps)."""
+    if field_type == FieldType.TIMESTAMP:
+        return _iso_timestamp(expr, "Z")
+    return expr
+
+
+def _ndjson_value(expr: str, field_type: str) -> str:
+    """A projected value as the NDJSON export writes it (decimals as text, timestamps as their
+    ``isoformat()``)."""
+    if field_type == FieldType.TIMESTAMP:
+        return _iso_timestamp(expr, "+00:00")
+    if field_type == FieldType.DECIMAL:
+        return f"CAST({expr} AS text)"
+    return expr
+
+
+def _cursor_value(expr: str, field_type: str) -> str:
+    """An order value as :func:`encode_cursor` keeps it (decimals as their text)."""
+    return f"CAST({expr} AS text)" if field_type == FieldType.DECIMAL else expr
+
+
+def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
+    """PostgreSQL: the page as one JSON array built by the database from the projected SELECT
+    (the same :func:`build_select` as :func:`fetch_page`, so the same values, rows and order),
+    passed on to the client without being parsed. One statement returns the array of the
+    first ``page_size`` rows, how many rows there were (one more than a page: there is a next
+    page) and the order values of the page's last row, for the cursor."""
+    select = build_select(view, table, query)
+    size = int(query.page_size)
+    values = ", ".join(f"{_json_value(f'_s.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
+                       for c in select.columns)
+    keys = ", ".join(_cursor_value(f"_s.{ident(i.alias)}", i.field_type) for i in select.order)
+    # Field names start with a letter, so the aliases _p, _s, _n, _r never meet one. The
+    # rows are numbered in the page's own order (a window over rows already in that order
+    # needs no sort), and the array is aggregated in that numbering.
+    sql = (
+        f"SELECT COALESCE(json_agg(_r ORDER BY _s._n) FILTER (WHERE _s._n <= {size}), '[]')::text, count(*), "
+        f"(array_agg(json_build_array({keys})::text) FILTER (WHERE _s._n = {size}))[1] "
+        f"FROM (SELECT *, row_number() OVER (ORDER BY {_order_by(select.order)}) AS _n "
+        f"FROM ({select.sql}) AS _p) AS _s CROSS JOIN LATERAL (SELECT {values}) AS _r"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, select.params)
+        rows_json, count, last_keys = cursor.fetchone()
+    next_cursor = encode_cursor(view, json.loads(last_keys)) if count > size and last_keys else None
+    return Page([], next_cursor, json=rows_json, json_rows=min(count, size))
 
 
 def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
@@ -630,10 +702,12 @@ def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
 
 # --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
 
-def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str) -> EffectiveView:
-    """The user's effective view, or a 403 (audited) when it shows no field at all. The
-    caller has already checked that the user may know the dataset (404 otherwise)."""
-    view = effective_view(dataset=dataset, user=user)
+def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str,
+                  view: EffectiveView | None = None) -> EffectiveView:
+    """The user's effective view (``view`` when the caller has it already, from
+    ``exchange.records.read_cache``), or a 403 (audited) when it shows no field at all. The caller has
+    already checked that the user may know the dataset (404 otherwise)."""
+    view = view if view is not None else effective_view(dataset=dataset, user=user)
     if not view.can_read or (not view.is_owner and dataset.status not in READABLE_STATUSES):
         audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset,
                      dataset_id=dataset.pk, department_id=dataset.department_id,
@@ -670,18 +744,27 @@ def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: Effec
 
 
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
-              action: str = "records.read", page_size: int | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
-    view = readable_view(user=user, dataset=dataset, action=action)
+              action: str = "records.read", page_size: int | None = None, view: EffectiveView | None = None,
+              exists: bool | None = None, as_json: bool = False) -> tuple[EffectiveView, RecordQuery, Page]:
+    """One page of the user's view. ``view`` and ``exists`` (whether the store table exists)
+    may come from ``exchange.records.read_cache``; they are computed here otherwise. With
+    ``as_json`` on PostgreSQL the page comes as JSON text (:func:`fetch_page_json`)."""
+    view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
                             default_page_size=page_size)
     table = store_table(dataset, fields=list(view.schema_fields.values()))
-    page = fetch_page(view, table, query) if store_exists(dataset) else Page([], None)
-    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=len(page.rows))
+    if not (store_exists(dataset) if exists is None else exists):
+        page = Page([], None)
+    elif as_json and is_postgres():
+        page = fetch_page_json(view, table, query)
+    else:
+        page = fetch_page(view, table, query)
+    _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=page.row_count)
     return view, query, page
 
 
 def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
-                fmt: str) -> Iterator[bytes]:
+                fmt: str, view: EffectiveView | None = None, exists: bool | None = None) -> Iterator[bytes]:
     """Stream everything visible as CSV or NDJSON. Validation and the access check happen
     before the first byte. Two audit events: ``records.export_started`` (fields, filter,
     purpose) before it, so that an export cut short by a crash is on the record too, and
@@ -689,11 +772,11 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     away mid-way)."""
     if fmt not in {"csv", "ndjson"}:
         raise ApplicationError("format must be csv or ndjson.", fields={"format": ["Use csv or ndjson."]})
-    view = readable_view(user=user, dataset=dataset, action="records.export")
+    view = readable_view(user=user, dataset=dataset, action="records.export", view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action="records.export",
                             params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
     table = store_table(dataset, fields=list(view.schema_fields.values()))
-    exists = store_exists(dataset)
+    exists = store_exists(dataset) if exists is None else exists
     # Inside a request, committed before the response (and so the first row) leaves.
     _audit_read(user=user, action="records.export_started", dataset=dataset, view=view, query=query,
                 row_count=None, details={"format": fmt})
@@ -708,10 +791,10 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
                 if fmt == "csv":
                     yield (",".join(query.fields) + "\r\n").encode()
                 return
-            if fmt == "csv" and is_postgres():
+            if is_postgres():
                 copied = [0]
                 try:
-                    yield from _copy_csv(view, table, query, copied)
+                    yield from _copy_out(view, table, query, copied, fmt)
                 finally:
                     count = copied[0]
                 return
@@ -758,21 +841,33 @@ def _json_default(value: Any) -> Any:
     return _jsonable(value) if not isinstance(value, decimal.Decimal) else str(value)
 
 
-def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int]) -> Iterator[bytes]:
-    """PostgreSQL: the database writes the CSV itself (COPY … TO STDOUT), at COPY speed; the
-    projection (masking, pseudonymisation, row filters) is already in the SELECT."""
+def _copy_out(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int],
+              fmt: str) -> Iterator[bytes]:
+    """PostgreSQL: the database writes the CSV or the NDJSON itself (COPY … TO STDOUT), at COPY
+    speed; the projection (masking, pseudonymisation, row filters) is already in the SELECT.
+
+    NDJSON is one JSON object per row (``row_to_json`` of the row's visible values), copied as
+    a single-column CSV whose delimiter and quote character are control characters that JSON
+    text never contains raw (PostgreSQL writes them as ``\u0001``): no value is ever quoted, so
+    each line is exactly the object. COPY's text format would double every backslash."""
     select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
-    outer = []
-    for column in select.columns:
-        name = ident(column.name)
-        if column.field_type == FieldType.BOOLEAN:
-            outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
-        elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
-            outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
-        else:
-            outer.append(name)
-    statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
-                 f"TO STDOUT WITH (FORMAT csv, HEADER)")
+    if fmt == "ndjson":
+        values = ", ".join(f"{_ndjson_value(f'_x.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
+                           for c in select.columns)
+        statement = (f"COPY (SELECT row_to_json(_r) FROM ({select.sql}) AS _x CROSS JOIN LATERAL "
+                     f"(SELECT {values}) AS _r) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')")
+    else:
+        outer = []
+        for column in select.columns:
+            name = ident(column.name)
+            if column.field_type == FieldType.BOOLEAN:
+                outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
+            elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
+                outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
+            else:
+                outer.append(name)
+        statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
+                     f"TO STDOUT WITH (FORMAT csv, HEADER)")
     connection.ensure_connection()
     raw = connection.connection
     with raw.cursor() as cursor:
@@ -789,9 +884,10 @@ def _copy_csv(view: EffectiveView, table: StoreTable, query: RecordQuery, copied
         copied[0] = max(cursor.rowcount, 0)
 
 
-def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20) -> tuple[EffectiveView, Page]:
+def preview(*, user: User | AnonymousUser, dataset: Dataset, rows: int = 20, view: EffectiveView | None = None,
+            exists: bool | None = None) -> tuple[EffectiveView, Page]:
     view, _query, page = read_page(user=user, dataset=dataset, params={"page_size": str(rows)},
-                                   action="records.preview")
+                                   action="records.preview", view=view, exists=exists)
     return view, page
 
 

@@ -60,14 +60,26 @@ def is_postgres(conn: BaseDatabaseWrapper | None = None) -> bool:
     return (conn or connection).vendor == "postgresql"
 
 
+_PG_IDENTS: dict[tuple[str, ...], str] = {}
+_PG_IDENTS_MAX = 8192
+
+
 def ident(*parts: str, conn: BaseDatabaseWrapper | None = None) -> str:
     """A quoted (optionally schema-qualified) identifier, safe to place in SQL text."""
     conn = conn or connection
     if is_postgres(conn):
-        from psycopg import sql
+        # Quoting goes through libpq on a live connection, which costs a records page more than
+        # a hundred round trips into psycopg; the answer depends only on the name (the
+        # connections are all UTF-8), so it is remembered.
+        quoted = _PG_IDENTS.get(parts)
+        if quoted is None:
+            from psycopg import sql
 
-        conn.ensure_connection()
-        return sql.Identifier(*parts).as_string(conn.connection)
+            conn.ensure_connection()
+            quoted = sql.Identifier(*parts).as_string(conn.connection)
+            if len(_PG_IDENTS) < _PG_IDENTS_MAX:
+                _PG_IDENTS[parts] = quoted
+        return quoted
     return ".".join(conn.ops.quote_name(p) for p in parts)
 
 

@@ -1,6 +1,6 @@
 """Delivery: store → a subscribing department's target table, for one claimed run.
 
-What is written is exactly the subscriber's effective view (``exchange.policy``), projected
+What is written is exactly the subscriber's effective view (``exchange.access.policy``), projected
 in SQL by ``exchange.records.build_select``: visible fields only, masked or pseudonymised as
 granted, rows outside the grants' row filters left out. The target table is the exchange's:
 it is created (and rebuilt when the view changes) from the view's columns, and a table found

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from departments import services
-from exchange.models import AuditEvent
+from exchange.audit.models import AuditEvent
 from tests.factories import DatasetFactory
 from tests.records_support import grant, load_rows, published_dataset
 
