@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _run(args)
         finally:
-            from exchange.audit.services import writer as audit_writer
+            from exchange.audit import writer as audit_writer
 
             audit_writer.shutdown()  # its connection would keep the scratch database from going
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from django.db import connection
 
-    from exchange.records.selectors import selectors as records
+    from exchange.records import selectors as records
     from exchange.records.store import ident, store_table
 
     t0 = time.perf_counter()
@@ -233,8 +233,8 @@ def _run(args: argparse.Namespace) -> int:
             response = client.get(api_url)
             api_ms[variant].append((time.perf_counter() - t0) * 1000)
         assert response.status_code == 200, response.content[:200]
+    from exchange.audit import writer as audit_writer
     from exchange.audit.models import AuditEvent
-    from exchange.audit.services import writer as audit_writer
 
     # The overlapped variant really went through a link, and every audited request left its event.
     assert len(audit_writer._idle) == 1, "the overlapped appends fell back to inline"

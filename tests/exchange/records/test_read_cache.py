@@ -217,12 +217,17 @@ def test_a_governance_write_never_waits_for_another_transactions_slot(department
 
     url = database_url_of_test_db()
     with psycopg.connect(url) as holder, psycopg.connect(url) as writer:
-        free = holder.execute("SELECT min(slot) FROM exchange_access_version").fetchone()[0]
+        def one(conn: psycopg.Connection, sql: str, params: list[Any] | None = None) -> Any:
+            row = conn.execute(sql, params).fetchone()
+            assert row is not None
+            return row[0]
+
+        free = one(holder, "SELECT min(slot) FROM exchange_access_version")
         holder.execute("SELECT slot FROM exchange_access_version WHERE slot <> %s FOR UPDATE", [free])
         writer.execute("SET lock_timeout = '3s'")
-        before = writer.execute("SELECT value FROM exchange_access_version WHERE slot = %s", [free]).fetchone()[0]
+        before = one(writer, "SELECT value FROM exchange_access_version WHERE slot = %s", [free])
         writer.execute("UPDATE departments_department SET name = name || '.' WHERE id = %s", [other_department.pk])
-        after = writer.execute("SELECT value FROM exchange_access_version WHERE slot = %s", [free]).fetchone()[0]
+        after = one(writer, "SELECT value FROM exchange_access_version WHERE slot = %s", [free])
         writer.commit()
         holder.rollback()
     assert after > before
