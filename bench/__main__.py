@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["records", "http", "sync", "audit"]
+BENCHMARKS = ["records", "http", "load", "sync", "audit"]
 
 
 def main(argv: list[str]) -> int:
