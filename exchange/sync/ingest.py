@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -246,16 +247,18 @@ def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
     _progress(run, counts)
 
 
-# Source column types whose COPY text form the store's column type reads back unchanged, so a
-# PostgreSQL source can be copied without passing each value through Python. (Floats are
-# left out: NaN and infinity are not numbers here; timestamps without zone too: Python and the
-# database would read them in different zones.)
+# Source column types whose COPY text form the store's column type reads as the value the
+# Python path would make of it, so a PostgreSQL source can be copied without passing each
+# value through Python. Floats read as exact decimals (the shortest text that reads back as
+# the same float); NaN and infinity, which are no decimal numbers, are quarantined in SQL
+# (:func:`_value_checks`). A timestamp without time zone leaves the source already read in
+# the city's zone (``readers.copy_out``).
 COPY_SAFE: dict[str, set[str]] = {
     "integer": {"int2", "int4", "int8"},
-    "decimal": {"int2", "int4", "int8", "numeric"},
+    "decimal": {"int2", "int4", "int8", "numeric", "float4", "float8"},
     "boolean": {"bool"},
     "date": {"date"},
-    "timestamp": {"timestamptz"},
+    "timestamp": {"timestamptz", "timestamp"},
     "json": {"json", "jsonb"},
     "text": {"text", "varchar", "bpchar", "name", "uuid"},
     "geopoint": {"text", "varchar"},
@@ -325,8 +328,7 @@ def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
             checks.append((f"{col} IS NULL", f"missing key {f.name}", True))
         elif not f.nullable:
             checks.append((f"{col} IS NULL", f"missing required {f.name}", False))
-        if f.type == "geopoint":
-            checks.append((_bad_point_sql(col), f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
+        checks += [(condition, reason, False) for condition, reason in _value_checks(f)]
     bad = 0
     with connection.cursor() as cursor:
         # One scan answers the usual question ("anything wrong?"); only then one per check.
@@ -537,7 +539,7 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
         if bulk:
             copy_into_stage(run, plan, reader, stage, counts)
             if watermark_column:
-                counts.watermark = _stage_max(stage, _field_of(plan, watermark_column))
+                counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
@@ -588,6 +590,19 @@ def _store_is_empty(plan: Plan) -> bool:
 def first_load_eligible(plan: Plan, reader: Reader, watermark_column: str) -> bool:
     return (bulk_eligible(plan, reader, watermark_column)
             and _store_is_empty(plan))
+
+
+def _value_checks(f: Field) -> list[tuple[str, str]]:
+    """The checks of the values of field ``f`` that a column of its store type does not make
+    by itself: (condition true for a bad value, reason)."""
+    col = ident(f.name)
+    if f.type == "geopoint":
+        return [(_bad_point_sql(col), f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges")]
+    if f.type == "decimal":
+        # numeric takes NaN and ±Infinity (from a float or numeric source); a decimal field does not.
+        return [(f"{col} IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)",
+                 f"{f.name}: not a finite number (NaN or infinity)")]
+    return []
 
 
 def _bad_point_sql(column: str) -> str:
@@ -643,16 +658,16 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
 
 def index_load(plan: Plan, name: str, load: str) -> None:
     """Check the full load table and give it the store's indexes; raise FirstLoadRefused if a
-    point is bad or a key repeats (the staged path then says which rows, and why). The point
+    point or a number is bad or a key repeats (the staged path then says which rows, and why). The point
     check is one count, which PostgreSQL scans in parallel; the indexes are built by sorting."""
     from django.db import IntegrityError
 
-    bad = " OR ".join(_bad_point_sql(ident(f.name)) for f in plan.fields if f.type == "geopoint")
+    bad = " OR ".join(f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
     with transaction.atomic(), connection.cursor() as cursor:
         if bad:
             cursor.execute(f"SELECT count(*) FROM {load} WHERE {bad}")  # noqa: S608
             if cursor.fetchone()[0]:
-                raise FirstLoadRefused("a value is not a point")
+                raise FirstLoadRefused("a value is not a point or not a finite number")
         try:
             with transaction.atomic():
                 cursor.execute(f"ALTER TABLE {load} ADD CONSTRAINT {ident(name + '_pkey')} "
@@ -681,7 +696,7 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
         index_load(plan, name, load)
         counts.staged = counts.read
         if watermark_column:
-            counts.watermark = _stage_max(load, _field_of(plan, watermark_column))
+            counts.watermark = _bulk_watermark(plan, reader, load, watermark_column)
         with transaction.atomic():
             _recheck_claim(run)
             with connection.cursor() as cursor:
@@ -712,6 +727,15 @@ def _columns_of(qualified: str) -> list[tuple[str, int, bool]]:
         cursor.execute("SELECT attname, atttypid, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass "
                        "AND attnum > 0 AND NOT attisdropped ORDER BY attname", [qualified])
         return [(r[0], int(r[1]), bool(r[2])) for r in cursor.fetchall()]
+
+
+def _bulk_watermark(plan: Plan, reader: Reader, table: str, column: str) -> Any:
+    """The highest watermark a bulk load brought, as the source compares it: a timestamp
+    without time zone arrived as an instant, and goes back to the city's wall time."""
+    mark = _stage_max(table, _field_of(plan, column))
+    if isinstance(mark, datetime) and reader.pg_types.get(column) == "timestamp":
+        mark = mark.astimezone(ZoneInfo(settings.TIME_ZONE)).replace(tzinfo=None)
+    return mark
 
 
 def _stage_max(stage: str, name: str) -> Any:

@@ -26,7 +26,7 @@ from django.conf import settings
 
 from exchange.models import Connection, ConnectionKind, FileFormat, Source
 from exchange.sync import secrets
-from exchange.sync.convert import PG_KINDS
+from exchange.sync.convert import PG_KINDS, local_timestamp_sql
 
 
 class SourceError(Exception):
@@ -53,7 +53,8 @@ class Reader:
     rows: Iterator[RawRow] = field(default_factory=lambda: iter(()))
     description: str = ""
     # PostgreSQL sources: the database's own type name of each column, and the rows as
-    # COPY text (the selected columns, then the record number), for the bulk path.
+    # COPY text (the selected columns, then the record number), for the bulk path; a
+    # timestamp without time zone comes out as the instant it names in the city's zone.
     pg_types: dict[str, str] = field(default_factory=dict)
     selected: list[str] = field(default_factory=list)
     copy_out: Callable[[], Iterator[bytes]] | None = None
@@ -177,8 +178,12 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
 
         def copy_out() -> Iterator[bytes]:
+            # A timestamp without time zone leaves as the instant the city's wall time names
+            # (written with its offset, so the store reads it whatever its session's zone).
+            selected = [local_timestamp_sql(sql.Identifier(c)) if pg_types.get(c) == "timestamp"
+                        else sql.Identifier(c) for c in wanted]
             numbered = sql.SQL("SELECT {}, row_number() OVER () FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, wanted)), relation)
+                sql.SQL(", ").join(selected), relation)
             if since is not None and source.watermark_column:
                 numbered += sql.SQL(" WHERE {} > {}").format(sql.Identifier(source.watermark_column),
                                                             sql.Literal(since))
