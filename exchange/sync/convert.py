@@ -24,8 +24,8 @@ class BadValue(ValueError):
     pass
 
 
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
+TRUE_TEXT = {"true", "t", "yes", "y", "1"}
+FALSE_TEXT = {"false", "f", "no", "n", "0"}
 
 
 def _text(v: Any) -> str:
@@ -68,9 +68,9 @@ def _boolean(v: Any) -> bool:
     if isinstance(v, bool):
         return v
     s = str(v).strip().lower()
-    if s in _TRUE:
+    if s in TRUE_TEXT:
         return True
-    if s in _FALSE:
+    if s in FALSE_TEXT:
         return False
     raise BadValue(f"{v!r} is not a boolean (true/false, yes/no, 1/0)")
 

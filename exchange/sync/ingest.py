@@ -11,7 +11,7 @@ event: a reader sees the store before the run or after it, never half of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,7 +26,16 @@ from catalog.models import Dataset, DatasetStatus, Field
 from exchange.audit import audit_record
 from exchange.models import QuarantinedRow, Run, RunMode, RunStatus
 from exchange.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
-from exchange.sync.convert import CONVERTERS, SOURCE_KINDS, BadValue, content_hash, for_sqlite
+from exchange.sync.convert import (
+    CONVERTERS,
+    FALSE_TEXT,
+    SOURCE_KINDS,
+    TRUE_TEXT,
+    BadValue,
+    content_hash,
+    for_sqlite,
+    local_timestamp_sql,
+)
 from exchange.sync.readers import RawRow, Reader, SourceError, open_source
 
 # Quarantined rows kept with their data per run; beyond this they are only counted.
@@ -217,11 +226,19 @@ def _progress(run: Run, counts: Counts) -> None:
 
 def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
                     watermark_column: str | None) -> None:
+    stage_in_python(run, plan, reader.rows, stage, counts, watermark_column=watermark_column)
+
+
+def stage_in_python(run: Run, plan: Plan, rows: Iterable[RawRow], stage: str, counts: Counts, *,
+                    watermark_column: str | None, counted: bool = False) -> None:
+    """Convert each row in Python and stage it, or quarantine it with its reason. With
+    ``counted`` the rows have been counted as read already."""
     batch_size = settings.SYNC_BATCH_SIZE
     buffer: list[list[Any]] = []
     last_progress = time.monotonic()
-    for raw in reader.rows:
-        counts.read += 1
+    for raw in rows:
+        if not counted:
+            counts.read += 1
         if watermark_column and not raw.problem:
             mark = raw.values.get(watermark_column)
             if mark is not None and (counts.watermark is None or mark > counts.watermark):
@@ -535,11 +552,14 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
                   incremental: bool) -> MergeResult:
     """Stage every row, check it, then merge the staging table into the store in one transaction."""
     bulk = bulk_eligible(plan, reader, watermark_column)
-    with staging_table(run, plan) as stage:
+    csv_copy = not bulk and csv_copy_eligible(reader)
+    with (csv_staging(plan) if csv_copy else staging_table(run, plan)) as stage:
         if bulk:
             copy_into_stage(run, plan, reader, stage, counts)
             if watermark_column:
                 counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
+        elif csv_copy:
+            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
@@ -566,6 +586,185 @@ def _reset_progress(run: Run) -> None:
     QuarantinedRow.objects.filter(run_id=run.pk).delete()
     Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
         rows_read=0, rows_done=0, rows_quarantined=0, heartbeat_at=timezone.now())
+
+
+# --- CSV files on PostgreSQL -----------------------------------------------------------------
+# A CSV file is parsed in Python, which decides record numbers, blank lines, ragged rows and
+# bytes not valid in the source's encoding exactly as the Python path does, but its values are
+# not converted there: each record goes as it is into an unlogged text table by COPY. One
+# statement then types every row whose values all have a plain form that PostgreSQL reads as
+# the same value Python would make of it (the patterns below), and makes those rows the staging
+# table. The other rows (usually none: values with spaces around them, forms only Python
+# reads, a missing or a bad value) are read back in record order and go through the Python
+# path, which converts or quarantines them with its own reasons.
+
+_DATE_RE = (r"(?!0000)[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)"
+            r"|(0[13578]|1[02])-31)")  # 29 February goes the Python way
+_PLAIN = {
+    "integer": r"^[+-]?[0-9]{1,18}$",
+    "decimal": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$",
+    "date": f"^{_DATE_RE}$",
+    "timestamp": (f"^{_DATE_RE}[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{{1,6}})?)?"
+                  r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?$"),
+}
+_ZONED_RE = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
+# A point as Python writes it ("%g,%g"): no spaces, no trailing zeros, at most six significant
+# digits, no exponent. Anything else is normalised in Python.
+_POINT_PART_RE = r"-?(0|[1-9][0-9]{0,2})(\.[0-9]{0,4}[1-9])?"
+
+
+def csv_copy_eligible(reader: Reader) -> bool:
+    return is_postgres() and reader.csv_records is not None
+
+
+def _csv_tables(plan: Plan) -> tuple[str, str]:
+    """The unlogged text table and staging table of a dataset's CSV run (runs of one dataset
+    never overlap; a pair left by a killed worker is dropped by the next run)."""
+    table = plan.table
+    assert table.schema is not None
+    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, f"{table.name}_stage")
+
+
+@contextmanager
+def csv_staging(plan: Plan) -> Iterator[str]:
+    """Yields the name of the staging table :func:`csv_into_stage` creates; drops it and the
+    text table afterwards."""
+    tables = _csv_tables(plan)
+    with connection.cursor() as cursor:
+        for name in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    try:
+        yield tables[1]
+    finally:
+        if connection.connection is not None and not connection.needs_rollback:
+            try:
+                with connection.cursor() as cursor:
+                    for name in tables:
+                        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            except Exception:  # noqa: BLE001, S110 - the connection may be gone; the next run drops them
+                pass
+
+
+def _literal(value: str) -> str:
+    from psycopg import sql
+
+    return sql.Literal(value).as_string(connection.connection)
+
+
+def _plain_sql(f: Field, v: str) -> tuple[str, str]:
+    """For field ``f`` and its text ``v`` (NULL when empty): SQL that is true when the value is
+    in a plain form, and SQL typing it. A missing key or required value is not plain."""
+    from psycopg import sql
+
+    if f.type == "text":
+        check, typed = "true", v
+    elif f.type == "boolean":
+        words = ", ".join(_literal(w) for w in sorted(TRUE_TEXT | FALSE_TEXT))
+        check = f"lower({v}) IN ({words})"
+        typed = f"(lower({v}) IN ({', '.join(_literal(w) for w in sorted(TRUE_TEXT))}))"
+    elif f.type == "geopoint":
+        part = _POINT_PART_RE
+        lat, lon = f"split_part({v}, ',', 1)", f"split_part({v}, ',', 2)"
+
+        def fits(p: str, limit: int) -> str:
+            # %g keeps six significant digits and writes below 0.0001 with an exponent.
+            return (f"length(ltrim(replace(ltrim({p}, '-'), '.', ''), '0')) <= 6 "
+                    f"AND (abs({p}::numeric) >= 0.0001 OR {p}::numeric = 0) AND abs({p}::numeric) <= {limit}")
+
+        check = (f"CASE WHEN {v} ~ {_literal(f'^{part},{part}$')} THEN {fits(lat, 90)} AND {fits(lon, 180)} "
+                 f"ELSE false END")
+        typed = v
+    elif f.type in _PLAIN:
+        check = f"{v} ~ {_literal(_PLAIN[f.type])}"
+        typed = f"{v}::{column_type(f.type)}"
+        if f.type == "timestamp":
+            local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
+            typed = f"(CASE WHEN {v} ~ {_literal(_ZONED_RE)} THEN {v}::timestamptz ELSE {local} END)"
+    else:  # json: PostgreSQL 15 cannot test it without raising; Python decides
+        check, typed = "false", f"{v}::{column_type(f.type)}"
+    if f.is_key or not f.nullable:
+        return f"({v} IS NOT NULL AND {check})", typed
+    return f"({v} IS NULL OR {check})", typed
+
+
+def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
+                   watermark_column: str | None) -> None:
+    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``."""
+    import csv
+    import io
+    import json
+
+    assert reader.csv_records is not None
+    header = reader.columns
+    width = len(header)
+    text, _ = _csv_tables(plan)
+    position = {name: i for i, name in enumerate(header)}  # a repeated name: the last, as dict(zip()) does
+    columns = [ident(f"c{i}") for i in range(width)]
+    rn, problem, raw = ident("_rn"), ident("_problem"), ident("_raw")
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE UNLOGGED TABLE {text} ({', '.join(f'{c} text' for c in columns)}, "
+                       f"{rn} bigint, {problem} text, {raw} jsonb)")
+        # A transaction per batch of records, so that progress, heartbeat and cancel are handled
+        # in between (as on the bulk path).
+        records = iter(reader.csv_records)
+        batch = settings.SYNC_BATCH_SIZE * 4
+        blank = [""] * width
+        done = False
+        while not done:
+            buffer = io.StringIO()
+            # "\r\n": every carriage return and line feed inside a value is quoted.
+            writer = csv.writer(buffer, lineterminator="\r\n")
+            n = 0
+            for record in records:
+                counts.read += 1
+                if isinstance(record, RawRow):
+                    writer.writerow([*blank, counts.read, record.problem, json.dumps(_jsonable(record.values))])
+                else:
+                    record.extend((str(counts.read), "", ""))
+                    writer.writerow(record)
+                n += 1
+                if n >= batch:
+                    break
+            else:
+                done = True
+            with cursor.cursor.copy(f"COPY {text} FROM STDIN (FORMAT csv)") as copy:  # type: ignore[union-attr]
+                copy.write(buffer.getvalue().encode("utf-8"))
+            if run.rows_total_estimate is not None and counts.read > run.rows_total_estimate:
+                run.rows_total_estimate = None
+            _progress(run, counts)
+        if watermark_column:
+            cursor.execute(f"SELECT max(coalesce({ident(f'c{position[watermark_column]}')}, '') COLLATE \"C\"), "  # noqa: S608
+                           f"count(*) FROM {text} WHERE {problem} IS NULL")
+            mark, clean = cursor.fetchone()
+            if clean:
+                counts.watermark = mark
+        plain, typed = [], []
+        for f in plan.fields:
+            column = plan.columns[f.name]
+            v = f"nullif({ident(f'c{position[column]}')}, '')" if column is not None else "NULL"
+            check, value = _plain_sql(f, v)
+            plain.append(check)
+            typed.append(f"{value}::{column_type(f.type)} AS {ident(f.name)}")
+        all_plain = f"{problem} IS NULL AND {' AND '.join(plain)}"
+        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, NULL::text AS {ident('_hash')}, "  # noqa: S608
+                       f"{rn}, false AS {ident('_bad')} FROM {text} WHERE {all_plain}")
+        counts.staged = cursor.rowcount
+    # The rest, in record order, through Python. A cursor WITH HOLD outlives the statement's
+    # transaction, so the rows are read in batches while their results are staged.
+    assert connection.connection is not None
+    with connection.connection.cursor(name=f"exchange_csv_{run.pk}", withhold=True) as rest:
+        rest.itersize = settings.SYNC_BATCH_SIZE
+        rest.execute(f"SELECT {', '.join(columns)}, {rn}, {problem}, {raw}::text FROM {text} "  # noqa: S608
+                     f"WHERE NOT ({all_plain}) ORDER BY {rn}")
+
+        def rows() -> Iterator[RawRow]:
+            for *values, number, why, original in rest:
+                if why is not None:
+                    yield RawRow(number, json.loads(original), why)
+                else:
+                    yield RawRow(number, dict(zip(header, [v or "" for v in values], strict=True)))
+
+        stage_in_python(run, plan, rows(), stage, counts, watermark_column=None, counted=True)
 
 
 # --- First load -----------------------------------------------------------------------------

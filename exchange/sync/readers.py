@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import json
+import re
 import sqlite3
 import urllib.error
 import urllib.request
@@ -60,6 +61,9 @@ class Reader:
     copy_out: Callable[[], Iterator[bytes]] | None = None
     # Column sets a unique constraint (or primary key) of the source table holds unique.
     unique_columns: list[frozenset[str]] = field(default_factory=list)
+    # CSV sources: the records themselves (``rows`` is made of them), for the COPY path; an
+    # ingest reads one or the other.
+    csv_records: Iterator[list[str] | RawRow] | None = None
 
 
 def check_read_only_query(query: str) -> str:
@@ -252,11 +256,17 @@ _ENCODING_HINT = ("Is the file in another encoding (e.g. Windows-1252 / Latin-1)
                   "or set the source's encoding.")
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _undecodable(values: list[str]) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for v in values for ch in v)
+    return any(not v.isascii() and _UNDECODABLE.search(v) for v in values)
 
 
-def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[RawRow]]:
+def _csv_records(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[list[str] | RawRow]]:
+    """The header and the records of a CSV file: each record either as its list of values
+    (as many as the header has, all decodable) or as a RawRow saying what is wrong with it.
+    Every item is the next record: the n-th item is record number n (blank lines skipped)."""
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     # surrogateescape keeps undecodable bytes visible per row, so one bad row is quarantined
     # with its number instead of the whole file failing at an unknown place.
@@ -271,8 +281,9 @@ def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[Raw
     if _undecodable(header):
         raise SourceError(f"The header row is not valid {encoding}. {_ENCODING_HINT}")
     header = [h.strip() for h in header]
+    width = len(header)
 
-    def rows() -> Iterator[RawRow]:
+    def records() -> Iterator[list[str] | RawRow]:
         n = 0
         while True:
             try:
@@ -286,17 +297,23 @@ def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[Raw
             if not record:
                 continue  # blank line
             n += 1
-            raw = dict(zip(header, record, strict=False))
             if _undecodable(record):
+                raw = dict(zip(header, record, strict=False))
                 yield RawRow(n, {k: v.encode("utf-8", "surrogateescape").decode("latin-1") for k, v in raw.items()},
                              f"not valid {encoding}. {_ENCODING_HINT}")
-            elif len(record) != len(header):
-                yield RawRow(n, raw | {"_extra": record[len(header):]} if len(record) > len(header) else raw,
-                             f"ragged row: {len(record)} values, the header has {len(header)}")
+            elif len(record) != width:
+                raw = dict(zip(header, record, strict=False))
+                yield RawRow(n, raw | {"_extra": record[width:]} if len(record) > width else raw,
+                             f"ragged row: {len(record)} values, the header has {width}")
             else:
-                yield RawRow(n, raw)
+                yield record
 
-    return header, rows()
+    return header, records()
+
+
+def _csv_rows(header: list[str], records: Iterator[list[str] | RawRow]) -> Iterator[RawRow]:
+    for n, record in enumerate(records, start=1):
+        yield record if isinstance(record, RawRow) else RawRow(n, dict(zip(header, record, strict=True)))
 
 
 def _ndjson_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
@@ -424,11 +441,12 @@ def _peek_columns(rows: Iterator[RawRow]) -> tuple[list[str], Iterator[RawRow]]:
 def _stream_reader(source: Source, stream: IO[bytes], *, size: int | None, description: str) -> Iterator[Reader]:
     fmt = source.file_format
     if fmt == FileFormat.CSV:
-        header, rows = _csv_rows(stream, source.encoding or "utf-8")
+        header, records = _csv_records(stream, source.encoding or "utf-8")
         estimate = None
         if size:
             estimate = max(1, size // 100)  # refined as rows arrive; only for the progress bar
-        yield Reader(columns=header, rows=rows, estimate=estimate, description=description)
+        yield Reader(columns=header, rows=_csv_rows(header, records), estimate=estimate, description=description,
+                     csv_records=records)
         return
     raw_rows = (_ndjson_rows if fmt == FileFormat.NDJSON else _json_rows)(stream, source.encoding or "utf-8")
     columns, rows = _peek_columns(raw_rows)
