@@ -62,8 +62,11 @@ class Reader:
     # Column sets a unique constraint (or primary key) of the source table holds unique.
     unique_columns: list[frozenset[str]] = field(default_factory=list)
     # CSV sources: the records themselves (``rows`` is made of them), for the COPY path; an
-    # ingest reads one or the other.
+    # ingest reads one or the other. An uploaded file can also be read by PostgreSQL's own CSV
+    # parser (see :func:`plain_csv_chunks`).
     csv_records: Iterator[list[str] | RawRow] | None = None
+    csv_file: Path | None = None
+    csv_encoding: str = ""
 
 
 def check_read_only_query(query: str) -> str:
@@ -260,7 +263,8 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")
 
 
 def _undecodable(values: list[str]) -> bool:
-    return any(not v.isascii() and _UNDECODABLE.search(v) for v in values)
+    joined = "".join(values)
+    return not joined.isascii() and _UNDECODABLE.search(joined) is not None
 
 
 def _csv_records(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[list[str] | RawRow]]:
@@ -460,7 +464,81 @@ def _file_reader(source: Source) -> Iterator[Reader]:
         raise SourceError("No file has been uploaded for this source.")
     with path.open("rb") as stream, _stream_reader(source, stream, size=path.stat().st_size,
                                                    description=path.name) as reader:
+        if reader.csv_records is not None:
+            reader.csv_file, reader.csv_encoding = path, source.encoding or "utf-8"
         yield reader
+
+
+# --- CSV files as PostgreSQL parses them ------------------------------------------------------
+# PostgreSQL's CSV parser reads a file much faster than Python's csv module, and reads it the
+# same way as long as the file is *plain*: every quote opens a field right after a comma or a
+# line break and closes it right before one, no blank line (Python skips it, PostgreSQL
+# refuses it), no line that is only ``\.`` (PostgreSQL's end-of-data mark), no NUL byte, and an
+# encoding both decode alike. Anything else PostgreSQL would parse differently it refuses
+# outright (a ragged row, an unterminated quote, bytes not valid in the encoding, mixed line
+# ends), and the caller reads the file with Python instead.
+
+class NotPlainCSV(Exception):
+    """The file may parse differently in PostgreSQL: read it with Python's csv module."""
+
+
+# Python codec name -> PostgreSQL encoding, for encodings both decode byte for byte alike.
+PG_CSV_ENCODINGS = {"utf-8": "UTF8", "iso8859-1": "LATIN1"}
+# A quoted field: opened right after a comma or line break (or at the start), closed right
+# before one (or at the end), with quotes inside doubled. Starts with the quote, so that the
+# search skips to quotes.
+_QUOTED_FIELD = re.compile(rb'"(?<![^,\r\n]")[^"]*(?:""[^"]*)*"(?=[,\r\n]|$)')
+# A line that is only "\." (the lookbehind, after the literal for a fast search: at the start
+# or after a line feed).
+_END_MARK = re.compile(rb"\\\.(?<![^\n]\\\.)\r?(?:\n|$)")
+_CHUNK = 8 << 20
+
+
+def pg_csv_encoding(encoding: str) -> str:
+    """PostgreSQL's name of ``encoding``; NotPlainCSV if the two may decode it differently."""
+    try:
+        return PG_CSV_ENCODINGS[codecs.lookup(encoding).name]
+    except (KeyError, LookupError):
+        raise NotPlainCSV(f"encoding {encoding}") from None
+
+
+def _check_plain(chunk: bytes, *, first: bool) -> bytes:
+    if b"\x00" in chunk or b"\n\n" in chunk or b"\n\r\n" in chunk or b"\r\r" in chunk \
+            or (not first and chunk[:1] in (b"\n", b"\r")) or _END_MARK.search(chunk):
+        raise NotPlainCSV("a blank line, a NUL byte or an end-of-data mark")
+    if b'"' in chunk and b'"' in _QUOTED_FIELD.sub(b"", chunk):
+        raise NotPlainCSV("a quote inside a field")
+    return chunk
+
+
+def plain_csv_chunks(path: Path, *, size: int = _CHUNK) -> Iterator[bytes]:
+    """The bytes of a plain CSV file (header included) in chunks of whole records, each
+    checked before it is handed out; raises NotPlainCSV at the first that is not plain."""
+    with path.open("rb") as f:
+        carry = b""
+        first = True
+        while True:
+            data = f.read(size)
+            buffer = carry + data
+            if not data:
+                rest = buffer.rstrip(b"\r\n")  # blank lines at the end, which Python skips
+                if rest:
+                    yield _check_plain(rest, first=first)
+                return
+            # The last line break that ends a record (one with an even number of quotes before
+            # it) and has more than line breaks after it: blank lines at the very end are
+            # skipped, as Python skips them.
+            cut = len(buffer.rstrip(b"\r\n"))
+            while (cut := buffer.rfind(b"\n", 0, cut)) >= 0 and buffer.count(b'"', 0, cut) % 2:
+                pass
+            if cut < 0:
+                if len(buffer) > 8 * size:
+                    raise NotPlainCSV("no line break that ends a record")
+                carry = buffer
+                continue
+            yield _check_plain(buffer[:cut + 1], first=first)
+            first = False
+            carry = buffer[cut + 1:]
 
 
 @contextmanager

@@ -44,7 +44,7 @@ TRICKY: dict[str, list[str]] = {
 }
 
 
-def _rows() -> list[list[str]]:
+def _rows(*, ragged: bool = True) -> list[list[str]]:
     rows = []
     k = 0
     for column, values in TRICKY.items():
@@ -57,7 +57,8 @@ def _rows() -> list[list[str]]:
     rows.append(["", *rows[0][1:]])
     rows.append(["x1", *rows[0][1:]])
     rows.append(["3", *rows[0][1:]])
-    rows.append(["999", "1"])
+    if ragged:
+        rows.append(["999", "1"])
     return rows
 
 
@@ -93,43 +94,91 @@ def postgres_only(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
 
 
-def test_csv_through_sql_matches_the_python_path_value_for_value(department, monkeypatch):
-    rows = _rows()
-    content = _content(rows)
+def _plain_content(rows: list[list[str]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(HEADER)
+    writer.writerows(rows)
+    return out.getvalue().encode() + b"\r\n\r\n"  # blank lines at the very end are no records
+
+
+def _not_plain(rows: list[list[str]], how: str) -> bytes:
+    body = _plain_content([r for r in rows if len(r) == len(HEADER)]).replace(b"\r\n", b"\n")
+    if how == "messy":  # a blank line, bytes not valid UTF-8, an unterminated quote at the end
+        return _content(rows)
+    if how == "quote inside a field":
+        return body.replace(b",text,", b',te"xt,', 1)
+    if how == "end-of-data mark":
+        return body.replace(b"\n", b"\n\\.\n", 3)
+    if how == "ragged":
+        return body + b"1002,1\n"
+    if how == "mixed line ends":
+        return body.replace(b"\n", b"\r\n", 2)
+    raise AssertionError(how)
+
+
+def _compare(department: Any, monkeypatch: Any, content: bytes, *, by_postgres: bool) -> tuple[Any, Any]:
+    """Ingest ``content`` once by the COPY path and once by the Python path; the two must agree."""
     by_sql = published_dataset(department=department, slug="by-sql", fields=FIELDS)
     by_python = published_dataset(department=department, slug="by-python", fields=FIELDS)
     mapping = {f[0]: f[0] for f in FIELDS}
     sources = [upload_source(dataset=d, content=content, mapping=mapping) for d in (by_sql, by_python)]
+    from catalog.models import Field
+
     for s in sources:
         s.watermark_column = "ts"
         s.save()
-    from catalog.models import Field
-
-    Field.objects.filter(schema__dataset=by_sql, name="r").update(nullable=False)
-    Field.objects.filter(schema__dataset=by_python, name="r").update(nullable=False)
+        Field.objects.filter(schema__dataset=s.dataset, name="r").update(nullable=False)
 
     converted: list[int] = []
-    real_convert = ingest.convert_row
+    real_convert, real_parse = ingest.convert_row, ingest._csv_parsed_by_python
+    parsed_by_python: list[bool] = []
 
     def counting(plan: Any, raw: Any) -> Any:
         converted.append(raw.number)
         return real_convert(plan, raw)
 
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        parsed_by_python.append(True)
+        return real_parse(*args, **kwargs)
+
     monkeypatch.setattr(ingest, "convert_row", counting)
+    monkeypatch.setattr(ingest, "_csv_parsed_by_python", parse)
     with CaptureQueriesContext(django_connection) as queries:
         run_sql = run_ingest(sources[0])
     assert run_sql.status == RunStatus.SUCCEEDED, run_sql.error
     assert any("CREATE UNLOGGED TABLE" in q["sql"] and "_stage" in q["sql"] for q in queries.captured_queries)
+    assert parsed_by_python == ([] if by_postgres else [True])
     # Only the rows SQL does not vouch for were converted in Python, and not every row.
     assert 0 < len(converted) < run_sql.rows_read - 20
-    plain_rows = [n for n in range(1, run_sql.rows_read + 1) if n not in converted]
-    assert 1 in plain_rows  # a row of plain values only
 
     monkeypatch.setattr(ingest, "csv_copy_eligible", lambda reader: False)
     run_python = run_ingest(sources[1])
-    sql_outcome, python_outcome = _outcome(sources[0], run_sql), _outcome(sources[1], run_python)
-    assert sql_outcome == python_outcome
-    assert run_sql.rows_quarantined > 20  # the tricky values did reach the quarantine
+    assert _outcome(sources[0], run_sql) == _outcome(sources[1], run_python)
+    return run_sql, run_python
+
+
+def test_a_plain_csv_parsed_and_typed_by_postgresql_matches_the_python_path(department, monkeypatch):
+    run, _ = _compare(department, monkeypatch, _plain_content(_rows(ragged=False)), by_postgres=True)
+    assert run.rows_quarantined > 20  # the tricky values did reach the quarantine
+
+
+@pytest.mark.parametrize("how", ["messy", "quote inside a field", "end-of-data mark", "ragged", "mixed line ends"])
+def test_a_csv_postgresql_may_parse_differently_is_parsed_by_python(department, monkeypatch, how):
+    run, _ = _compare(department, monkeypatch, _not_plain(_rows(), how), by_postgres=False)
+    assert run.rows_quarantined > 20
+
+
+def test_a_field_longer_than_pythons_limit_sends_the_file_to_python(department, monkeypatch):
+    """Python's csv module refuses fields beyond its limit; PostgreSQL's parser would take them."""
+    limit = csv.field_size_limit(40)
+    try:
+        rows = _rows(ragged=False)
+        rows[10][8] = "x" * 41
+        run, _ = _compare(department, monkeypatch, _plain_content(rows), by_postgres=False)
+        assert "field larger than field limit" in run.quarantined.get(row_number=11).reason
+    finally:
+        csv.field_size_limit(limit)
 
 
 def test_csv_rerun_and_incremental_through_sql(department):
