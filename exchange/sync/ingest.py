@@ -606,19 +606,45 @@ def _reset_progress(run: Run) -> None:
 # reads, a missing or a bad value) are read back in record order and go through the Python
 # path, which converts or quarantines them with its own reasons.
 
-_DATE_RE = (r"(?!0000)[0-9]{4}-((0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])|(0[13-9]|1[0-2])-(29|30)"
-            r"|(0[13578]|1[02])-31)")  # 29 February goes the Python way
-_PLAIN = {
-    "integer": r"^[+-]?[0-9]{1,18}$",
-    "decimal": r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$",
-    "date": f"^{_DATE_RE}$",
-    "timestamp": (f"^{_DATE_RE}[T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\\.[0-9]{{1,6}})?)?"
-                  r"(Z|[+-](0[0-9]|1[0-4])(:?[0-5][0-9])?)?$"),
-}
-_ZONED_RE = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
-# A point as Python writes it ("%g,%g"): no spaces, no trailing zeros, at most six significant
-# digits, no exponent. Anything else is normalised in Python.
-_POINT_PART_RE = r"-?(0|[1-9][0-9]{0,2})(\.[0-9]{0,4}[1-9])?"
+_DIGITS = "0123456789"
+
+
+def _month_days() -> list[str]:
+    days = {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}
+    return [f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, days.get(m, 31) + 1)]
+
+
+def _time_rests() -> list[str]:
+    """What may follow "HH:MM" in a plain timestamp, digits written as 0."""
+    seconds = ["", ":00"] + [":00." + "0" * n for n in range(1, 7)]
+    zones = ["", "Z", "+00", "-00", "+00:00", "-00:00", "+0000", "-0000"]
+    return [s + z for s in seconds for z in zones]
+
+
+def _point_parts() -> list[str]:
+    """A latitude or longitude as Python's "%g" writes it (at most six significant digits, no
+    trailing zero, no exponent: 0.0001 or more, or 0), digits 1-9 written as #."""
+    import itertools
+
+    parts = []
+    fractions = [""] + ["." + "".join(p) + "#" for n in range(5) for p in itertools.product("0#", repeat=n)]
+    for whole in ("0", "#", "#0", "##", "#00", "#0#", "##0", "###"):
+        for fraction in fractions:
+            if whole == "0":
+                significant = len(fraction[1:].lstrip("0"))
+                if fraction and fraction[1:].index("#") >= 4:
+                    continue  # below 0.0001: "%g" writes an exponent
+            else:
+                significant = len(whole) + len(fraction[1:])
+            if significant <= 6:
+                parts += [whole + fraction, "-" + whole + fraction]
+    return parts
+
+
+_MONTH_DAYS = _month_days()
+_HOURS_MINUTES = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
+_TIME_RESTS = _time_rests()
+_POINT_PARTS = _point_parts()
 
 
 def csv_copy_eligible(reader: Reader) -> bool:
@@ -659,35 +685,67 @@ def _literal(value: str) -> str:
     return sql.Literal(value).as_string(connection.connection)
 
 
+def _text_set(values: list[str]) -> str:
+    """A constant text[]: ``x = ANY(it)`` is one hash lookup (PostgreSQL 14 and later)."""
+    return _literal("{" + ",".join(f'"{v}"' for v in values) + "}") + "::text[]"
+
+
+def _plain_date_sql(v: str) -> str:
+    """Whether ``v`` is a date as "YYYY-MM-DD" that exists (year 1 and later). Only cheap
+    string functions and hash lookups: a regular expression per value would cost more than all
+    the rest of the load. CASE, so that the year is cast only once it is known to be digits."""
+    leap = f"(left({v}, 4)::int % 4 = 0 AND (left({v}, 4)::int % 100 <> 0 OR left({v}, 4)::int % 400 = 0))"
+    return (f"CASE WHEN {v} LIKE '____-__-__' AND btrim(left({v}, 4), '{_DIGITS}') = '' "
+            f"AND left({v}, 4) <> '0000' AND substr({v}, 6, 5) = ANY({_text_set(_MONTH_DAYS)}) "
+            f"THEN substr({v}, 6, 5) <> '02-29' OR {leap} ELSE false END")
+
+
 def _plain_sql(f: Field, v: str) -> tuple[str, str]:
     """For field ``f`` and its text ``v`` (NULL when empty): SQL that is true when the value is
-    in a plain form, and SQL typing it. A missing key or required value is not plain."""
+    in a plain form, one that PostgreSQL reads without error and as the value Python's converter
+    makes of it, and SQL typing it. A missing key or required value is not plain."""
     from psycopg import sql
 
+    d = f"'{_DIGITS}'"
     if f.type == "text":
         check, typed = "true", v
+    elif f.type == "integer":  # [-]digits, at most 18 of them
+        check = f"btrim(ltrim({v}, '-'), {d}) = '' AND {v} NOT LIKE '--%' AND {v} <> '-' AND octet_length({v}) <= 18"
+        typed = f"{v}::bigint"
+    elif f.type == "decimal":  # [-]digits[.digits], [-].digits
+        check = (f"btrim(ltrim({v}, '-'), {d}) IN ('', '.') AND {v} NOT LIKE '--%' "
+                 f"AND ltrim({v}, '-') NOT IN ('', '.') AND octet_length({v}) <= 1000")
+        typed = f"{v}::numeric"
     elif f.type == "boolean":
         words = ", ".join(_literal(w) for w in sorted(TRUE_TEXT | FALSE_TEXT))
         check = f"lower({v}) IN ({words})"
         typed = f"(lower({v}) IN ({', '.join(_literal(w) for w in sorted(TRUE_TEXT))}))"
-    elif f.type == "geopoint":
-        part = _POINT_PART_RE
+    elif f.type == "date":
+        check, typed = _plain_date_sql(v), f"{v}::date"
+    elif f.type == "timestamp":
+        # "YYYY-MM-DD[T ]HH:MM[:SS[.f…]][Z|±HH[[:]MM]]", the offset below 15 hours.
+        rest = f"translate(substr({v}, 17), {d}, '0000000000')"
+        c = 'COLLATE "C"'
+        zone = (f"CASE WHEN {v} LIKE '%+__' OR {v} LIKE '%-__' THEN right({v}, 2) {c} <= '14' "
+                f"WHEN {v} LIKE '%+__:__' OR {v} LIKE '%-__:__' THEN left(right({v}, 5), 2) {c} <= '14' "
+                f"AND right({v}, 2) {c} <= '59' "
+                f"WHEN {v} LIKE '%+____' OR {v} LIKE '%-____' THEN left(right({v}, 4), 2) {c} <= '14' "
+                f"AND right({v}, 2) {c} <= '59' ELSE true END")
+        check = (f"CASE WHEN ({v} LIKE '____-__-__T__:__%' OR {v} LIKE '____-__-__ __:__%') "
+                 f"AND substr({v}, 12, 5) = ANY({_text_set(_HOURS_MINUTES)}) "
+                 f"AND {rest} = ANY({_text_set(_TIME_RESTS)}) "
+                 f"THEN ({_plain_date_sql(f'left({v}, 10)')}) "
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) {c} <= '59') AND ({zone}) ELSE false END")
+        local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
+        zoned = f"({v} LIKE '%Z' OR substr({v}, 17) LIKE '%+%' OR substr({v}, 17) LIKE '%-%')"
+        typed = f"(CASE WHEN {zoned} THEN {v}::timestamptz ELSE {local} END)"
+    elif f.type == "geopoint":  # as Python writes it ("%g,%g"), in WGS 84 ranges
         lat, lon = f"split_part({v}, ',', 1)", f"split_part({v}, ',', 2)"
-
-        def fits(p: str, limit: int) -> str:
-            # %g keeps six significant digits and writes below 0.0001 with an exponent.
-            return (f"length(ltrim(replace(ltrim({p}, '-'), '.', ''), '0')) <= 6 "
-                    f"AND (abs({p}::numeric) >= 0.0001 OR {p}::numeric = 0) AND abs({p}::numeric) <= {limit}")
-
-        check = (f"CASE WHEN {v} ~ {_literal(f'^{part},{part}$')} THEN {fits(lat, 90)} AND {fits(lon, 180)} "
-                 f"ELSE false END")
+        parts = _text_set(_POINT_PARTS)
+        check = (f"CASE WHEN {v} NOT LIKE '%,%,%' AND translate({lat}, '123456789', '#########') = ANY({parts}) "
+                 f"AND translate({lon}, '123456789', '#########') = ANY({parts}) "
+                 f"THEN abs({lat}::numeric) <= 90 AND abs({lon}::numeric) <= 180 ELSE false END")
         typed = v
-    elif f.type in _PLAIN:
-        check = f"{v} ~ {_literal(_PLAIN[f.type])}"
-        typed = f"{v}::{column_type(f.type)}"
-        if f.type == "timestamp":
-            local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
-            typed = f"(CASE WHEN {v} ~ {_literal(_ZONED_RE)} THEN {v}::timestamptz ELSE {local} END)"
     else:  # json: PostgreSQL 15 cannot test it without raising; Python decides
         check, typed = "false", f"{v}::{column_type(f.type)}"
     if f.is_key or not f.nullable:
@@ -745,22 +803,30 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
                 counts.watermark = mark
     if counts.staged == counts.read:
         return
-    # The rest, in record order, through Python. A cursor WITH HOLD outlives the statement's
-    # transaction, so the rows are read in batches while their results are staged.
+    # The rest, in record order, through Python: set aside first (usually a few rows; a join
+    # rather than the checks again), then read in batches by a cursor WITH HOLD, which outlives
+    # the transaction of its statement, while the results are staged.
+    rest = ident(f"exchange_csv_rest_{run.pk}")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {rest}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {rest} AS SELECT {', '.join(f't.{c}' for c in columns)}, "  # noqa: S608
+                       f"t.{rn}, t.{problem}, t.{raw}::text AS {raw} FROM {text} AS t "
+                       f"WHERE NOT EXISTS (SELECT 1 FROM {stage} AS s WHERE s.{rn} = t.{rn})")
     assert connection.connection is not None
-    with connection.connection.cursor(name=f"exchange_csv_{run.pk}", withhold=True) as rest:
-        rest.itersize = settings.SYNC_BATCH_SIZE
-        rest.execute(f"SELECT {', '.join(columns)}, {rn}, {problem}, {raw}::text FROM {text} "  # noqa: S608
-                     f"WHERE NOT ({all_plain}) ORDER BY {rn}")
+    with connection.connection.cursor(name=f"exchange_csv_{run.pk}", withhold=True) as cursor:
+        cursor.itersize = settings.SYNC_BATCH_SIZE
+        cursor.execute(f"SELECT * FROM {rest} ORDER BY {rn}")  # noqa: S608
 
         def rows() -> Iterator[RawRow]:
-            for *values, number, why, original in rest:
+            for *values, number, why, original in cursor:
                 if why is not None:
                     yield RawRow(number, json.loads(original), why)
                 else:
                     yield RawRow(number, dict(zip(header, [v or "" for v in values], strict=True)))
 
         stage_in_python(run, plan, rows(), stage, counts, watermark_column=None, counted=True)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {rest}")
 
 
 def csv_field_limit() -> int:
