@@ -19,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
@@ -645,6 +645,7 @@ _MONTH_DAYS = _month_days()
 _HOURS_MINUTES = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
 _TIME_RESTS = _time_rests()
 _POINT_PARTS = _point_parts()
+_TIMESTAMP_SHAPES = [f"0000-00-00{sep}00:00{rest}" for sep in "T " for rest in _TIME_RESTS]
 
 
 def csv_copy_eligible(reader: Reader) -> bool:
@@ -700,15 +701,24 @@ def _plain_date_sql(v: str) -> str:
             f"THEN substr({v}, 6, 5) <> '02-29' OR {leap} ELSE false END")
 
 
-def _plain_sql(f: Field, v: str) -> tuple[str, str]:
+def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]:
     """For field ``f`` and its text ``v`` (NULL when empty): SQL that is true when the value is
-    in a plain form, one that PostgreSQL reads without error and as the value Python's converter
-    makes of it, and SQL typing it. A missing key or required value is not plain."""
+    in a plain form, one that PostgreSQL reads as the value Python's converter makes of it, and
+    SQL typing it. A missing key or required value is not plain. The checks never make a cast
+    fail, except ``optimistic`` ones: those cast and compare the result with the text (a round
+    trip, much cheaper) and raise on a value that cannot be cast at all."""
     from psycopg import sql
 
     d = f"'{_DIGITS}'"
     if f.type == "text":
         check, typed = "true", v
+    elif optimistic and f.type == "integer":
+        check, typed = f"{v}::bigint::text = {v}", f"{v}::bigint"
+    elif optimistic and f.type == "decimal":
+        check = f"{v}::numeric::text = {v} AND {v} NOT IN ('NaN', 'Infinity', '-Infinity')"
+        typed = f"{v}::numeric"
+    elif optimistic and f.type == "date":  # "YYYY-MM-DD" is how DateStyle ISO writes a date
+        check, typed = f"octet_length({v}) = 10 AND {v}::date::text = {v}", f"{v}::date"
     elif f.type == "integer":  # [-]digits, at most 18 of them
         check = f"btrim(ltrim({v}, '-'), {d}) = '' AND {v} NOT LIKE '--%' AND {v} <> '-' AND octet_length({v}) <= 18"
         typed = f"{v}::bigint"
@@ -722,6 +732,12 @@ def _plain_sql(f: Field, v: str) -> tuple[str, str]:
         typed = f"(lower({v}) IN ({', '.join(_literal(w) for w in sorted(TRUE_TEXT))}))"
     elif f.type == "date":
         check, typed = _plain_date_sql(v), f"{v}::date"
+    elif f.type == "timestamp" and optimistic:
+        # The shape below, all digits where digits belong; PostgreSQL's parse checks the ranges
+        # (raising if one is out) except for the two it takes and Python does not: 24:00 and :60.
+        check = (f"translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
+                 f"AND left({v}, 4) <> '0000' AND substr({v}, 12, 2) <> '24' "
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')")
     elif f.type == "timestamp":
         # "YYYY-MM-DD[T ]HH:MM[:SS[.f…]][Z|±HH[[:]MM]]", the offset below 15 hours.
         rest = f"translate(substr({v}, 17), {d}, '0000000000')"
@@ -736,9 +752,6 @@ def _plain_sql(f: Field, v: str) -> tuple[str, str]:
                  f"AND {rest} = ANY({_text_set(_TIME_RESTS)}) "
                  f"THEN ({_plain_date_sql(f'left({v}, 10)')}) "
                  f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) {c} <= '59') AND ({zone}) ELSE false END")
-        local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
-        zoned = f"({v} LIKE '%Z' OR substr({v}, 17) LIKE '%+%' OR substr({v}, 17) LIKE '%-%')"
-        typed = f"(CASE WHEN {zoned} THEN {v}::timestamptz ELSE {local} END)"
     elif f.type == "geopoint":  # as Python writes it ("%g,%g"), in WGS 84 ranges
         lat, lon = f"split_part({v}, ',', 1)", f"split_part({v}, ',', 2)"
         parts = _text_set(_POINT_PARTS)
@@ -748,6 +761,10 @@ def _plain_sql(f: Field, v: str) -> tuple[str, str]:
         typed = v
     else:  # json: PostgreSQL 15 cannot test it without raising; Python decides
         check, typed = "false", f"{v}::{column_type(f.type)}"
+    if f.type == "timestamp":
+        local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
+        zoned = f"({v} LIKE '%Z' OR substr({v}, 17) LIKE '%+%' OR substr({v}, 17) LIKE '%-%')"
+        typed = f"(CASE WHEN {zoned} THEN {v}::timestamptz ELSE {local} END)"
     if f.is_key or not f.nullable:
         return f"({v} IS NOT NULL AND {check})", typed
     return f"({v} IS NULL OR {check})", typed
@@ -763,14 +780,17 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
     position = {name: i for i, name in enumerate(header)}  # a repeated name: the last, as dict(zip()) does
     columns = [ident(f"c{i}") for i in range(len(header))]
     rn, problem, raw = ident("_rn"), ident("_problem"), ident("_raw")
-    plain, typed = [], []
+    checks: dict[bool, list[str]] = {True: [], False: []}
+    typed = []
     for f in plan.fields:
         column = plan.columns[f.name]
-        v = f"nullif({ident(f'c{position[column]}')}, '')" if column is not None else "NULL"
-        check, value = _plain_sql(f, v)
-        plain.append(check)
+        # An empty value is NULL already (FORCE_NULL, quoted or not): no nullif per reference.
+        v = ident(f"c{position[column]}") if column is not None else "NULL"
+        for optimistic in (True, False):
+            check, value = _plain_sql(f, v, optimistic=optimistic)
+            checks[optimistic].append(check)
         typed.append(f"{value}::{column_type(f.type)} AS {ident(f.name)}")
-    all_plain = f"{problem} IS NULL AND {' AND '.join(plain)}"
+    all_plain = {optimistic: f"{problem} IS NULL AND {' AND '.join(c)}" for optimistic, c in checks.items()}
     by_postgres = reader.csv_file is not None
     with connection.cursor() as cursor:
         while True:
@@ -778,11 +798,21 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
                            f"{rn} bigint GENERATED BY DEFAULT AS IDENTITY, {problem} text, {raw} jsonb)")
             if not (by_postgres and _csv_parsed_by_postgres(run, reader, text, columns, counts)):
                 by_postgres = False
-                _csv_parsed_by_python(run, reader, text, counts)
-            cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
-                           f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} FROM {text} "
-                           f"WHERE {all_plain}")
-            counts.staged = cursor.rowcount
+                _csv_parsed_by_python(run, reader, text, columns, counts)
+            # First with the cheap checks that rely on a cast succeeding; if one fails (a value
+            # that is no number or no date at all), again with the checks that never let one fail.
+            for optimistic in (True, False):
+                try:
+                    with transaction.atomic():
+                        cursor.execute("SET LOCAL DateStyle = 'ISO'")  # what the round trips compare with
+                        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
+                                       f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} "
+                                       f"FROM {text} WHERE {all_plain[optimistic]}")
+                        counts.staged = cursor.rowcount
+                    break
+                except DataError:
+                    if not optimistic:
+                        raise
             if not by_postgres or counts.staged == counts.read:
                 break
             # Python's csv module refuses a field longer than its limit (and reads on in a way
@@ -846,7 +876,8 @@ def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[s
         encoding = _literal(pg_csv_encoding(reader.csv_encoding))
         with connection.cursor() as cursor:
             for i, chunk in enumerate(plain_csv_chunks(reader.csv_file)):
-                options = f"FORMAT csv, ENCODING {encoding}{', HEADER' if i == 0 else ''}"
+                header = ", HEADER" if i == 0 else ""
+                options = f"FORMAT csv, FORCE_NULL ({', '.join(columns)}), ENCODING {encoding}{header}"
                 with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
                         f"COPY {text} ({', '.join(columns)}) FROM STDIN ({options})") as copy:
                     copy.write(chunk)
@@ -860,7 +891,7 @@ def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[s
     return True
 
 
-def _csv_parsed_by_python(run: Run, reader: Reader, text: str, counts: Counts) -> None:
+def _csv_parsed_by_python(run: Run, reader: Reader, text: str, columns: list[str], counts: Counts) -> None:
     """Parse the file with Python's csv module (record numbers, blank lines, ragged rows and
     undecodable bytes as on the Python path) and COPY each record, re-written as plain CSV, or
     its problem into ``text``, a transaction per batch."""
@@ -892,7 +923,7 @@ def _csv_parsed_by_python(run: Run, reader: Reader, text: str, counts: Counts) -
             else:
                 done = True
             with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
-                    f"COPY {text} FROM STDIN (FORMAT csv)") as copy:
+                    f"COPY {text} FROM STDIN (FORMAT csv, FORCE_NULL ({', '.join(columns)}))") as copy:
                 copy.write(buffer.getvalue().encode("utf-8"))
             if run.rows_total_estimate is not None and counts.read > run.rows_total_estimate:
                 run.rows_total_estimate = None
