@@ -477,12 +477,21 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         st_cols = ", ".join(f"st.{ident(n)}" for n in names)
         system = ", ".join(ident(c) for c in ("_seq", "_hash", "_deleted", "_first_seen", "_last_seen",
                                                "_first_run", "_last_run"))
-        cursor.execute(
-            f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, %s, %s, %s, %s "  # noqa: S608
-            f"FROM {stage} AS st WHERE NOT st.{bad} AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
-            [base, now, now, run.pk, run.pk],
-        )
-        inserted = cursor.rowcount
+        inserted = 0
+        # When every staged row updated a record (an incremental run of changed rows, as a rule),
+        # no key is new: the insert pass, a lookup per staged row, would find nothing.
+        every_row_updated = False
+        if updated and updated == counts.staged:
+            cursor.execute(f"SELECT count(*) FROM {stage} WHERE NOT {bad}")  # noqa: S608
+            every_row_updated = int(cursor.fetchone()[0]) == updated
+        if not every_row_updated:
+            cursor.execute(
+                f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, "  # noqa: S608
+                f"%s, %s, %s, %s FROM {stage} AS st WHERE NOT st.{bad} "
+                f"AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
+                [base, now, now, run.pk, run.pk],
+            )
+            inserted = cursor.rowcount
         deleted = 0
         if detect_deletes and had_live_records:
             deleted = merge_deletes(plan, stage, seq=base + last_rn + 1, run_id=run.pk)

@@ -352,3 +352,20 @@ def test_floats_that_are_no_numbers_are_quarantined_in_sql(typed_source, source_
                                         "f8: not a finite number (NaN or infinity)",
                                         "n: not a finite number (NaN or infinity)"]
     assert [r["k"] for r in store_rows(typed_source.dataset)] == [1, 2, 3, 10]
+
+
+def test_an_incremental_run_that_only_updates_skips_the_insert_pass(source, source_db):
+    from django.test.utils import CaptureQueriesContext
+
+    run_ingest(source)
+    pg_execute(source_db, "UPDATE permits SET fee = fee + 1, updated_at = now() WHERE permit_id <= 3")
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_read, run.rows_updated, run.rows_inserted) == (3, 3, 0), run.error
+    assert not any('INSERT INTO "exchange_store"' in q["sql"] for q in queries.captured_queries)
+    # A new row among the changed ones: the insert pass runs and finds it.
+    pg_execute(source_db, "UPDATE permits SET fee = fee + 1, updated_at = now() WHERE permit_id = 4")
+    pg_execute(source_db, "INSERT INTO permits VALUES (500, 'New Street 1', 'New', 1, true, '2024-01-01', now())")
+    run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_read, run.rows_updated, run.rows_inserted) == (2, 1, 1), run.error
+    assert 500 in {r["permit_id"] for r in store_rows(source.dataset)}
