@@ -7,6 +7,11 @@ databases next to it for the source and the target (created and dropped by the r
 (b) a full ingest of the source table into the store
 (c) a full delivery of 5 granted fields to the target
 (d) an incremental ingest (watermark) after 1% of the source rows changed
+(e) the incremental delivery of those changes
+(f) the raw pipe again, for the same table with its three decimal columns as ``double precision``
+(g) a full ingest of that table, as a plain *table* source (the bulk path takes floats)
+(h) the raw limit of a file: ``COPY … FROM STDIN (FORMAT csv)`` of the same rows, as a CSV file
+(i) a full ingest of that file, uploaded as a CSV source
 
 Each phase runs in a forked child process, so its peak resident memory (ru_maxrss) is that
 of a worker doing only that job. ``--rows`` makes it small for a quick look.
@@ -17,12 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -33,6 +41,7 @@ import django  # noqa: E402
 django.setup()
 
 import psycopg  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import Group, User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, connections  # noqa: E402
@@ -61,7 +70,7 @@ INSERT INTO bench_source SELECT g, 'Name ' || g, g || ' Main Street', 'District 
   repeat('x', (g %% 40)), (g %% 10000) / 100.0, (g %% 777) * 1.5, (g %% 3000) / 7.0, g %% 1000, g %% 97, g * 3,
   g %% 2 = 0, g %% 3 = 0, date '2020-01-01' + (g %% 1500), date '2021-06-01' + (g %% 700),
   timestamptz '2022-01-01 00:00:00+00' + g * interval '1 second',
-  (48 + (g %% 1000) / 10000.0)::text || ',' || (11 + (g %% 1000) / 10000.0)::text,
+  (48 + (g %% 1000) / 10000.0)::float8::text || ',' || (11 + (g %% 1000) / 10000.0)::float8::text,
   timestamptz '2023-01-01 00:00:00+00' + g * interval '1 second'
 FROM generate_series(1, %s) g
 """
@@ -108,15 +117,8 @@ def setup(rows: int, src: str) -> tuple[Source, Subscription]:
     reader, _ = Department.objects.get_or_create(code="bench-reader", defaults={
         "name": "Bench reader", "slug": "bench-reader", "group": reader_group})
     approver, _ = User.objects.get_or_create(username="bench-approver")
-    slug = f"bench-{uuid.uuid4().hex[:8]}"
-    dataset = Dataset.objects.create(department=owner, title="Bench", slug=slug, description="Benchmark.")
-    schema = SchemaVersion.objects.create(dataset=dataset, number=1, status="published", published_at=timezone.now())
-    for i, (name, type_, _) in enumerate(FIELDS):
-        Field.objects.create(schema=schema, position=i, name=name, type=type_, is_key=name == "id",
-                             nullable=name != "id", sensitivity="internal")
-    dataset.current_schema, dataset.status = schema, "published"
-    dataset.save()
-    store_ensure_table(dataset)
+    dataset = bench_dataset(owner)
+    slug = dataset.slug
     src_conn = Connection.objects.create(department=owner, name=f"src {slug}", kind="postgresql",
                                          secret_encrypted=secrets.encrypt(dsn_of(src)), redacted=src)
     source = Source.objects.create(dataset=dataset, connection=src_conn, table="bench_source",
@@ -127,6 +129,19 @@ def setup(rows: int, src: str) -> tuple[Source, Subscription]:
     for name in GRANTED:
         GrantField.objects.create(grant=grant, field_name=name, form="clear")
     return source, Subscription(dataset=dataset, department=reader, target_table="bench_delivery")
+
+
+def bench_dataset(owner: Department) -> Dataset:
+    slug = f"bench-{uuid.uuid4().hex[:8]}"
+    dataset = Dataset.objects.create(department=owner, title="Bench", slug=slug, description="Benchmark.")
+    schema = SchemaVersion.objects.create(dataset=dataset, number=1, status="published", published_at=timezone.now())
+    for i, (name, type_, _) in enumerate(FIELDS):
+        Field.objects.create(schema=schema, position=i, name=name, type=type_, is_key=name == "id",
+                             nullable=name != "id", sensitivity="internal")
+    dataset.current_schema, dataset.status = schema, "published"
+    dataset.save()
+    store_ensure_table(dataset)
+    return dataset
 
 
 def run_job(**job: Any) -> Callable[[], dict[str, Any]]:
@@ -172,38 +187,81 @@ def main(argv: list[str] | None = None) -> int:
     subscription.connection = tgt_conn
     subscription.save()
 
-    def raw_pipe() -> int:
-        with psycopg.connect(dsn_of(src)) as a, psycopg.connect(dsn_of(tgt)) as b:
-            with a.cursor() as ca, b.cursor() as cb, \
-                    ca.copy("COPY (SELECT * FROM bench_source) TO STDOUT") as out, \
-                    cb.copy("COPY raw_copy FROM STDIN") as into:
-                for chunk in out:
-                    into.write(chunk)
+    def raw_pipe(table: str, into_table: str) -> Callable[[], int]:
+        def pipe() -> int:
+            with psycopg.connect(dsn_of(src)) as a, psycopg.connect(dsn_of(tgt)) as b:
+                with a.cursor() as ca, b.cursor() as cb, \
+                        ca.copy(f"COPY (SELECT * FROM {table}) TO STDOUT") as out, \
+                        cb.copy(f"COPY {into_table} FROM STDIN") as into:  # type: ignore[arg-type]
+                    for chunk in out:
+                        into.write(chunk)
+            return rows
+        return pipe
+
+    # The same rows with the three decimal columns as floats, read as a plain table source.
+    float_columns = ", ".join(f"{n} {'double precision' if t == 'numeric' else t}" for n, _, t in FIELDS[1:])
+    with psycopg.connect(dsn_of(src), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE bench_float (id bigint PRIMARY KEY, {float_columns})")  # type: ignore[arg-type]
+        conn.execute("INSERT INTO bench_float SELECT * FROM bench_source")
+        conn.execute("VACUUM ANALYZE bench_float")
+    with psycopg.connect(dsn_of(tgt), autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE raw_float (id bigint PRIMARY KEY, {float_columns})")  # type: ignore[arg-type]
+        conn.execute(f"CREATE TABLE raw_csv (id bigint PRIMARY KEY, {columns})")  # type: ignore[arg-type]
+    float_source = Source.objects.create(dataset=bench_dataset(source.dataset.department),
+                                         connection=source.connection, table="bench_float", mapping=source.mapping)
+    # The same rows as an uploaded CSV file (as PostgreSQL writes CSV: t/f, ISO dates and times).
+    media = Path(tempfile.mkdtemp(prefix="exchange-bench-"))
+    settings.MEDIA_ROOT = str(media)
+    csv_path = media / "sources" / "bench.csv"
+    csv_path.parent.mkdir()
+    with psycopg.connect(dsn_of(src)) as conn, conn.cursor() as cur, csv_path.open("wb") as f, \
+            cur.copy("COPY bench_source TO STDOUT (FORMAT csv, HEADER)") as out:
+        for chunk in out:
+            f.write(chunk)
+    print(f"wrote the CSV file: {csv_path.stat().st_size / 1e6:,.0f} MB")
+    csv_source = Source.objects.create(dataset=bench_dataset(source.dataset.department), upload="sources/bench.csv",
+                                       file_format="csv", encoding="utf-8", mapping=source.mapping)
+
+    def raw_csv_load() -> int:
+        with psycopg.connect(dsn_of(tgt)) as b, b.cursor() as cb, \
+                cb.copy("COPY raw_csv FROM STDIN (FORMAT csv, HEADER)") as into, csv_path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                into.write(chunk)
         return rows
 
-    results: list[tuple[str, int, float, int]] = []
-    _, seconds, rss = in_child(raw_pipe)
-    results.append(("(a) raw COPY pipe", rows, seconds, rss))
-    counts, seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
-    results.append(("(b) full ingest", counts["inserted"], seconds, rss))
+    results: list[tuple[str, int, float, int, float]] = []  # (label, rows, seconds, peak RSS, baseline seconds)
+    _, raw_seconds, rss = in_child(raw_pipe("bench_source", "raw_copy"))
+    results.append(("(a) raw COPY pipe", rows, raw_seconds, rss, raw_seconds))
+    counts, full_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
+    results.append(("(b) full ingest", counts["inserted"], full_seconds, rss, raw_seconds))
     counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
-    results.append((f"(c) full delivery, {len(GRANTED)} fields", counts["inserted"], seconds, rss))
+    results.append((f"(c) full delivery, {len(GRANTED)} fields", counts["inserted"], seconds, rss, raw_seconds))
     with psycopg.connect(dsn_of(src), autocommit=True) as conn:
         conn.execute("UPDATE bench_source SET amount = amount + 1, updated_at = now() WHERE id % 100 = 0")
-    counts, seconds, rss = in_child(run_job(kind="ingest", source=source, mode="incremental"))
-    results.append(("(d) incremental ingest, 1% changed", counts["updated"], seconds, rss))
+    counts, incremental_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="incremental"))
+    results.append(("(d) incremental ingest, 1% changed", counts["updated"], incremental_seconds, rss, raw_seconds))
     counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
-    results.append(("(e) incremental delivery after (d)", counts["updated"], seconds, rss))
+    results.append(("(e) incremental delivery after (d)", counts["updated"], seconds, rss, raw_seconds))
 
-    raw_seconds = results[0][2]
-    full_seconds = results[1][2]
+    _, float_raw, rss = in_child(raw_pipe("bench_float", "raw_float"))
+    results.append(("(f) raw COPY pipe, 3 float columns", rows, float_raw, rss, float_raw))
+    counts, seconds, rss = in_child(run_job(kind="ingest", source=float_source, mode="full"))
+    results.append(("(g) full ingest, float table source", counts["inserted"], seconds, rss, float_raw))
+    _, csv_raw, rss = in_child(raw_csv_load)
+    results.append(("(h) raw COPY FROM of the CSV file", rows, csv_raw, rss, csv_raw))
+    counts, seconds, rss = in_child(run_job(kind="ingest", source=csv_source, mode="full"))
+    results.append(("(i) full ingest, CSV upload", counts["inserted"], seconds, rss, csv_raw))
+
     print(f"\n{'phase':<38} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'vs raw':>7} {'peak RSS':>9}")
-    for label, n, seconds, rss in results:
+    for label, n, seconds, rss, baseline in results:
         print(f"{label:<38} {n:>10,} {seconds:>9.2f} {n / seconds:>11,.0f} "
-              f"{raw_seconds / seconds * (n / rows):>6.0%} {rss / 1024:>7.0f} MB")
-    print(f"\nincremental ingest (d) took {results[3][2] / full_seconds:.1%} of the full ingest's time")
+              f"{baseline / seconds * (n / rows):>6.0%} {rss / 1024:>7.0f} MB")
+    print("\n(b), (c), (d), (e) against (a); (g) against (f); (i) against (h)")
+    print(f"incremental ingest (d) took {incremental_seconds / full_seconds:.1%} of the full ingest's time")
     if not args.keep:
-        store_drop_table(source.dataset_id)
+        shutil.rmtree(media, ignore_errors=True)
+        for dataset_id in (source.dataset_id, float_source.dataset_id, csv_source.dataset_id):
+            store_drop_table(dataset_id)
         for db in (src, tgt):
             admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     return 0

@@ -24,8 +24,8 @@ class BadValue(ValueError):
     pass
 
 
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
+TRUE_TEXT = {"true", "t", "yes", "y", "1"}
+FALSE_TEXT = {"false", "f", "no", "n", "0"}
 
 
 def _text(v: Any) -> str:
@@ -68,9 +68,9 @@ def _boolean(v: Any) -> bool:
     if isinstance(v, bool):
         return v
     s = str(v).strip().lower()
-    if s in _TRUE:
+    if s in TRUE_TEXT:
         return True
-    if s in _FALSE:
+    if s in FALSE_TEXT:
         return False
     raise BadValue(f"{v!r} is not a boolean (true/false, yes/no, 1/0)")
 
@@ -177,6 +177,22 @@ PG_KINDS = {
     "json": "json", "jsonb": "json", "text": "text", "varchar": "text", "bpchar": "text", "name": "text",
     "uuid": "text",
 }
+
+
+def local_timestamp_sql(value: Any, zone: str | None = None) -> Any:
+    """SQL (a ``psycopg.sql`` composable) turning ``value``, a timestamp without time zone,
+    into the instant :func:`_timestamp` makes of it: read in the city's zone, and an
+    ambiguous wall time (the hour a clock goes back) read as its first occurrence, like
+    Python's ``fold=0``. ``AT TIME ZONE`` alone takes the second one: ``e`` below is the
+    instant with the offset in force a day earlier, taken when it reads back as ``value``."""
+    from psycopg import sql
+
+    z = sql.Literal(zone or settings.TIME_ZONE)
+    a = sql.SQL("({} AT TIME ZONE {})").format(value, z)
+    e = sql.SQL("(({v} - (({a} - interval '1 day') AT TIME ZONE {z} - ({a} - interval '1 day') AT TIME ZONE 'UTC'))"
+                " AT TIME ZONE 'UTC')").format(v=value, a=a, z=z)
+    return sql.SQL("(CASE WHEN {e} < {a} AND ({e} AT TIME ZONE {z}) = {v} THEN {e} ELSE {a} END)").format(
+        e=e, a=a, z=z, v=value)
 
 
 def sqlite_kind(declared: str) -> str | None:

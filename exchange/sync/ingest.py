@@ -11,23 +11,40 @@ event: a reader sees the store before the run or after it, never half of it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
 from exchange.audit.services import audit_record
 from exchange.records.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
-from exchange.sync.convert import CONVERTERS, SOURCE_KINDS, BadValue, content_hash, for_sqlite
+from exchange.sync.convert import (
+    CONVERTERS,
+    FALSE_TEXT,
+    SOURCE_KINDS,
+    TRUE_TEXT,
+    BadValue,
+    content_hash,
+    for_sqlite,
+    local_timestamp_sql,
+)
 from exchange.sync.errors import SourceError
 from exchange.sync.models import QuarantinedRow, Run, RunMode, RunStatus
-from exchange.sync.readers import RawRow, Reader, open_source
+from exchange.sync.readers import (
+    NotPlainCSV,
+    RawRow,
+    Reader,
+    open_source,
+    pg_csv_encoding,
+    plain_csv_chunks,
+)
 
 # Quarantined rows kept with their data per run; beyond this they are only counted.
 QUARANTINE_KEEP = 10_000
@@ -217,11 +234,19 @@ def _progress(run: Run, counts: Counts) -> None:
 
 def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
                     watermark_column: str | None) -> None:
+    stage_in_python(run, plan, reader.rows, stage, counts, watermark_column=watermark_column)
+
+
+def stage_in_python(run: Run, plan: Plan, rows: Iterable[RawRow], stage: str, counts: Counts, *,
+                    watermark_column: str | None, counted: bool = False) -> None:
+    """Convert each row in Python and stage it, or quarantine it with its reason. With
+    ``counted`` the rows have been counted as read already."""
     batch_size = settings.SYNC_BATCH_SIZE
     buffer: list[list[Any]] = []
     last_progress = time.monotonic()
-    for raw in reader.rows:
-        counts.read += 1
+    for raw in rows:
+        if not counted:
+            counts.read += 1
         if watermark_column and not raw.problem:
             mark = raw.values.get(watermark_column)
             if mark is not None and (counts.watermark is None or mark > counts.watermark):
@@ -247,16 +272,18 @@ def read_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Co
     _progress(run, counts)
 
 
-# Source column types whose COPY text form the store's column type reads back unchanged, so a
-# PostgreSQL source can be copied without passing each value through Python. (Floats are
-# left out: NaN and infinity are not numbers here; timestamps without zone too: Python and the
-# database would read them in different zones.)
+# Source column types whose COPY text form the store's column type reads as the value the
+# Python path would make of it, so a PostgreSQL source can be copied without passing each
+# value through Python. Floats read as exact decimals (the shortest text that reads back as
+# the same float); NaN and infinity, which are no decimal numbers, are quarantined in SQL
+# (:func:`_value_checks`). A timestamp without time zone leaves the source already read in
+# the city's zone (``readers.copy_out``).
 COPY_SAFE: dict[str, set[str]] = {
     "integer": {"int2", "int4", "int8"},
-    "decimal": {"int2", "int4", "int8", "numeric"},
+    "decimal": {"int2", "int4", "int8", "numeric", "float4", "float8"},
     "boolean": {"bool"},
     "date": {"date"},
-    "timestamp": {"timestamptz"},
+    "timestamp": {"timestamptz", "timestamp"},
     "json": {"json", "jsonb"},
     "text": {"text", "varchar", "bpchar", "name", "uuid"},
     "geopoint": {"text", "varchar"},
@@ -326,8 +353,7 @@ def _quarantine_in_sql(run: Run, plan: Plan, stage: str) -> int:
             checks.append((f"{col} IS NULL", f"missing key {f.name}", True))
         elif not f.nullable:
             checks.append((f"{col} IS NULL", f"missing required {f.name}", False))
-        if f.type == "geopoint":
-            checks.append((_bad_point_sql(col), f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges", False))
+        checks += [(condition, reason, False) for condition, reason in _value_checks(f)]
     bad = 0
     with connection.cursor() as cursor:
         # One scan answers the usual question ("anything wrong?"); only then one per check.
@@ -451,12 +477,21 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         st_cols = ", ".join(f"st.{ident(n)}" for n in names)
         system = ", ".join(ident(c) for c in ("_seq", "_hash", "_deleted", "_first_seen", "_last_seen",
                                                "_first_run", "_last_run"))
-        cursor.execute(
-            f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, %s, %s, %s, %s "  # noqa: S608
-            f"FROM {stage} AS st WHERE NOT st.{bad} AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
-            [base, now, now, run.pk, run.pk],
-        )
-        inserted = cursor.rowcount
+        inserted = 0
+        # When every staged row updated a record (an incremental run of changed rows, as a rule),
+        # no key is new: the insert pass, a lookup per staged row, would find nothing.
+        every_row_updated = False
+        if updated and updated == counts.staged:
+            cursor.execute(f"SELECT count(*) FROM {stage} WHERE NOT {bad}")  # noqa: S608
+            every_row_updated = int(cursor.fetchone()[0]) == updated
+        if not every_row_updated:
+            cursor.execute(
+                f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, "  # noqa: S608
+                f"%s, %s, %s, %s FROM {stage} AS st WHERE NOT st.{bad} "
+                f"AND NOT EXISTS (SELECT 1 FROM {store} AS s WHERE {key_match})",
+                [base, now, now, run.pk, run.pk],
+            )
+            inserted = cursor.rowcount
         deleted = 0
         if detect_deletes and had_live_records:
             deleted = merge_deletes(plan, stage, seq=base + last_rn + 1, run_id=run.pk)
@@ -534,11 +569,14 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
                   incremental: bool) -> MergeResult:
     """Stage every row, check it, then merge the staging table into the store in one transaction."""
     bulk = bulk_eligible(plan, reader, watermark_column)
-    with staging_table(run, plan) as stage:
+    csv_copy = not bulk and csv_copy_eligible(reader)
+    with (csv_staging(plan) if csv_copy else staging_table(run, plan)) as stage:
         if bulk:
             copy_into_stage(run, plan, reader, stage, counts)
             if watermark_column:
-                counts.watermark = _stage_max(stage, _field_of(plan, watermark_column))
+                counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
+        elif csv_copy:
+            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
@@ -567,6 +605,340 @@ def _reset_progress(run: Run) -> None:
         rows_read=0, rows_done=0, rows_quarantined=0, heartbeat_at=timezone.now())
 
 
+# --- CSV files on PostgreSQL -----------------------------------------------------------------
+# A CSV file is parsed in Python, which decides record numbers, blank lines, ragged rows and
+# bytes not valid in the source's encoding exactly as the Python path does, but its values are
+# not converted there: each record goes as it is into an unlogged text table by COPY. One
+# statement then types every row whose values all have a plain form that PostgreSQL reads as
+# the same value Python would make of it (the patterns below), and makes those rows the staging
+# table. The other rows (usually none: values with spaces around them, forms only Python
+# reads, a missing or a bad value) are read back in record order and go through the Python
+# path, which converts or quarantines them with its own reasons.
+
+_DIGITS = "0123456789"
+
+
+def _month_days() -> list[str]:
+    days = {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}
+    return [f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, days.get(m, 31) + 1)]
+
+
+def _time_rests() -> list[str]:
+    """What may follow "HH:MM" in a plain timestamp, digits written as 0."""
+    seconds = ["", ":00"] + [":00." + "0" * n for n in range(1, 7)]
+    zones = ["", "Z", "+00", "-00", "+00:00", "-00:00", "+0000", "-0000"]
+    return [s + z for s in seconds for z in zones]
+
+
+def _point_parts() -> list[str]:
+    """A latitude or longitude as Python's "%g" writes it (at most six significant digits, no
+    trailing zero, no exponent: 0.0001 or more, or 0), digits 1-9 written as #."""
+    import itertools
+
+    parts = []
+    fractions = [""] + ["." + "".join(p) + "#" for n in range(5) for p in itertools.product("0#", repeat=n)]
+    for whole in ("0", "#", "#0", "##", "#00", "#0#", "##0", "###"):
+        for fraction in fractions:
+            if whole == "0":
+                significant = len(fraction[1:].lstrip("0"))
+                if fraction and fraction[1:].index("#") >= 4:
+                    continue  # below 0.0001: "%g" writes an exponent
+            else:
+                significant = len(whole) + len(fraction[1:])
+            if significant <= 6:
+                parts += [whole + fraction, "-" + whole + fraction]
+    return parts
+
+
+_MONTH_DAYS = _month_days()
+_HOURS_MINUTES = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
+_TIME_RESTS = _time_rests()
+_POINT_PARTS = _point_parts()
+_TIMESTAMP_SHAPES = [f"0000-00-00{sep}00:00{rest}" for sep in "T " for rest in _TIME_RESTS]
+
+
+def csv_copy_eligible(reader: Reader) -> bool:
+    return is_postgres() and reader.csv_records is not None
+
+
+def _csv_tables(plan: Plan) -> tuple[str, str]:
+    """The unlogged text table and staging table of a dataset's CSV run (runs of one dataset
+    never overlap; a pair left by a killed worker is dropped by the next run)."""
+    table = plan.table
+    assert table.schema is not None
+    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, f"{table.name}_stage")
+
+
+@contextmanager
+def csv_staging(plan: Plan) -> Iterator[str]:
+    """Yields the name of the staging table :func:`csv_into_stage` creates; drops it and the
+    text table afterwards."""
+    tables = _csv_tables(plan)
+    with connection.cursor() as cursor:
+        for name in tables:
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    try:
+        yield tables[1]
+    finally:
+        if connection.connection is not None and not connection.needs_rollback:
+            try:
+                with connection.cursor() as cursor:
+                    for name in tables:
+                        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+            except Exception:  # noqa: BLE001, S110 - the connection may be gone; the next run drops them
+                pass
+
+
+def _literal(value: str) -> str:
+    from psycopg import sql
+
+    return sql.Literal(value).as_string(connection.connection)
+
+
+def _text_set(values: list[str]) -> str:
+    """A constant text[]: ``x = ANY(it)`` is one hash lookup (PostgreSQL 14 and later)."""
+    return _literal("{" + ",".join(f'"{v}"' for v in values) + "}") + "::text[]"
+
+
+def _plain_date_sql(v: str) -> str:
+    """Whether ``v`` is a date as "YYYY-MM-DD" that exists (year 1 and later). Only cheap
+    string functions and hash lookups: a regular expression per value would cost more than all
+    the rest of the load. CASE, so that the year is cast only once it is known to be digits."""
+    leap = f"(left({v}, 4)::int % 4 = 0 AND (left({v}, 4)::int % 100 <> 0 OR left({v}, 4)::int % 400 = 0))"
+    return (f"CASE WHEN {v} LIKE '____-__-__' AND btrim(left({v}, 4), '{_DIGITS}') = '' "
+            f"AND left({v}, 4) <> '0000' AND substr({v}, 6, 5) = ANY({_text_set(_MONTH_DAYS)}) "
+            f"THEN substr({v}, 6, 5) <> '02-29' OR {leap} ELSE false END")
+
+
+def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]:
+    """For field ``f`` and its text ``v`` (NULL when empty): SQL that is true when the value is
+    in a plain form, one that PostgreSQL reads as the value Python's converter makes of it, and
+    SQL typing it. A missing key or required value is not plain. The checks never make a cast
+    fail, except ``optimistic`` ones: those cast and compare the result with the text (a round
+    trip, much cheaper) and raise on a value that cannot be cast at all."""
+    from psycopg import sql
+
+    d = f"'{_DIGITS}'"
+    if f.type == "text":
+        check, typed = "true", v
+    elif optimistic and f.type == "integer":
+        check, typed = f"{v}::bigint::text = {v}", f"{v}::bigint"
+    elif optimistic and f.type == "decimal":
+        check = f"{v}::numeric::text = {v} AND {v} NOT IN ('NaN', 'Infinity', '-Infinity')"
+        typed = f"{v}::numeric"
+    elif optimistic and f.type == "date":  # "YYYY-MM-DD" is how DateStyle ISO writes a date
+        check, typed = f"octet_length({v}) = 10 AND {v}::date::text = {v}", f"{v}::date"
+    elif f.type == "integer":  # [-]digits, at most 18 of them
+        check = f"btrim(ltrim({v}, '-'), {d}) = '' AND {v} NOT LIKE '--%' AND {v} <> '-' AND octet_length({v}) <= 18"
+        typed = f"{v}::bigint"
+    elif f.type == "decimal":  # [-]digits[.digits], [-].digits
+        check = (f"btrim(ltrim({v}, '-'), {d}) IN ('', '.') AND {v} NOT LIKE '--%' "
+                 f"AND ltrim({v}, '-') NOT IN ('', '.') AND octet_length({v}) <= 1000")
+        typed = f"{v}::numeric"
+    elif f.type == "boolean":
+        words = ", ".join(_literal(w) for w in sorted(TRUE_TEXT | FALSE_TEXT))
+        check = f"lower({v}) IN ({words})"
+        typed = f"(lower({v}) IN ({', '.join(_literal(w) for w in sorted(TRUE_TEXT))}))"
+    elif f.type == "date":
+        check, typed = _plain_date_sql(v), f"{v}::date"
+    elif f.type == "timestamp" and optimistic:
+        # The shape below, all digits where digits belong; PostgreSQL's parse checks the ranges
+        # (raising if one is out) except for the two it takes and Python does not: 24:00 and :60.
+        check = (f"translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
+                 f"AND left({v}, 4) <> '0000' AND substr({v}, 12, 2) <> '24' "
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')")
+    elif f.type == "timestamp":
+        # "YYYY-MM-DD[T ]HH:MM[:SS[.f…]][Z|±HH[[:]MM]]", the offset below 15 hours.
+        rest = f"translate(substr({v}, 17), {d}, '0000000000')"
+        c = 'COLLATE "C"'
+        zone = (f"CASE WHEN {v} LIKE '%+__' OR {v} LIKE '%-__' THEN right({v}, 2) {c} <= '14' "
+                f"WHEN {v} LIKE '%+__:__' OR {v} LIKE '%-__:__' THEN left(right({v}, 5), 2) {c} <= '14' "
+                f"AND right({v}, 2) {c} <= '59' "
+                f"WHEN {v} LIKE '%+____' OR {v} LIKE '%-____' THEN left(right({v}, 4), 2) {c} <= '14' "
+                f"AND right({v}, 2) {c} <= '59' ELSE true END")
+        check = (f"CASE WHEN ({v} LIKE '____-__-__T__:__%' OR {v} LIKE '____-__-__ __:__%') "
+                 f"AND substr({v}, 12, 5) = ANY({_text_set(_HOURS_MINUTES)}) "
+                 f"AND {rest} = ANY({_text_set(_TIME_RESTS)}) "
+                 f"THEN ({_plain_date_sql(f'left({v}, 10)')}) "
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) {c} <= '59') AND ({zone}) ELSE false END")
+    elif f.type == "geopoint":  # as Python writes it ("%g,%g"), in WGS 84 ranges
+        lat, lon = f"split_part({v}, ',', 1)", f"split_part({v}, ',', 2)"
+        parts = _text_set(_POINT_PARTS)
+        check = (f"CASE WHEN {v} NOT LIKE '%,%,%' AND translate({lat}, '123456789', '#########') = ANY({parts}) "
+                 f"AND translate({lon}, '123456789', '#########') = ANY({parts}) "
+                 f"THEN abs({lat}::numeric) <= 90 AND abs({lon}::numeric) <= 180 ELSE false END")
+        typed = v
+    else:  # json: PostgreSQL 15 cannot test it without raising; Python decides
+        check, typed = "false", f"{v}::{column_type(f.type)}"
+    if f.type == "timestamp":
+        local = local_timestamp_sql(sql.SQL(f"{v}::timestamp")).as_string(connection.connection)
+        zoned = f"({v} LIKE '%Z' OR substr({v}, 17) LIKE '%+%' OR substr({v}, 17) LIKE '%-%')"
+        typed = f"(CASE WHEN {zoned} THEN {v}::timestamptz ELSE {local} END)"
+    if f.is_key or not f.nullable:
+        return f"({v} IS NOT NULL AND {check})", typed
+    return f"({v} IS NULL OR {check})", typed
+
+
+def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
+                   watermark_column: str | None) -> None:
+    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``."""
+    import json
+
+    header = reader.columns
+    text, _ = _csv_tables(plan)
+    position = {name: i for i, name in enumerate(header)}  # a repeated name: the last, as dict(zip()) does
+    columns = [ident(f"c{i}") for i in range(len(header))]
+    rn, problem, raw = ident("_rn"), ident("_problem"), ident("_raw")
+    checks: dict[bool, list[str]] = {True: [], False: []}
+    typed = []
+    for f in plan.fields:
+        column = plan.columns[f.name]
+        # An empty value is NULL already (FORCE_NULL, quoted or not): no nullif per reference.
+        v = ident(f"c{position[column]}") if column is not None else "NULL"
+        for optimistic in (True, False):
+            check, value = _plain_sql(f, v, optimistic=optimistic)
+            checks[optimistic].append(check)
+        typed.append(f"{value}::{column_type(f.type)} AS {ident(f.name)}")
+    all_plain = {optimistic: f"{problem} IS NULL AND {' AND '.join(c)}" for optimistic, c in checks.items()}
+    by_postgres = reader.csv_file is not None
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute(f"CREATE UNLOGGED TABLE {text} ({', '.join(f'{c} text' for c in columns)}, "
+                           f"{rn} bigint GENERATED BY DEFAULT AS IDENTITY, {problem} text, {raw} jsonb)")
+            if not (by_postgres and _csv_parsed_by_postgres(run, reader, text, columns, counts)):
+                by_postgres = False
+                _csv_parsed_by_python(run, reader, text, columns, counts)
+            # First with the cheap checks that rely on a cast succeeding; if one fails (a value
+            # that is no number or no date at all), again with the checks that never let one fail.
+            for optimistic in (True, False):
+                try:
+                    with transaction.atomic():
+                        cursor.execute("SET LOCAL DateStyle = 'ISO'")  # what the round trips compare with
+                        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
+                                       f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} "
+                                       f"FROM {text} WHERE {all_plain[optimistic]}")
+                        counts.staged = cursor.rowcount
+                    break
+                except DataError:
+                    if not optimistic:
+                        raise
+            if not by_postgres or counts.staged == counts.read:
+                break
+            # Python's csv module refuses a field longer than its limit (and reads on in a way
+            # of its own): such a file is read again by Python.
+            limit = csv_field_limit()
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {text} WHERE "  # noqa: S608
+                           f"{' OR '.join(f'octet_length({c}) > {limit}' for c in columns)})")
+            if not cursor.fetchone()[0]:
+                break
+            cursor.execute(f"DROP TABLE {stage}, {text}")
+            by_postgres = False
+            counts.read = 0
+        if watermark_column:
+            cursor.execute(f"SELECT max(coalesce({ident(f'c{position[watermark_column]}')}, '') COLLATE \"C\"), "  # noqa: S608
+                           f"count(*) FROM {text} WHERE {problem} IS NULL")
+            mark, clean = cursor.fetchone()
+            if clean:
+                counts.watermark = mark
+    if counts.staged == counts.read:
+        return
+    # The rest, in record order, through Python: set aside first (usually a few rows; a join
+    # rather than the checks again), then read in batches by a cursor WITH HOLD, which outlives
+    # the transaction of its statement, while the results are staged.
+    rest = ident(f"exchange_csv_rest_{run.pk}")
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {rest}")
+        cursor.execute(f"CREATE TEMPORARY TABLE {rest} AS SELECT {', '.join(f't.{c}' for c in columns)}, "  # noqa: S608
+                       f"t.{rn}, t.{problem}, t.{raw}::text AS {raw} FROM {text} AS t "
+                       f"WHERE NOT EXISTS (SELECT 1 FROM {stage} AS s WHERE s.{rn} = t.{rn})")
+    assert connection.connection is not None
+    with connection.connection.cursor(name=f"exchange_csv_{run.pk}", withhold=True) as cursor:
+        cursor.itersize = settings.SYNC_BATCH_SIZE
+        cursor.execute(f"SELECT * FROM {rest} ORDER BY {rn}")  # noqa: S608
+
+        def rows() -> Iterator[RawRow]:
+            for *values, number, why, original in cursor:
+                if why is not None:
+                    yield RawRow(number, json.loads(original), why)
+                else:
+                    yield RawRow(number, dict(zip(header, [v or "" for v in values], strict=True)))
+
+        stage_in_python(run, plan, rows(), stage, counts, watermark_column=None, counted=True)
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE {rest}")
+
+
+def csv_field_limit() -> int:
+    import csv
+
+    return csv.field_size_limit()
+
+
+def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[str], counts: Counts) -> bool:
+    """COPY the uploaded file into ``text`` with PostgreSQL's CSV parser, a transaction per
+    chunk (progress, heartbeat and cancel in between), record numbers from the identity column.
+    False, with ``text`` emptied, when the file is not plain (see ``readers.plain_csv_chunks``)."""
+    import psycopg
+
+    assert reader.csv_file is not None
+    try:
+        encoding = _literal(pg_csv_encoding(reader.csv_encoding))
+        with connection.cursor() as cursor:
+            for i, chunk in enumerate(plain_csv_chunks(reader.csv_file)):
+                header = ", HEADER" if i == 0 else ""
+                options = f"FORMAT csv, FORCE_NULL ({', '.join(columns)}), ENCODING {encoding}{header}"
+                with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
+                        f"COPY {text} ({', '.join(columns)}) FROM STDIN ({options})") as copy:
+                    copy.write(chunk)
+                counts.read += cursor.cursor.rowcount  # type: ignore[union-attr]
+                _progress(run, counts)
+    except (NotPlainCSV, psycopg.errors.DataError):
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {text}")
+        counts.read = 0
+        return False
+    return True
+
+
+def _csv_parsed_by_python(run: Run, reader: Reader, text: str, columns: list[str], counts: Counts) -> None:
+    """Parse the file with Python's csv module (record numbers, blank lines, ragged rows and
+    undecodable bytes as on the Python path) and COPY each record, re-written as plain CSV, or
+    its problem into ``text``, a transaction per batch."""
+    import csv
+    import io
+    import json
+
+    assert reader.csv_records is not None
+    blank = [""] * len(reader.columns)
+    records = iter(reader.csv_records)
+    batch = settings.SYNC_BATCH_SIZE * 4
+    done = False
+    with connection.cursor() as cursor:
+        while not done:
+            buffer = io.StringIO()
+            # "\r\n": every carriage return and line feed inside a value is quoted.
+            writer = csv.writer(buffer, lineterminator="\r\n")
+            n = 0
+            for record in records:
+                counts.read += 1
+                if isinstance(record, RawRow):
+                    writer.writerow([*blank, counts.read, record.problem, json.dumps(_jsonable(record.values))])
+                else:
+                    record.extend((str(counts.read), "", ""))
+                    writer.writerow(record)
+                n += 1
+                if n >= batch:
+                    break
+            else:
+                done = True
+            with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
+                    f"COPY {text} FROM STDIN (FORMAT csv, FORCE_NULL ({', '.join(columns)}))") as copy:
+                copy.write(buffer.getvalue().encode("utf-8"))
+            if run.rows_total_estimate is not None and counts.read > run.rows_total_estimate:
+                run.rows_total_estimate = None
+            _progress(run, counts)
+
+
 # --- First load -----------------------------------------------------------------------------
 # A PostgreSQL source copied into an empty store needs no merge: there is nothing to compare
 # with, update or delete. The source's COPY stream goes straight into a new table shaped like
@@ -589,6 +961,19 @@ def _store_is_empty(plan: Plan) -> bool:
 def first_load_eligible(plan: Plan, reader: Reader, watermark_column: str) -> bool:
     return (bulk_eligible(plan, reader, watermark_column)
             and _store_is_empty(plan))
+
+
+def _value_checks(f: Field) -> list[tuple[str, str]]:
+    """The checks of the values of field ``f`` that a column of its store type does not make
+    by itself: (condition true for a bad value, reason)."""
+    col = ident(f.name)
+    if f.type == "geopoint":
+        return [(_bad_point_sql(col), f"{f.name}: not a point (\"lat,lon\") in WGS 84 ranges")]
+    if f.type == "decimal":
+        # numeric takes NaN and ±Infinity (from a float or numeric source); a decimal field does not.
+        return [(f"{col} IN ('NaN'::numeric, 'Infinity'::numeric, '-Infinity'::numeric)",
+                 f"{f.name}: not a finite number (NaN or infinity)")]
+    return []
 
 
 def _bad_point_sql(column: str) -> str:
@@ -644,16 +1029,16 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
 
 def index_load(plan: Plan, name: str, load: str) -> None:
     """Check the full load table and give it the store's indexes; raise FirstLoadRefused if a
-    point is bad or a key repeats (the staged path then says which rows, and why). The point
+    point or a number is bad or a key repeats (the staged path then says which rows, and why). The point
     check is one count, which PostgreSQL scans in parallel; the indexes are built by sorting."""
     from django.db import IntegrityError
 
-    bad = " OR ".join(_bad_point_sql(ident(f.name)) for f in plan.fields if f.type == "geopoint")
+    bad = " OR ".join(f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
     with transaction.atomic(), connection.cursor() as cursor:
         if bad:
             cursor.execute(f"SELECT count(*) FROM {load} WHERE {bad}")  # noqa: S608
             if cursor.fetchone()[0]:
-                raise FirstLoadRefused("a value is not a point")
+                raise FirstLoadRefused("a value is not a point or not a finite number")
         try:
             with transaction.atomic():
                 cursor.execute(f"ALTER TABLE {load} ADD CONSTRAINT {ident(name + '_pkey')} "
@@ -682,7 +1067,7 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
         index_load(plan, name, load)
         counts.staged = counts.read
         if watermark_column:
-            counts.watermark = _stage_max(load, _field_of(plan, watermark_column))
+            counts.watermark = _bulk_watermark(plan, reader, load, watermark_column)
         with transaction.atomic():
             _recheck_claim(run)
             with connection.cursor() as cursor:
@@ -713,6 +1098,15 @@ def _columns_of(qualified: str) -> list[tuple[str, int, bool]]:
         cursor.execute("SELECT attname, atttypid, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass "
                        "AND attnum > 0 AND NOT attisdropped ORDER BY attname", [qualified])
         return [(r[0], int(r[1]), bool(r[2])) for r in cursor.fetchall()]
+
+
+def _bulk_watermark(plan: Plan, reader: Reader, table: str, column: str) -> Any:
+    """The highest watermark a bulk load brought, as the source compares it: a timestamp
+    without time zone arrived as an instant, and goes back to the city's wall time."""
+    mark = _stage_max(table, _field_of(plan, column))
+    if isinstance(mark, datetime) and reader.pg_types.get(column) == "timestamp":
+        mark = mark.astimezone(ZoneInfo(settings.TIME_ZONE)).replace(tzinfo=None)
+    return mark
 
 
 def _stage_max(stage: str, name: str) -> Any:

@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import json
+import re
 import sqlite3
 import urllib.error
 import urllib.request
@@ -25,7 +26,7 @@ import sqlparse
 from django.conf import settings
 
 from exchange.sync import secrets
-from exchange.sync.convert import PG_KINDS
+from exchange.sync.convert import PG_KINDS, local_timestamp_sql
 from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source
 
@@ -46,12 +47,19 @@ class Reader:
     rows: Iterator[RawRow] = field(default_factory=lambda: iter(()))
     description: str = ""
     # PostgreSQL sources: the database's own type name of each column, and the rows as
-    # COPY text (the selected columns, then the record number), for the bulk path.
+    # COPY text (the selected columns, then the record number), for the bulk path; a
+    # timestamp without time zone comes out as the instant it names in the city's zone.
     pg_types: dict[str, str] = field(default_factory=dict)
     selected: list[str] = field(default_factory=list)
     copy_out: Callable[[], Iterator[bytes]] | None = None
     # Column sets a unique constraint (or primary key) of the source table holds unique.
     unique_columns: list[frozenset[str]] = field(default_factory=list)
+    # CSV sources: the records themselves (``rows`` is made of them), for the COPY path; an
+    # ingest reads one or the other. An uploaded file can also be read by PostgreSQL's own CSV
+    # parser (see :func:`plain_csv_chunks`).
+    csv_records: Iterator[list[str] | RawRow] | None = None
+    csv_file: Path | None = None
+    csv_encoding: str = ""
 
 
 def check_read_only_query(query: str) -> str:
@@ -170,8 +178,12 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 raise SourceError(f"Reading the source failed: {_first_line(exc)}") from exc
 
         def copy_out() -> Iterator[bytes]:
+            # A timestamp without time zone leaves as the instant the city's wall time names
+            # (written with its offset, so the store reads it whatever its session's zone).
+            selected = [local_timestamp_sql(sql.Identifier(c)) if pg_types.get(c) == "timestamp"
+                        else sql.Identifier(c) for c in wanted]
             numbered = sql.SQL("SELECT {}, row_number() OVER () FROM {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, wanted)), relation)
+                sql.SQL(", ").join(selected), relation)
             if since is not None and source.watermark_column:
                 numbered += sql.SQL(" WHERE {} > {}").format(sql.Identifier(source.watermark_column),
                                                             sql.Literal(since))
@@ -240,11 +252,18 @@ _ENCODING_HINT = ("Is the file in another encoding (e.g. Windows-1252 / Latin-1)
                   "or set the source's encoding.")
 
 
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
 def _undecodable(values: list[str]) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for v in values for ch in v)
+    joined = "".join(values)
+    return not joined.isascii() and _UNDECODABLE.search(joined) is not None
 
 
-def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[RawRow]]:
+def _csv_records(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[list[str] | RawRow]]:
+    """The header and the records of a CSV file: each record either as its list of values
+    (as many as the header has, all decodable) or as a RawRow saying what is wrong with it.
+    Every item is the next record: the n-th item is record number n (blank lines skipped)."""
     enc = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     # surrogateescape keeps undecodable bytes visible per row, so one bad row is quarantined
     # with its number instead of the whole file failing at an unknown place.
@@ -259,8 +278,9 @@ def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[Raw
     if _undecodable(header):
         raise SourceError(f"The header row is not valid {encoding}. {_ENCODING_HINT}")
     header = [h.strip() for h in header]
+    width = len(header)
 
-    def rows() -> Iterator[RawRow]:
+    def records() -> Iterator[list[str] | RawRow]:
         n = 0
         while True:
             try:
@@ -274,17 +294,23 @@ def _csv_rows(stream: IO[bytes], encoding: str) -> tuple[list[str], Iterator[Raw
             if not record:
                 continue  # blank line
             n += 1
-            raw = dict(zip(header, record, strict=False))
             if _undecodable(record):
+                raw = dict(zip(header, record, strict=False))
                 yield RawRow(n, {k: v.encode("utf-8", "surrogateescape").decode("latin-1") for k, v in raw.items()},
                              f"not valid {encoding}. {_ENCODING_HINT}")
-            elif len(record) != len(header):
-                yield RawRow(n, raw | {"_extra": record[len(header):]} if len(record) > len(header) else raw,
-                             f"ragged row: {len(record)} values, the header has {len(header)}")
+            elif len(record) != width:
+                raw = dict(zip(header, record, strict=False))
+                yield RawRow(n, raw | {"_extra": record[width:]} if len(record) > width else raw,
+                             f"ragged row: {len(record)} values, the header has {width}")
             else:
-                yield RawRow(n, raw)
+                yield record
 
-    return header, rows()
+    return header, records()
+
+
+def _csv_rows(header: list[str], records: Iterator[list[str] | RawRow]) -> Iterator[RawRow]:
+    for n, record in enumerate(records, start=1):
+        yield record if isinstance(record, RawRow) else RawRow(n, dict(zip(header, record, strict=True)))
 
 
 def _ndjson_rows(stream: IO[bytes], encoding: str) -> Iterator[RawRow]:
@@ -412,11 +438,12 @@ def _peek_columns(rows: Iterator[RawRow]) -> tuple[list[str], Iterator[RawRow]]:
 def _stream_reader(source: Source, stream: IO[bytes], *, size: int | None, description: str) -> Iterator[Reader]:
     fmt = source.file_format
     if fmt == FileFormat.CSV:
-        header, rows = _csv_rows(stream, source.encoding or "utf-8")
+        header, records = _csv_records(stream, source.encoding or "utf-8")
         estimate = None
         if size:
             estimate = max(1, size // 100)  # refined as rows arrive; only for the progress bar
-        yield Reader(columns=header, rows=rows, estimate=estimate, description=description)
+        yield Reader(columns=header, rows=_csv_rows(header, records), estimate=estimate, description=description,
+                     csv_records=records)
         return
     raw_rows = (_ndjson_rows if fmt == FileFormat.NDJSON else _json_rows)(stream, source.encoding or "utf-8")
     columns, rows = _peek_columns(raw_rows)
@@ -430,7 +457,81 @@ def _file_reader(source: Source) -> Iterator[Reader]:
         raise SourceError("No file has been uploaded for this source.")
     with path.open("rb") as stream, _stream_reader(source, stream, size=path.stat().st_size,
                                                    description=path.name) as reader:
+        if reader.csv_records is not None:
+            reader.csv_file, reader.csv_encoding = path, source.encoding or "utf-8"
         yield reader
+
+
+# --- CSV files as PostgreSQL parses them ------------------------------------------------------
+# PostgreSQL's CSV parser reads a file much faster than Python's csv module, and reads it the
+# same way as long as the file is *plain*: every quote opens a field right after a comma or a
+# line break and closes it right before one, no blank line (Python skips it, PostgreSQL
+# refuses it), no line that is only ``\.`` (PostgreSQL's end-of-data mark), no NUL byte, and an
+# encoding both decode alike. Anything else PostgreSQL would parse differently it refuses
+# outright (a ragged row, an unterminated quote, bytes not valid in the encoding, mixed line
+# ends), and the caller reads the file with Python instead.
+
+class NotPlainCSV(Exception):
+    """The file may parse differently in PostgreSQL: read it with Python's csv module."""
+
+
+# Python codec name -> PostgreSQL encoding, for encodings both decode byte for byte alike.
+PG_CSV_ENCODINGS = {"utf-8": "UTF8", "iso8859-1": "LATIN1"}
+# A quoted field: opened right after a comma or line break (or at the start), closed right
+# before one (or at the end), with quotes inside doubled. Starts with the quote, so that the
+# search skips to quotes.
+_QUOTED_FIELD = re.compile(rb'"(?<![^,\r\n]")[^"]*(?:""[^"]*)*"(?=[,\r\n]|$)')
+# A line that is only "\." (the lookbehind, after the literal for a fast search: at the start
+# or after a line feed).
+_END_MARK = re.compile(rb"\\\.(?<![^\n]\\\.)\r?(?:\n|$)")
+_CHUNK = 8 << 20
+
+
+def pg_csv_encoding(encoding: str) -> str:
+    """PostgreSQL's name of ``encoding``; NotPlainCSV if the two may decode it differently."""
+    try:
+        return PG_CSV_ENCODINGS[codecs.lookup(encoding).name]
+    except (KeyError, LookupError):
+        raise NotPlainCSV(f"encoding {encoding}") from None
+
+
+def _check_plain(chunk: bytes, *, first: bool) -> bytes:
+    if b"\x00" in chunk or b"\n\n" in chunk or b"\n\r\n" in chunk or b"\r\r" in chunk \
+            or (not first and chunk[:1] in (b"\n", b"\r")) or _END_MARK.search(chunk):
+        raise NotPlainCSV("a blank line, a NUL byte or an end-of-data mark")
+    if b'"' in chunk and b'"' in _QUOTED_FIELD.sub(b"", chunk):
+        raise NotPlainCSV("a quote inside a field")
+    return chunk
+
+
+def plain_csv_chunks(path: Path, *, size: int = _CHUNK) -> Iterator[bytes]:
+    """The bytes of a plain CSV file (header included) in chunks of whole records, each
+    checked before it is handed out; raises NotPlainCSV at the first that is not plain."""
+    with path.open("rb") as f:
+        carry = b""
+        first = True
+        while True:
+            data = f.read(size)
+            buffer = carry + data
+            if not data:
+                rest = buffer.rstrip(b"\r\n")  # blank lines at the end, which Python skips
+                if rest:
+                    yield _check_plain(rest, first=first)
+                return
+            # The last line break that ends a record (one with an even number of quotes before
+            # it) and has more than line breaks after it: blank lines at the very end are
+            # skipped, as Python skips them.
+            cut = len(buffer.rstrip(b"\r\n"))
+            while (cut := buffer.rfind(b"\n", 0, cut)) >= 0 and buffer.count(b'"', 0, cut) % 2:
+                pass
+            if cut < 0:
+                if len(buffer) > 8 * size:
+                    raise NotPlainCSV("no line break that ends a record")
+                carry = buffer
+                continue
+            yield _check_plain(buffer[:cut + 1], first=first)
+            first = False
+            carry = buffer[cut + 1:]
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import connection as django_connection
 
@@ -228,3 +230,142 @@ def test_first_load_checks_points_once_loaded_and_leaves_no_check_behind(departm
     run = run_ingest(source2)
     assert (run.status, run.rows_read, run.rows_inserted, run.rows_quarantined) == (RunStatus.SUCCEEDED, 3, 2, 1)
     assert "not a point" in run.quarantined.get().reason
+
+
+# Every source column type that maps to a field type, each to its natural field type.
+TYPED_COLUMNS = [  # (source column, its type, field type)
+    ("f4", "real", "decimal"), ("f8", "double precision", "decimal"), ("i2", "smallint", "integer"),
+    ("i4", "integer", "integer"), ("n", "numeric", "decimal"), ("t", "text", "text"), ("vc", "varchar(20)", "text"),
+    ("ch", "char(5)", "text"), ("b", "boolean", "boolean"), ("d", "date", "date"), ("ts", "timestamp", "timestamp"),
+    ("tz", "timestamptz", "timestamp"), ("u", "uuid", "text"), ("j", "json", "json"), ("jb", "jsonb", "json"),
+]
+TYPED_ROWS = [
+    (1, 0.1, 0.1, -32768, 2147483647, "12.50", "Zoë", "short", "ab", True, "2024-02-29", "2024-07-01 12:30:00",
+     "2024-07-01 12:30:00+02", "8c1d4c8e-9a57-4c5f-b1b5-0d0c3f1a2b3c", '{"a": [1, 2]}', '{"b": {"c": null}}'),
+    # 02:30 on the morning the clocks go back happens twice: read as the first, like Python does.
+    (2, 1e20, 1.5e-7, 0, 0, "-0.001", "", None, None, False, "1999-12-31", "2024-10-27 02:30:00",
+     "2024-10-27 02:30:00+00", None, "[]", "1"),
+    (3, None, 123456789.125, None, None, None, None, None, None, None, None, "2024-03-31 02:30:00", None, None,
+     None, None),
+]
+
+
+@pytest.fixture
+def typed_source(department, source_db):
+    fields = [("k", "integer", True, "public")] + [(c, f, False, "public") for c, _, f in TYPED_COLUMNS]
+    dataset = published_dataset(department=department, slug="typed", fields=fields)
+    pg_execute(source_db, "CREATE TABLE typed (k bigint PRIMARY KEY, "
+               + ", ".join(f"{c} {t}" for c, t, _ in TYPED_COLUMNS) + ")")
+    pg_execute(source_db, f"INSERT INTO typed VALUES ({', '.join(['%s'] * len(fields))})", many=TYPED_ROWS)
+    conn = connection(department=department, kind="postgresql", secret=source_db, name="typed db")
+    return Source.objects.create(dataset=dataset, connection=conn, table="typed",
+                                 mapping={f[0]: f[0] for f in fields}, watermark_column="ts")
+
+
+@pytest.fixture
+def python_path_refused(monkeypatch):
+    """Any row converted in Python fails the run: a test using this proves the bulk path."""
+    from exchange.sync import ingest
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a row went through the per-value Python path")
+
+    monkeypatch.setattr(ingest, "read_into_stage", refuse)
+    monkeypatch.setattr(ingest, "convert_row", refuse)
+
+
+def _expected_typed() -> list[dict[str, Any]]:
+    """What the per-value Python converters make of the rows, for the bulk path to match;
+    floats are read as the shortest decimal that reads back as the same float."""
+    from decimal import Decimal
+
+    from exchange.sync.convert import CONVERTERS
+
+    expected = []
+    for row in TYPED_ROWS:
+        values: dict[str, Any] = {"k": row[0]}
+        for (column, sql_type, field_type), value in zip(TYPED_COLUMNS, row[1:], strict=True):
+            if value is None or value == "":
+                values[column] = None if value is None else ""
+            elif sql_type == "real":
+                values[column] = Decimal(str(value))  # 0.1 as PostgreSQL prints a real
+            elif sql_type == "char(5)":
+                values[column] = value.ljust(5)
+            elif sql_type in ("json", "jsonb"):
+                import json
+
+                values[column] = json.loads(value)  # compared as documents
+            elif sql_type == "timestamptz":
+                from datetime import datetime
+
+                values[column] = CONVERTERS[field_type](datetime.fromisoformat(value))
+            else:
+                values[column] = CONVERTERS[field_type](value)
+        expected.append(values)
+    return expected
+
+
+def test_every_mapped_column_type_takes_the_bulk_path(typed_source, source_db, python_path_refused):
+    from exchange.sync.readers import open_source
+
+    with open_source(typed_source) as reader:
+        assert {c: reader.pg_types[c] for c, _, _ in TYPED_COLUMNS} == {
+            "f4": "float4", "f8": "float8", "i2": "int2", "i4": "int4", "n": "numeric", "t": "text",
+            "vc": "varchar", "ch": "bpchar", "b": "bool", "d": "date", "ts": "timestamp", "tz": "timestamptz",
+            "u": "uuid", "j": "json", "jb": "jsonb"}
+    run = run_ingest(typed_source)  # the first load
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (run.rows_inserted, run.rows_quarantined) == (3, 0)
+    rows = store_rows(typed_source.dataset)
+    expected = _expected_typed()
+    import json
+
+    for got, want in zip(rows, expected, strict=True):
+        got = {k: json.loads(got[k]) if k in ("j", "jb") and got[k] is not None else got[k] for k in want}
+        assert got == want
+    # The wall time 2024-10-27 02:30 in Berlin happened first at 00:30 UTC; 02:30 on 31 March did
+    # not happen at all (read with the offset before the change, 01:30 UTC), as in Python.
+    assert rows[1]["ts"].isoformat() == "2024-10-27T00:30:00+00:00"
+    assert rows[2]["ts"].isoformat() == "2024-03-31T01:30:00+00:00"
+    typed_source.refresh_from_db()
+    assert typed_source.watermark_value == "2024-10-27T02:30:00"  # the source's wall time, no zone
+
+    # The staged bulk path (a store that is not empty) reads them the same: nothing changed.
+    run = run_ingest(typed_source)
+    assert (run.status, run.rows_unchanged, run.rows_updated) == (RunStatus.SUCCEEDED, 3, 0), run.error
+    # Incremental by the naive timestamp watermark: only the row after it.
+    pg_execute(source_db, "INSERT INTO typed (k, f8, ts) VALUES (4, 2.5, '2024-10-27 02:45:00'), "
+                          "(5, 3.5, '2024-10-27 01:00:00')")
+    run = run_ingest(typed_source, mode=RunMode.INCREMENTAL)
+    assert (run.status, run.rows_read, run.rows_inserted) == (RunStatus.SUCCEEDED, 1, 1), run.error
+    assert store_rows(typed_source.dataset)[-1]["k"] == 4
+
+
+def test_floats_that_are_no_numbers_are_quarantined_in_sql(typed_source, source_db, python_path_refused):
+    pg_execute(source_db, "INSERT INTO typed (k, f4, f8, n) VALUES (7, 'NaN', 1, 1), (8, 1, '-Infinity', 1), "
+                          "(9, 1, 1, 'Infinity'), (10, 1, 1, 2)")
+    run = run_ingest(typed_source)  # refused as a first load, then staged: still the bulk path
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert (run.rows_read, run.rows_inserted, run.rows_quarantined) == (7, 4, 3)
+    reasons = dict(run.quarantined.values_list("row_number", "reason"))
+    assert sorted(reasons.values()) == ["f4: not a finite number (NaN or infinity)",
+                                        "f8: not a finite number (NaN or infinity)",
+                                        "n: not a finite number (NaN or infinity)"]
+    assert [r["k"] for r in store_rows(typed_source.dataset)] == [1, 2, 3, 10]
+
+
+def test_an_incremental_run_that_only_updates_skips_the_insert_pass(source, source_db):
+    from django.test.utils import CaptureQueriesContext
+
+    run_ingest(source)
+    pg_execute(source_db, "UPDATE permits SET fee = fee + 1, updated_at = now() WHERE permit_id <= 3")
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_read, run.rows_updated, run.rows_inserted) == (3, 3, 0), run.error
+    assert not any('INSERT INTO "exchange_store"' in q["sql"] for q in queries.captured_queries)
+    # A new row among the changed ones: the insert pass runs and finds it.
+    pg_execute(source_db, "UPDATE permits SET fee = fee + 1, updated_at = now() WHERE permit_id = 4")
+    pg_execute(source_db, "INSERT INTO permits VALUES (500, 'New Street 1', 'New', 1, true, '2024-01-01', now())")
+    run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_read, run.rows_updated, run.rows_inserted) == (2, 1, 1), run.error
+    assert 500 in {r["permit_id"] for r in store_rows(source.dataset)}
