@@ -10,15 +10,20 @@ or hits the index and records the run as skipped.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from enum import Enum
+from typing import TypeVar
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db import InterfaceError as DbInterfaceError
+from django.db import OperationalError as DbOperationalError
 from django.db.models import F
 from django.utils import timezone
 
@@ -28,6 +33,7 @@ from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Outcome(Enum):
@@ -134,19 +140,63 @@ def run_cancelled(*, run: Run, error: str = "Cancelled on request; nothing was w
 
 
 def run_requeue(*, run: Run, error: str, countdown: float) -> None:
-    """Hand a run that hit a transient error back to the queue (and release its lock)."""
+    """Hand a run that hit a transient error back to the queue (and release its lock). A run
+    the reaper has given up on meanwhile stays as the reaper left it (its re-run is queued)."""
     with transaction.atomic():
-        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            status=RunStatus.QUEUED, error=f"Attempt {run.attempts} failed, retrying in {int(countdown)} s: {error}",
-            heartbeat_at=timezone.now())
-        transaction.on_commit(lambda: _send(run, countdown=countdown))
+        if Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                status=RunStatus.QUEUED, heartbeat_at=timezone.now(),
+                error=f"Attempt {run.attempts} failed, retrying in {int(countdown)} s: {error}"):
+            transaction.on_commit(lambda: _send(run, countdown=countdown))
+
+
+def _retry_or_fail(run: Run, error: str) -> Outcome:
+    if run.attempts <= settings.SYNC_MAX_RETRIES:
+        run_requeue(run=run, error=error, countdown=settings.SYNC_RETRY_BACKOFF_SECONDS * 2 ** (run.attempts - 1))
+        return Outcome.RETRY
+    run_fail(run=run, error=f"{error} (gave up after {run.attempts} attempts)")
+    return Outcome.DONE
+
+
+def database_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the exchange's own database going away (a restart, a failover, the
+    network) rather than a statement it refused: then the connection is gone or broken."""
+    import psycopg
+
+    if not isinstance(exc, DbOperationalError | DbInterfaceError | psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    raw = connection.connection
+    return raw is None or bool(getattr(raw, "closed", False) or getattr(raw, "broken", False))
+
+
+def when_database_answers(record: Callable[[], T]) -> T:
+    """Call ``record`` on a fresh connection, waiting for the database to come back for at most
+    SYNC_RUN_STALE_SECONDS (after that, the reaper deals with a run left running). Outside any
+    transaction only: it closes the connection it finds."""
+    deadline = time.monotonic() + settings.SYNC_RUN_STALE_AFTER.total_seconds()
+    pause = 0.5
+    while True:
+        connection.close()
+        try:
+            return record()
+        except (DbOperationalError, DbInterfaceError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("waiting %.1f s for the database: %s", pause, str(exc).strip().splitlines()[0])
+            time.sleep(pause)
+            pause = min(pause * 2, 10)
 
 
 def execute(*, run_id: int) -> Outcome:
     """Claim and execute one run; every way it can end is recorded on the run."""
     from exchange.sync import delivery, ingest
 
-    run = run_claim(run_id=run_id)
+    try:
+        run = run_claim(run_id=run_id)
+    except Exception as exc:
+        if connection.in_atomic_block or not database_lost(exc):
+            raise
+        # The message arrived while the database was away: the run is still queued.
+        run = when_database_answers(lambda: run_claim(run_id=run_id))
     if run is None:
         return Outcome.SKIPPED
     try:
@@ -159,11 +209,7 @@ def execute(*, run_id: int) -> Outcome:
     except delivery.SubscriptionEnded as exc:
         run_cancelled(run=run, error=str(exc))
     except TransientSourceError as exc:
-        if run.attempts <= settings.SYNC_MAX_RETRIES:
-            run_requeue(run=run, error=str(exc),
-                        countdown=settings.SYNC_RETRY_BACKOFF_SECONDS * 2 ** (run.attempts - 1))
-            return Outcome.RETRY
-        run_fail(run=run, error=f"{exc} (gave up after {run.attempts} attempts)")
+        return _retry_or_fail(run, str(exc))
     except ingest.SchemaMismatch as exc:
         run_fail(run=run, error=f"Schema mismatch: {exc}", schema=True)
     except (SourceError, delivery.TargetError) as exc:
@@ -171,6 +217,12 @@ def execute(*, run_id: int) -> Outcome:
     except SoftTimeLimitExceeded:
         run_fail(run=run, error="The run took longer than its time limit and was stopped; nothing was written.")
     except Exception as exc:
+        if not connection.in_atomic_block and database_lost(exc):
+            # Nothing the run wrote was committed (its merge is one transaction, rolled back
+            # with the lost connection), so it is retried like a source that went away.
+            log.warning("run %s lost the exchange's database: %s", run.pk, exc)
+            error = f"The exchange's database could not be reached: {str(exc).strip().splitlines()[0]}"
+            return when_database_answers(lambda: _retry_or_fail(run, error))
         log.exception("run %s failed", run.pk)
         run_fail(run=run, error=f"Unexpected error ({type(exc).__name__}): {exc}")
     return Outcome.DONE
