@@ -7,7 +7,9 @@ catalogue to search; ``--users`` users (analysts of the owning department, who r
 in clear, and the grantee analyst, whose view is masked), each with an API token and a web
 session. Then the project runs under gunicorn (``DEBUG=0``, production settings, the worker
 and thread counts of the Dockerfile) and each user, in a thread of its own with a keep-alive
-connection, repeats for ``--seconds`` a weighted mix:
+connection, repeats for ``--seconds`` a weighted mix, pausing between two requests as a
+person does (``--think`` seconds on average, uniformly from half to one and a half times it;
+``--think 0`` makes it a stress test of requests back to back):
 
 - catalogue search: ``GET /api/v1/datasets/?search=<word>`` (30 %)
 - dataset page: ``GET /datasets/<id>/``, the server-rendered page with the caller's preview (20 %)
@@ -112,7 +114,7 @@ def _request(conn: http.client.HTTPConnection, path: str, headers: dict[str, str
 
 
 def _user_loop(port: int, user: dict[str, Any], world: dict[str, Any], rows: int, seconds: float, seed: int,
-               tally: Tally) -> None:
+               tally: Tally, think: float = 0.0) -> None:
     rng = random.Random(seed)
     kinds, weights = list(KINDS), list(KINDS.values())
     api = {"Authorization": f"Token {user['token']}", "Accept": "application/json"}
@@ -143,6 +145,8 @@ def _user_loop(port: int, user: dict[str, Any], world: dict[str, Any], rows: int
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         tally.add(kind, time.perf_counter() - started, error)
+        if think:
+            time.sleep(rng.uniform(0.5 * think, 1.5 * think))
     conn.close()
 
 
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=int, default=30, help="more published datasets to search")
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--think", type=float, default=1.0, help="mean pause between a user's requests, seconds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
@@ -203,7 +208,8 @@ def _run(args: argparse.Namespace) -> int:
         # Warm up every worker's connections and caches with a few of each kind.
         _user_loop(port, world["users"][0], world, args.rows, 2, 0, Tally())
         tally = Tally()
-        threads = [threading.Thread(target=_user_loop, args=(port, user, world, args.rows, args.seconds, i, tally))
+        threads = [threading.Thread(target=_user_loop,
+                                    args=(port, user, world, args.rows, args.seconds, i, tally, args.think))
                    for i, user in enumerate(world["users"])]
         started = time.monotonic()
         with bench_http.RssWatch(gunicorn.pid) as watch:
@@ -215,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         bench_http._stop(gunicorn)
 
-    print(f"{args.users} users for {args.seconds:.0f} s against gunicorn {args.workers} workers x {args.threads} "
+    print(f"{args.users} users (think time {args.think:.1f} s on average) for {args.seconds:.0f} s against gunicorn "
+          f"{args.workers} workers x {args.threads} "
           f"threads (DEBUG=0), PostgreSQL{' + Redis' if os.environ.get('REDIS_URL') else ''}, on loopback")
     print(f"{'kind':<14} {'requests':>9} {'errors':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
     total = errors = 0
