@@ -470,12 +470,14 @@ class AccessExplainApi(APIView):
                     or p.has_role(dataset.department_id, Role.STEWARD, Role.AUDITOR))
         user = department = None
         if filters.validated_data.get("user"):
+            # Refused before the lookup, so that whether a username exists is not told to
+            # someone who may not ask about others.
+            if filters.validated_data["user"] != asker.get_username() and not overseer:
+                raise PermissionDeniedError("You may explain only your own access, or access to datasets you "
+                                            "oversee.")
             user = user_by_username(username=filters.validated_data["user"])
             if user is None:
                 raise ApplicationError("No such user.", fields={"user": ["No active user with that username."]})
-            if user.pk != asker.pk and not overseer:
-                raise PermissionDeniedError("You may explain only your own access, or access to datasets you "
-                                            "oversee.")
         else:
             department = sel.department_by_slug(slug=filters.validated_data["department"])
             if department is None:
