@@ -856,3 +856,21 @@ def test_staff_do_reach_the_admin_site(client):
     for model in admin.site._registry:
         url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
         assert client.get(url).status_code == 200, url
+
+
+def test_probes_of_hidden_values_match_no_row(client):
+    """A 200 to a probe must not depend on the hidden value: the same probes that find rows in
+    the owner's view find none in the partial analyst's (search, filters on the clear value of
+    a masked or pseudonymised field, CKAN's full-text search)."""
+    world = build_world()
+    base = f"/api/v1/datasets/{world.dataset.pk}/records/"
+    probes = ["?q=NOTE-7f", "?phone__contains=PHONE-555", "?applicant_name=CANARY-NAME-Okafor-1"]
+    ckan = f"/api/3/action/datastore_search?resource_id={world.dataset.pk}&q=NOTE-7f"
+    login(client, world, "owner_steward")
+    assert all(client.get(base + probe).json()["results"] for probe in probes)
+    assert client.get(ckan).json()["result"]["total"] > 0
+    login(client, world, "analyst_partial")
+    assert client.get(base).json()["results"]  # the analyst does see rows
+    for probe in probes:
+        assert client.get(base + probe).json()["results"] == [], probe
+    assert client.get(ckan).json()["result"]["total"] == 0
