@@ -4,10 +4,11 @@ every kind of caller with the real ids of a world where canaries are planted.
 For each URL name, ``EXPECT`` holds the status each caller must get, per method (a write is
 sent with an empty body inside a transaction that is rolled back, so the sweep never changes
 the world it walks). A URL name missing from the table fails ``test_every_url_is_in_the_table``:
-a new endpoint must be added here, with the answer each caller should get. ``VARIANTS`` asks
-the same URL again with other objects (another department's run, connection, request, grant)
-and with query strings that name hidden or masked fields in filters, search, ordering and
-cursors. No canary may appear in any body or header, except transport's own data to
+a new endpoint must be added here, with the answer each caller should get. ``OTHER_OBJECTS``
+asks every URL that names an object again with another object of its kind (a restricted
+dataset, a delivery run, another department's connection, request and grant), and
+``VARIANTS`` asks some again with query strings that name hidden or masked fields in filters,
+search, ordering and cursors. No canary may appear in any body or header, except transport's own data to
 transport's steward, who must see it (the proof that the canaries are there to be found).
 """
 
