@@ -156,7 +156,7 @@ def apply_row_operation(rows: list[FieldRow], op: str) -> list[FieldRow]:
     verb, _, arg = op.partition(":")
     if verb == "add":
         return [*rows, FieldRow()]
-    if not arg.isdigit() or int(arg) >= len(rows):
+    if not (arg.isascii() and arg.isdigit()) or int(arg) >= len(rows):
         return rows
     i = int(arg)
     rows = list(rows)

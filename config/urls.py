@@ -106,6 +106,7 @@ urlpatterns = [
     path("", include("catalog.dcat_urls")),
 ]
 
+handler400 = "departments.views.error_400"
 handler403 = "departments.views.error_403"
 handler404 = "departments.views.error_404"
 handler500 = "departments.views.error_500"

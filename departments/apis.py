@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from config.api.auth import request_user
 from config.api.errors import ApplicationError, LockedOutError, NotFoundError
+from config.api.fields import IdField
 from config.api.pagination import PageNumberPagination
 from departments import selectors, services
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Notification, Role
@@ -95,7 +96,8 @@ class MembershipOutput(serializers.ModelSerializer):
     full_name = serializers.CharField(source="user.get_full_name")
     email = serializers.EmailField(source="user.email")
     department: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    added_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    added_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True,
+                                                                          allow_null=True)
 
     class Meta:
         model = Membership
@@ -346,7 +348,7 @@ class InboxReadApi(APIView):
     """Mark notifications read: the ones listed, or all of them when ``ids`` is absent."""
 
     class InputSerializer(serializers.Serializer):
-        ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=1000)
+        ids = serializers.ListField(child=IdField(), required=False, max_length=1000)
 
     class OutputSerializer(serializers.Serializer):
         marked = serializers.IntegerField()

@@ -8,12 +8,14 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
+from django.views import defaults
 from django.views.decorators.http import require_http_methods, require_POST
 
-from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError, error_body
+from config.api.fields import parse_id
 from config.web import add_service_errors
 from departments import selectors, services
 from departments.forms import CityRoleGrantForm, DepartmentContactForm, MemberAddForm, MemberRoleForm
@@ -235,15 +237,32 @@ def account_token_revoke(request: HttpRequest, token_key: str) -> HttpResponse:
     return redirect("ui-account")
 
 
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/v1/")
+
+
+def error_400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A request Django refuses before any view (e.g. more form fields than
+    DATA_UPLOAD_MAX_NUMBER_FIELDS): in the API's error shape under /api/v1/."""
+    if _is_api(request):
+        return JsonResponse(error_body(status_code=400, code="bad_request", message="Bad request."), status=400)
+    return defaults.bad_request(request, exception or Exception())
+
+
 def error_403(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     return render(request, "errors/403.html", status=403)
 
 
 def error_404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):  # e.g. /api/v1/datasets/abc/: the API's one error shape, not a page
+        return JsonResponse(error_body(status_code=404, code="not_found", message="Not found."), status=404)
     return render(request, "errors/404.html", status=404)
 
 
 def error_500(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return JsonResponse(error_body(status_code=500, code="error", message="Something went wrong on our side."),
+                            status=500)
     return render(request, "errors/500.html", status=500)
 
 
@@ -253,7 +272,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
     user = request.user
     assert isinstance(user, User)
     if request.method == "POST":
-        ids = [int(i) for i in request.POST.getlist("notification") if i.isdigit()]
+        ids = [n for n in map(parse_id, request.POST.getlist("notification")) if n is not None]
         notification_mark_read(user=user, notification_ids=ids or None)
         return redirect("ui-inbox")
     items = list(inbox_items(user=user)[:200])

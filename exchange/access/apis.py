@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 from catalog.selectors import dataset_get_for_user
 from config.api.auth import request_user
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from config.api.fields import IdField
 from config.api.pagination import PageNumberPagination
 from departments.models import Role
 from departments.selectors import principal_of, user_by_username
@@ -54,9 +55,9 @@ class AccessRequestOutput(serializers.ModelSerializer):
     dataset = DatasetRefOutput()
     requested_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True)
     principal_user: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username",
-                                                                                read_only=True)
+                                                                                read_only=True, allow_null=True)
     principal_department: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug",
-                                                                                      read_only=True)
+                                                                                      read_only=True, allow_null=True)
     fields = serializers.ListField(child=serializers.CharField())  # type: ignore[assignment]
     row_filter = RowConditionSerializer(many=True)
 
@@ -105,15 +106,16 @@ class GrantFieldOutput(serializers.Serializer):
 class GrantOutput(serializers.ModelSerializer):
     dataset = DatasetRefOutput()
     principal_user: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username",
-                                                                                read_only=True)
+                                                                                read_only=True, allow_null=True)
     principal_department: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="slug",
-                                                                                      read_only=True)
+                                                                                      read_only=True, allow_null=True)
     approved_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True)
     dpo_approved_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username",
-                                                                                 read_only=True)
+                                                                                 read_only=True, allow_null=True)
     dpo_rejected_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username",
-                                                                                 read_only=True)
-    revoked_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True)
+                                                                                 read_only=True, allow_null=True)
+    revoked_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True,
+                                                                            allow_null=True)
     fields = GrantFieldOutput(many=True, source="fields.all")  # type: ignore[assignment]
     row_filter = RowConditionSerializer(many=True)
     needs_recertification = serializers.BooleanField(
@@ -153,10 +155,10 @@ class AccessRequestListApi(APIView):
             help_text="mine: made by or for me (or my department); to_decide: waiting for my decision as "
                       "steward; all: everything I may see.")
         status = serializers.ChoiceField(choices=RequestStatus.choices, required=False)
-        dataset = serializers.IntegerField(required=False)
+        dataset = IdField(required=False)
 
     class InputSerializer(serializers.Serializer):
-        dataset = serializers.IntegerField(help_text="Id of a published dataset.")
+        dataset = IdField(help_text="Id of a published dataset.")
         fields = serializers.ListField(child=serializers.CharField(max_length=63), max_length=500,  # type: ignore[assignment]
                                        help_text="Names of fields of the dataset's current schema.")
         purpose = serializers.CharField(max_length=5000)
@@ -168,7 +170,7 @@ class AccessRequestListApi(APIView):
         department = serializers.SlugField(
             required=False, help_text="Request for this department (you must be one of its stewards) "
                                       "instead of for yourself.")
-        renews = serializers.IntegerField(required=False, help_text="Id of the grant this request renews.")
+        renews = IdField(required=False, help_text="Id of the grant this request renews.")
         comment = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
     @extend_schema(parameters=[FilterSerializer], responses=AccessRequestOutput(many=True))
@@ -309,7 +311,7 @@ class GrantListApi(APIView):
         scope = serializers.ChoiceField(choices=["all", "mine"], default="all", required=False,
                                         help_text="mine: grants I hold, myself or through my departments.")
         status = serializers.ChoiceField(choices=GrantStatus.choices, required=False)
-        dataset = serializers.IntegerField(required=False)
+        dataset = IdField(required=False)
         needs_recertification = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     @extend_schema(parameters=[FilterSerializer], responses=GrantOutput(many=True))
@@ -470,12 +472,14 @@ class AccessExplainApi(APIView):
                     or p.has_role(dataset.department_id, Role.STEWARD, Role.AUDITOR))
         user = department = None
         if filters.validated_data.get("user"):
+            # Refused before the lookup, so that whether a username exists is not told to
+            # someone who may not ask about others.
+            if filters.validated_data["user"] != asker.get_username() and not overseer:
+                raise PermissionDeniedError("You may explain only your own access, or access to datasets you "
+                                            "oversee.")
             user = user_by_username(username=filters.validated_data["user"])
             if user is None:
                 raise ApplicationError("No such user.", fields={"user": ["No active user with that username."]})
-            if user.pk != asker.pk and not overseer:
-                raise PermissionDeniedError("You may explain only your own access, or access to datasets you "
-                                            "oversee.")
         else:
             department = sel.department_by_slug(slug=filters.validated_data["department"])
             if department is None:

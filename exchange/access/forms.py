@@ -106,7 +106,7 @@ def apply_condition_operation(rows: list[ConditionRow], op: str, *, limit: int) 
     verb, _, arg = op.partition(":")
     if verb == "rf-add" and len(rows) < limit:
         return [*rows, ConditionRow()], f"Condition {len(rows) + 1} added."
-    if verb == "rf-remove" and arg.isdigit() and int(arg) < len(rows):
+    if verb == "rf-remove" and arg.isascii() and arg.isdigit() and int(arg) < len(rows):
         rows = list(rows)
         del rows[int(arg)]
         return rows, f"Condition {int(arg) + 1} removed."

@@ -100,6 +100,8 @@ class AuditEventOutput(serializers.ModelSerializer):
 
 
 class AuditEventListApi(AuditApi):
+    pagination_class = AuditCursorPagination  # for the schema: the view pages with it itself
+
     @extend_schema(
         parameters=_filter_parameters(AuditEventFilter),
         responses=AuditEventOutput(many=True),

@@ -21,6 +21,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from config.api.errors import NotFoundError
+from config.api.fields import parse_id
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from exchange.audit.models import AuditEvent, AuditOutcome
@@ -109,7 +110,8 @@ class DepartmentField(forms.CharField):
         text = super().clean(value)
         if not text:
             return None
-        lookup = Q(pk=int(text)) if text.isdigit() else Q(slug=text)
+        number = parse_id(text)
+        lookup = Q(pk=number) if number is not None else Q(slug=text)
         department_id = Department.objects.filter(lookup).values_list("pk", flat=True).first()
         if department_id is None:
             raise ValidationError("Unknown department.", code="unknown")
@@ -142,8 +144,9 @@ class AuditEventFilter(django_filters.FilterSet):
         fields: list[str] = []
 
     def filter_actor(self, qs: QuerySet[AuditEvent], name: str, value: str) -> QuerySet[AuditEvent]:
-        if value.isdigit():
-            return qs.filter(actor_id=int(value))
+        number = parse_id(value)
+        if number is not None:
+            return qs.filter(actor_id=number)
         return qs.filter(actor_label=value)
 
     def filter_action(self, qs: QuerySet[AuditEvent], name: str, value: str) -> QuerySet[AuditEvent]:

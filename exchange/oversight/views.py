@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from catalog.selectors import dataset_get_for_user, dataset_visible
 from config.api.errors import NotFoundError, PermissionDeniedError
+from config.api.fields import parse_id
 from departments.views import error_403, error_404
 from exchange.access.forms import (
     WhoCouldSeeForm,
@@ -45,9 +46,9 @@ def audit_explorer(request: HttpRequest) -> HttpResponse:
     next_before = ""
     if filterset.is_valid():
         qs = filterset.qs.order_by("-id")
-        before = request.GET.get("before", "")
-        if before.isdigit():
-            qs = qs.filter(id__lt=int(before))
+        before = parse_id(request.GET.get("before", ""))
+        if before is not None:
+            qs = qs.filter(id__lt=before)
         events = list(qs[: AUDIT_PAGE + 1])
         if len(events) > AUDIT_PAGE:
             events = events[:AUDIT_PAGE]

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from config.api.auth import request_user
 from config.api.errors import NotFoundError, PermissionDeniedError
+from config.api.fields import IdField
 from config.api.pagination import PageNumberPagination
 from departments.models import Department, Role
 from departments.selectors import principal_of
@@ -43,6 +44,8 @@ class ConnectionOutput(serializers.Serializer):
 
 
 class ConnectionListApi(APIView):
+    pagination_class = PageNumberPagination  # what _paginate uses, so the schema documents the page
+
     class InputSerializer(serializers.Serializer):
         department = serializers.SlugField(help_text="Slug of a department where you are a steward.")
         name = serializers.CharField(max_length=120)
@@ -153,8 +156,10 @@ class RunOutput(serializers.Serializer):
 
 
 class RunListApi(APIView):
+    pagination_class = PageNumberPagination
+
     class FilterSerializer(serializers.Serializer):
-        dataset = serializers.IntegerField(required=False)
+        dataset = IdField(required=False)
         kind = serializers.ChoiceField(choices=RunKind.choices, required=False)
         status = serializers.ChoiceField(choices=RunStatus.choices, required=False)
 
@@ -192,6 +197,8 @@ class QuarantinedRowOutput(serializers.Serializer):
 
 
 class RunQuarantineApi(APIView):
+    pagination_class = PageNumberPagination
+
     @extend_schema(responses=QuarantinedRowOutput(many=True))
     def get(self, request: Request, run_id: int) -> Response:
         run = selectors.run_get(user=request.user, run_id=run_id)
@@ -221,7 +228,7 @@ class SourceOutput(serializers.Serializer):
 
 class SourceApi(APIView):
     class InputSerializer(serializers.Serializer):
-        connection = serializers.IntegerField(required=False, allow_null=True,
+        connection = IdField(required=False, allow_null=True,
                                               help_text="A connection of the department; empty for file uploads.")
         table = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
         query = serializers.CharField(required=False, allow_blank=True, default="")
@@ -310,9 +317,11 @@ class SubscriptionOutput(serializers.Serializer):
 
 
 class SubscriptionListApi(APIView):
+    pagination_class = PageNumberPagination
+
     class InputSerializer(serializers.Serializer):
-        dataset = serializers.IntegerField()
-        connection = serializers.IntegerField(help_text="A PostgreSQL or SQLite connection of your department.")
+        dataset = IdField()
+        connection = IdField(help_text="A PostgreSQL or SQLite connection of your department.")
         target_table = serializers.RegexField(r"^[a-z_][a-z0-9_]{0,62}$", max_length=63)
         purge_on_end = serializers.BooleanField(required=False, default=False)
         schedule = serializers.CharField(required=False, allow_blank=True, default="", max_length=120)
