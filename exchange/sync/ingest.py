@@ -911,7 +911,10 @@ def _csv_parsed_by_python(run: Run, reader: Reader, text: str, columns: list[str
     assert reader.csv_records is not None
     blank = [""] * len(reader.columns)
     records = iter(reader.csv_records)
-    batch = settings.SYNC_BATCH_SIZE * 4
+    # A batch ends at the batch size or when progress is due, whichever comes first: a slow
+    # source (a URL trickling in) still shows progress and a heartbeat, so that the reaper never
+    # takes a run that is only waiting for its source.
+    batch = settings.SYNC_BATCH_SIZE
     done = False
     with connection.cursor() as cursor:
         while not done:
@@ -919,6 +922,7 @@ def _csv_parsed_by_python(run: Run, reader: Reader, text: str, columns: list[str
             # "\r\n": every carriage return and line feed inside a value is quoted.
             writer = csv.writer(buffer, lineterminator="\r\n")
             n = 0
+            started = time.monotonic()
             for record in records:
                 counts.read += 1
                 if isinstance(record, RawRow):
@@ -927,7 +931,7 @@ def _csv_parsed_by_python(run: Run, reader: Reader, text: str, columns: list[str
                     record.extend((str(counts.read), "", ""))
                     writer.writerow(record)
                 n += 1
-                if n >= batch:
+                if n >= batch or time.monotonic() - started > PROGRESS_EVERY_SECONDS:
                     break
             else:
                 done = True
