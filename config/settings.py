@@ -353,6 +353,11 @@ try:
 except ValueError as _exc:
     raise ImproperlyConfigured(f"SYNC_URL_ALLOWED_NETWORKS: {_exc}") from None
 SYNC_UPLOAD_MAX_BYTES = env.int("SYNC_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
+# PostgreSQL sources: the longest one statement on a source may take (the COPY of a whole
+# table on the bulk path is one statement), and the longest the check of a query may take
+# (exchange/sync/sqlguard.py).
+SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS = env.int("SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS", default=3600)
+SYNC_SOURCE_CHECK_TIMEOUT_SECONDS = env.int("SYNC_SOURCE_CHECK_TIMEOUT_SECONDS", default=10)
 
 LOGGING = {
     "version": 1,

@@ -67,10 +67,23 @@ def check_read_only_query(query: str) -> str:
 
 
 def sqlite_path(secret: str) -> Path:
-    path = Path(secret.removeprefix("sqlite:///")).resolve()
+    """The file a SQLite connection names, resolved, if it lies below SYNC_SQLITE_DIRS and is a
+    regular file (or does not exist yet: a delivery creates its target). A FIFO or a device
+    would hang or feed the worker; a ``..`` or a symbolic link could lead anywhere."""
+    given = Path(secret.removeprefix("sqlite:///"))
+    if ".." in given.parts:
+        raise SourceError("A SQLite path may not contain '..': give the file's full path below one of the "
+                          "directories configured in SYNC_SQLITE_DIRS.")
+    path = given.resolve()
     allowed = [Path(d).resolve() for d in settings.SYNC_SQLITE_DIRS]
     if not any(path.is_relative_to(d) for d in allowed):
+        if any(given.absolute().is_relative_to(d) for d in allowed):
+            raise SourceError(f"{given.name} is a symbolic link to a file outside the directories configured in "
+                              f"SYNC_SQLITE_DIRS.")
         raise SourceError("SQLite files must live in one of the directories configured in SYNC_SQLITE_DIRS.")
+    if path.exists() and not path.is_file():
+        raise SourceError(f"{given.name} is not a regular file (a directory, device or pipe); a SQLite "
+                          f"connection names a database file.")
     return path
 
 
@@ -79,13 +92,22 @@ def sqlite_path(secret: str) -> Path:
 def pg_connect(dsn: str, *, read_only: bool) -> Any:
     import psycopg
 
+    from exchange.sync.sqlguard import session_options
+
+    options = session_options(statement_timeout=settings.SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS) if read_only else None
     try:
-        conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-sync")
+        conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-sync", options=options)
     except psycopg.OperationalError as exc:
         raise TransientSourceError(f"Cannot connect to the database: {_first_line(exc)}") from exc
     if read_only:
         conn.read_only = True
     return conn
+
+
+def _timed_out(exc: BaseException) -> SourceError:
+    # Not worth retrying: the same query would take as long again.
+    return SourceError(f"The source query took longer than SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS "
+                       f"({settings.SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS} s) and was stopped: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -108,9 +130,13 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
     import psycopg
     from psycopg import sql
 
+    from exchange.sync.sqlguard import check_source
+
     conn = pg_connect(dsn, read_only=True)
     try:
         relation, _ = _pg_relation(source)
+        # Again before every run: a function or a view may have been redefined since the save.
+        check_source(conn, query=check_read_only_query(source.query) if source.query else "", table=source.table)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(relation))
@@ -143,6 +169,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
             if source.query:
                 raise SourceError(f"The source query failed: {_first_line(exc)}") from exc
             raise SourceError(f"The source table {source.table!r} does not exist (any more).") from exc
+        except psycopg.errors.QueryCanceled as exc:
+            raise _timed_out(exc) from exc
         except psycopg.OperationalError as exc:
             raise TransientSourceError(f"The source database went away: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
@@ -164,6 +192,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                     for record in cur:
                         n += 1
                         yield RawRow(n, dict(zip(wanted, record, strict=True)))
+            except psycopg.errors.QueryCanceled as exc:
+                raise _timed_out(exc) from exc
             except psycopg.OperationalError as exc:
                 raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
@@ -179,6 +209,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(numbered)) as copy:
                     for chunk in copy:
                         yield bytes(chunk)
+            except psycopg.errors.QueryCanceled as exc:
+                raise _timed_out(exc) from exc
             except psycopg.OperationalError as exc:
                 raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
             except psycopg.Error as exc:

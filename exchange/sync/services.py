@@ -25,7 +25,7 @@ from config.api.errors import ApplicationError, ConflictError
 from departments.models import Department
 from exchange.access.policy import effective_view
 from exchange.audit.services import audit_record
-from exchange.sync import readers, runs, secrets
+from exchange.sync import readers, runs, secrets, sqlguard, urlguard
 from exchange.sync.models import (
     Connection,
     ConnectionKind,
@@ -47,6 +47,13 @@ def _check_secret(kind: str, secret: str) -> None:
                                fields={"secret": ["Not a PostgreSQL DSN."]})
     if kind == ConnectionKind.URL and not secret.lower().startswith(("http://", "https://")):
         raise ApplicationError("Only http:// and https:// URLs.", fields={"secret": ["Not an HTTP(S) URL."]})
+    if kind == ConnectionKind.URL:
+        # An address given as such is refused now; a host name is checked whenever it is
+        # fetched (what it resolves to may change), by urlguard.
+        try:
+            urlguard.check_literal(secret)
+        except readers.SourceError as exc:
+            raise ApplicationError(str(exc), fields={"secret": [str(exc)]}) from exc
     if kind == ConnectionKind.SQLITE:
         try:
             readers.sqlite_path(secret)
@@ -151,6 +158,19 @@ def _set_schedule(obj: Source | Subscription, expression: str, *, task: str, nam
 
 # --- Sources --------------------------------------------------------------------------------
 
+def _check_pg_query(connection: Connection, query: str) -> None:
+    """PostgreSQL analyses the query on the source database (exchange/sync/sqlguard.py);
+    SourceError when it would do more than read, or when the database cannot be asked."""
+    try:
+        conn = readers.pg_connect(secrets.decrypt(connection.secret_encrypted), read_only=True)
+        try:
+            sqlguard.check_source(conn, query=query)
+        finally:
+            conn.close()
+    except readers.TransientSourceError as exc:
+        raise readers.SourceError(f"The query could not be checked on the source database: {exc}") from exc
+
+
 def _check_mapping(dataset: Dataset, mapping: dict[str, str]) -> None:
     fields = set(Field.objects.filter(schema_id=dataset.current_schema_id).values_list("name", flat=True))
     unknown = sorted(set(mapping.values()) - fields)
@@ -176,9 +196,16 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
                                    fields={"table": ["Give a table or a query."]})
         if query:
             try:
-                readers.check_read_only_query(query)
+                checked = readers.check_read_only_query(query)
+                if connection.kind == ConnectionKind.POSTGRESQL:
+                    _check_pg_query(connection, checked)
             except readers.SourceError as exc:
                 raise ApplicationError(str(exc), fields={"query": [str(exc)]}) from exc
+        else:
+            try:
+                sqlguard.check_table_name(table)
+            except readers.SourceError as exc:
+                raise ApplicationError(str(exc), fields={"table": [str(exc)]}) from exc
     _check_mapping(dataset, mapping)
     if not any(f for f in mapping):
         raise ApplicationError("Map at least the key field.", fields={"mapping": ["Empty."]})
