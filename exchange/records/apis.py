@@ -14,6 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalog.selectors import dataset_get_for_user
+from config.api.throttling import export_throttles
+from config.api.timeouts import started
 from exchange.access.policy import EffectiveView
 from exchange.records import selectors as records
 
@@ -77,6 +79,9 @@ class RecordListApi(APIView):
 
 
 class RecordExportApi(APIView):
+    throttle_classes = export_throttles()
+    streams_export = True  # its statements run under EXPORT_STATEMENT_TIMEOUT_SECONDS
+
     @extend_schema(
         parameters=[*QUERY_PARAMETERS, OpenApiParameter("format", str, enum=["csv", "ndjson"], required=True)],
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},
@@ -85,7 +90,7 @@ class RecordExportApi(APIView):
         dataset = dataset_get_for_user(user=request.user, dataset_id=dataset_id)
         params = request.query_params.dict()
         fmt = params.pop("format", "csv")
-        stream = records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt)
+        stream = started(records.export_rows(user=request.user, dataset=dataset, params=params, fmt=fmt))
         content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
         response = StreamingHttpResponse(stream, content_type=content_type)
         response["Content-Disposition"] = f'attachment; filename="{dataset.slug}.{fmt}"'

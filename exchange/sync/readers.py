@@ -24,7 +24,7 @@ from typing import IO, Any
 import sqlparse
 from django.conf import settings
 
-from exchange.sync import secrets
+from exchange.sync import limits, secrets
 from exchange.sync.convert import PG_KINDS
 from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source
@@ -460,8 +460,9 @@ def _file_reader(source: Source) -> Iterator[Reader]:
     path = Path(settings.MEDIA_ROOT) / source.upload
     if not source.upload or not path.is_file():
         raise SourceError("No file has been uploaded for this source.")
-    with path.open("rb") as stream, _stream_reader(source, stream, size=path.stat().st_size,
-                                                   description=path.name) as reader:
+    with path.open("rb") as stream, _stream_reader(source, limits.line_limited(stream, file_format=source.file_format),
+                                                   size=path.stat().st_size, description=path.name) as reader:
+        limits.check_columns(reader.columns)
         yield reader
 
 
@@ -478,8 +479,10 @@ def _url_reader(source: Source, url: str) -> Iterator[Reader]:
         raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
     with response:
         length = response.headers.get("Content-Length")
-        with _stream_reader(source, io.BufferedReader(_GuardedStream(response)), size=int(length) if length else None,
+        stream = limits.line_limited(io.BufferedReader(_GuardedStream(response)), file_format=source.file_format)
+        with _stream_reader(source, stream, size=int(length) if length else None,
                             description=secrets.redact(url)) as reader:
+            limits.check_columns(reader.columns)
             yield reader
 
 
