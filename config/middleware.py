@@ -47,8 +47,8 @@ class RequestContextMiddleware:
 class StatementTimeoutMiddleware:
     """Every statement a request makes runs under REQUEST_STATEMENT_TIMEOUT_SECONDS; an export
     (an API view with ``streams_export = True``) runs under EXPORT_STATEMENT_TIMEOUT_SECONDS,
-    from its view until its stream ends (a statement's limit is the one in force when it
-    starts, and the stream's COPY starts in the view). Filters, search and ordering are the
+    from its view until its stream ends. A statement stopped while the stream is already
+    under way ends the download early (the status has left). Filters, search and ordering are the
     user's, and one slow query must not hold a web process and a database backend for ever.
     The API answers a stopped statement with a 503 in its error shape (config.api.errors); a
     page gets the 503 page here."""

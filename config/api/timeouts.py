@@ -6,10 +6,9 @@ answers 503 (code ``query_timeout``) in the API's error shape, never a 500."""
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -80,20 +79,13 @@ def _sqlite(seconds: float) -> Iterator[None]:
 def is_statement_timeout(exc: BaseException) -> bool:
     """Whether ``exc`` is a statement stopped by its deadline: PostgreSQL's query_canceled
     (57014), or SQLite interrupted by the progress handler above."""
+    cause = exc.__cause__
+    # psycopg's own error (a COPY on the driver's connection), or Django's wrapping one.
+    if "57014" in (getattr(exc, "sqlstate", None), getattr(cause, "sqlstate", None)):
+        return True
     if not isinstance(exc, DatabaseError):
         return False
-    cause = exc.__cause__
-    if getattr(cause, "sqlstate", None) == "57014":
-        return True
     # SQLite says "interrupted" only when a progress handler (the one above: nothing else in
     # the exchange sets one) or Connection.interrupt() stopped the statement.
     return isinstance(cause, sqlite3.OperationalError) and str(cause) == "interrupted"
 
-
-def started(stream: Iterable[bytes]) -> Iterator[bytes]:
-    """``stream`` with its first chunk produced now, inside the view: an export whose query
-    runs out of time before its first row is then a 503, not a download cut short after a
-    200."""
-    chunks = iter(stream)
-    first = next(chunks, None)
-    return itertools.chain([] if first is None else [first], chunks)
