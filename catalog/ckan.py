@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -41,7 +42,8 @@ from rest_framework.views import APIView
 from catalog import selectors
 from catalog.dcat import LICENCE_URIS
 from catalog.models import Dataset, Field, FieldType, Licence, Theme, Visibility
-from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
+from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError, statement_timeout_error
+from config.api.timeouts import is_statement_timeout
 from departments.authentication import CkanTokenAuthentication
 from departments.models import Department
 
@@ -349,6 +351,8 @@ def _as_ckan_error(exc: Exception) -> CkanError | None:
     Validation Error, 400 for a request it cannot read."""
     if isinstance(exc, CkanError):
         return exc
+    if is_statement_timeout(exc):
+        return CkanError("Service Unavailable", statement_timeout_error().message, 503)
     if isinstance(exc, NotFoundError | Http404 | exceptions.NotFound):
         return CkanError("Not Found Error", "Not found", 404)
     if isinstance(exc, PermissionDeniedError):
@@ -413,4 +417,8 @@ class CkanActionView(APIView):
             # As CKAN: an unexpected failure is a 500 in the envelope too, and is logged.
             logger.exception("CKAN action %r failed", action, exc_info=exc)
             error = CkanError("Internal Server Error", "Internal Server Error", 500)
-        return envelope(action, error=error)
+        response = envelope(action, error=error)
+        wait = getattr(exc, "wait", None) if isinstance(exc, exceptions.Throttled) else None
+        if wait:
+            response["Retry-After"] = str(math.ceil(wait))
+        return response

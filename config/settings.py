@@ -77,6 +77,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "config.middleware.RequestContextMiddleware",
+    # Inside the request context; around everything that queries (the audit barrier too).
+    "config.middleware.StatementTimeoutMiddleware",
     # Inside the request context: waits for a read's audit append before the response leaves.
     "exchange.audit.writer.AuditBarrierMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -218,12 +220,45 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "config.api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.errors.exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.ScopedRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.ScopedRateThrottle",
+        "config.api.throttling.UserRateThrottle",
+        "config.api.throttling.TokenRateThrottle",
+    ],
     "DEFAULT_THROTTLE_RATES": {"login": env.str("LOGIN_THROTTLE_RATE", default="20/min")},
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
     # `?format=` belongs to the export endpoints (csv, ndjson), not to renderer selection.
     "URL_FORMAT_OVERRIDE": None,
 }
+
+
+def _rate(name: str, default: str) -> str | None:
+    """A DRF rate ("600/min"; "0" or "off": no limit), checked at start-up."""
+    value = env.str(name, default=default).strip().lower()
+    if value in ("0", "off", "none", ""):
+        return None
+    count, _, period = value.partition("/")
+    if not count.isdigit() or not period or period[0] not in "smhd":
+        raise ImproperlyConfigured(f"{name} must look like 600/min (or 0 for no limit), not {value!r}.")
+    return value
+
+
+# Per user (all their tokens and sessions together; anonymous callers per address), per API
+# token, and for exports again per user and per token (config/api/throttling.py).
+API_THROTTLE_RATES: dict[str, str | None] = {
+    "user": _rate("API_USER_THROTTLE_RATE", "1200/min"),
+    "token": _rate("API_TOKEN_THROTTLE_RATE", "600/min"),
+    "export": _rate("EXPORT_USER_THROTTLE_RATE", "60/hour"),
+    "export_token": _rate("EXPORT_TOKEN_THROTTLE_RATE", "30/hour"),
+}
+# Largest page_size of the API's lists (larger ones are refused, 400); records pages have
+# their own (RECORDS_MAX_PAGE_SIZE).
+API_MAX_PAGE_SIZE = env.int("API_MAX_PAGE_SIZE", default=500)
+# On PostgreSQL (and SQLite), no statement of a web or API request runs longer than this,
+# nor one of an export's stream longer than the export's (0: no limit). Filters, search and
+# ordering are the user's; a refused one is a 503 (code query_timeout), not a 500.
+REQUEST_STATEMENT_TIMEOUT_SECONDS = env.float("REQUEST_STATEMENT_TIMEOUT_SECONDS", default=30)
+EXPORT_STATEMENT_TIMEOUT_SECONDS = env.float("EXPORT_STATEMENT_TIMEOUT_SECONDS", default=900)
 REST_KNOX = {
     "TOKEN_TTL": timedelta(hours=env.int("API_TOKEN_TTL_HOURS", default=24 * 7)),
     "TOKEN_LIMIT_PER_USER": env.int("API_TOKEN_LIMIT_PER_USER", default=20),
@@ -355,6 +390,16 @@ try:
 except ValueError as _exc:
     raise ImproperlyConfigured(f"SYNC_URL_ALLOWED_NETWORKS: {_exc}") from None
 SYNC_UPLOAD_MAX_BYTES = env.int("SYNC_UPLOAD_MAX_BYTES", default=1024 * 1024 * 1024)
+# CSV and NDJSON sources (uploads and URLs): the longest line read (a longer one fails the run
+# before anything is written, instead of filling a worker's memory), and the most columns
+# (PostgreSQL's own limit on a table's columns is 1600).
+SYNC_MAX_LINE_BYTES = env.int("SYNC_MAX_LINE_BYTES", default=8 * 1024 * 1024)
+SYNC_MAX_COLUMNS = env.int("SYNC_MAX_COLUMNS", default=1600)
+# PostgreSQL sources: the longest one statement on a source may take (the COPY of a whole
+# table on the bulk path is one statement), and the longest the check of a query may take
+# (exchange/sync/sqlguard.py).
+SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS = env.int("SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS", default=3600)
+SYNC_SOURCE_CHECK_TIMEOUT_SECONDS = env.int("SYNC_SOURCE_CHECK_TIMEOUT_SECONDS", default=10)
 
 LOGGING = {
     "version": 1,

@@ -20,6 +20,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from config.api.timeouts import is_statement_timeout
+
 
 class ApplicationError(Exception):
     """A business rule said no. Subclasses pick the HTTP status."""
@@ -56,6 +58,25 @@ class NotFoundError(ApplicationError):
 class ConflictError(ApplicationError):
     status_code = status.HTTP_409_CONFLICT
     code = "conflict"
+
+
+class PayloadTooLargeError(ApplicationError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    code = "too_large"
+
+
+class QueryTimeoutError(ApplicationError):
+    """A statement ran into the request's statement timeout (config.middleware)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "query_timeout"
+
+
+def statement_timeout_error() -> QueryTimeoutError:
+    return QueryTimeoutError(
+        "The query took longer than the exchange allows (REQUEST_STATEMENT_TIMEOUT_SECONDS) and was stopped. "
+        "Narrow it (more specific filters, a shorter search) or try again later."
+    )
 
 
 class LockedOutError(ApplicationError):
@@ -107,6 +128,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             error_body(status_code=400, code="invalid", message="The input is not valid.", fields=fields),
             status=400,
         )
+    if is_statement_timeout(exc):
+        timeout = statement_timeout_error()
+        return Response(error_body(status_code=timeout.status_code, code=timeout.code, message=timeout.message),
+                        status=timeout.status_code, headers={"Retry-After": "30"})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

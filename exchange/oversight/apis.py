@@ -28,6 +28,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.errors import PermissionDeniedError
+from config.api.pagination import StrictPageSize
+from config.api.throttling import export_throttles
 from exchange.audit.models import AuditEvent, AuditOutcome
 from exchange.audit.services import audit_record, audit_verify
 from exchange.oversight import selectors
@@ -86,11 +88,10 @@ def _filter_parameters(filterset_class: type[AuditEventFilter], names: Iterable[
     ]
 
 
-class AuditCursorPagination(pagination.CursorPagination):
+class AuditCursorPagination(StrictPageSize, pagination.CursorPagination):
     ordering = "-id"  # newest first; ids follow the chain
     page_size = 50
     page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 class AuditEventOutput(serializers.ModelSerializer):
@@ -168,6 +169,8 @@ EXPORT_FORMATS = {"csv": ("text/csv; charset=utf-8", _csv_lines), "ndjson": ("ap
 
 class AuditEventExportApi(AuditApi):
     content_negotiation_class = JsonErrorsNegotiation
+    throttle_classes = export_throttles()
+    streams_export = True  # its statements run under EXPORT_STATEMENT_TIMEOUT_SECONDS
 
     @extend_schema(
         parameters=[

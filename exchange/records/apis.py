@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.api.throttling import export_throttles
 from exchange.access.policy import EffectiveView
 from exchange.records import read_cache
 from exchange.records import selectors as records
@@ -94,6 +95,9 @@ class RecordListApi(APIView):
 
 
 class RecordExportApi(APIView):
+    throttle_classes = export_throttles()
+    streams_export = True  # its statements run under EXPORT_STATEMENT_TIMEOUT_SECONDS
+
     @extend_schema(
         parameters=[*QUERY_PARAMETERS, OpenApiParameter("format", str, enum=["csv", "ndjson"], required=True)],
         responses={(200, "text/csv"): OpenApiTypes.STR, (200, "application/x-ndjson"): OpenApiTypes.STR},

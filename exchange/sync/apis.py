@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
@@ -16,7 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api.auth import request_user
-from config.api.errors import NotFoundError, PermissionDeniedError
+from config.api.errors import NotFoundError, PayloadTooLargeError, PermissionDeniedError
 from config.api.fields import IdField
 from config.api.pagination import PageNumberPagination
 from departments.models import Department, Role
@@ -272,6 +273,11 @@ class SourceUploadApi(APIView):
     @extend_schema(request={"multipart/form-data": InputSerializer}, responses={202: RunOutput, 204: None})
     def post(self, request: Request, dataset_id: int) -> Response:
         source = selectors.source_get(user=request.user, dataset_id=dataset_id)
+        # Before the body is read: a body far above the limit is refused without spooling it.
+        length = request.META.get("CONTENT_LENGTH") or ""
+        if length.isdigit() and int(length) > settings.SYNC_UPLOAD_MAX_BYTES + 64 * 1024:
+            raise PayloadTooLargeError(f"The file is larger than the upload limit of {settings.SYNC_UPLOAD_MAX_BYTES} "
+                                       f"bytes (SYNC_UPLOAD_MAX_BYTES).", fields={"file": ["Too large."]})
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         run = services.source_upload(actor=request_user(request), source=source, upload=data.validated_data["file"],

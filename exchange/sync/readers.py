@@ -25,7 +25,7 @@ from typing import IO, Any
 import sqlparse
 from django.conf import settings
 
-from exchange.sync import secrets
+from exchange.sync import limits, secrets
 from exchange.sync.convert import PG_KINDS, local_timestamp_sql
 from exchange.sync.errors import SourceError, TransientSourceError
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source
@@ -75,10 +75,23 @@ def check_read_only_query(query: str) -> str:
 
 
 def sqlite_path(secret: str) -> Path:
-    path = Path(secret.removeprefix("sqlite:///")).resolve()
+    """The file a SQLite connection names, resolved, if it lies below SYNC_SQLITE_DIRS and is a
+    regular file (or does not exist yet: a delivery creates its target). A FIFO or a device
+    would hang or feed the worker; a ``..`` or a symbolic link could lead anywhere."""
+    given = Path(secret.removeprefix("sqlite:///"))
+    if ".." in given.parts:
+        raise SourceError("A SQLite path may not contain '..': give the file's full path below one of the "
+                          "directories configured in SYNC_SQLITE_DIRS.")
+    path = given.resolve()
     allowed = [Path(d).resolve() for d in settings.SYNC_SQLITE_DIRS]
     if not any(path.is_relative_to(d) for d in allowed):
+        if any(given.absolute().is_relative_to(d) for d in allowed):
+            raise SourceError(f"{given.name} is a symbolic link to a file outside the directories configured in "
+                              f"SYNC_SQLITE_DIRS.")
         raise SourceError("SQLite files must live in one of the directories configured in SYNC_SQLITE_DIRS.")
+    if path.exists() and not path.is_file():
+        raise SourceError(f"{given.name} is not a regular file (a directory, device or pipe); a SQLite "
+                          f"connection names a database file.")
     return path
 
 
@@ -87,13 +100,22 @@ def sqlite_path(secret: str) -> Path:
 def pg_connect(dsn: str, *, read_only: bool) -> Any:
     import psycopg
 
+    from exchange.sync.sqlguard import session_options
+
+    options = session_options(statement_timeout=settings.SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS) if read_only else None
     try:
-        conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-sync")
+        conn = psycopg.connect(dsn, connect_timeout=10, application_name="exchange-sync", options=options)
     except psycopg.OperationalError as exc:
         raise TransientSourceError(f"Cannot connect to the database: {_first_line(exc)}") from exc
     if read_only:
         conn.read_only = True
     return conn
+
+
+def _timed_out(exc: BaseException) -> SourceError:
+    # Not worth retrying: the same query would take as long again.
+    return SourceError(f"The source query took longer than SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS "
+                       f"({settings.SYNC_SOURCE_STATEMENT_TIMEOUT_SECONDS} s) and was stopped: {_first_line(exc)}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -116,9 +138,13 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
     import psycopg
     from psycopg import sql
 
+    from exchange.sync.sqlguard import check_source
+
     conn = pg_connect(dsn, read_only=True)
     try:
         relation, _ = _pg_relation(source)
+        # Again before every run: a function or a view may have been redefined since the save.
+        check_source(conn, query=check_read_only_query(source.query) if source.query else "", table=source.table)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(relation))
@@ -151,6 +177,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
             if source.query:
                 raise SourceError(f"The source query failed: {_first_line(exc)}") from exc
             raise SourceError(f"The source table {source.table!r} does not exist (any more).") from exc
+        except psycopg.errors.QueryCanceled as exc:
+            raise _timed_out(exc) from exc
         except psycopg.OperationalError as exc:
             raise TransientSourceError(f"The source database went away: {_first_line(exc)}") from exc
         except psycopg.Error as exc:
@@ -172,6 +200,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                     for record in cur:
                         n += 1
                         yield RawRow(n, dict(zip(wanted, record, strict=True)))
+            except psycopg.errors.QueryCanceled as exc:
+                raise _timed_out(exc) from exc
             except psycopg.OperationalError as exc:
                 raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
@@ -191,6 +221,8 @@ def _pg_reader(source: Source, dsn: str, *, since: str | None, batch: int) -> It
                 with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT").format(numbered)) as copy:
                     for chunk in copy:
                         yield bytes(chunk)
+            except psycopg.errors.QueryCanceled as exc:
+                raise _timed_out(exc) from exc
             except psycopg.OperationalError as exc:
                 raise TransientSourceError(f"The source database went away mid-run: {_first_line(exc)}") from exc
             except psycopg.Error as exc:
@@ -455,9 +487,11 @@ def _file_reader(source: Source) -> Iterator[Reader]:
     path = Path(settings.MEDIA_ROOT) / source.upload
     if not source.upload or not path.is_file():
         raise SourceError("No file has been uploaded for this source.")
-    with path.open("rb") as stream, _stream_reader(source, stream, size=path.stat().st_size,
-                                                   description=path.name) as reader:
+    with path.open("rb") as stream, _stream_reader(source, limits.line_limited(stream, file_format=source.file_format),
+                                                   size=path.stat().st_size, description=path.name) as reader:
+        limits.check_columns(reader.columns)
         if reader.csv_records is not None:
+            # PostgreSQL may read the file itself (plain_csv_chunks, under the same line limit)
             reader.csv_file, reader.csv_encoding = path, source.encoding or "utf-8"
         yield reader
 
@@ -507,6 +541,7 @@ def _check_plain(chunk: bytes, *, first: bool) -> bytes:
 def plain_csv_chunks(path: Path, *, size: int = _CHUNK) -> Iterator[bytes]:
     """The bytes of a plain CSV file (header included) in chunks of whole records, each
     checked before it is handed out; raises NotPlainCSV at the first that is not plain."""
+    line = 1  # the first line of the next chunk, for the line limit (as limits.LineLimited counts)
     with path.open("rb") as f:
         carry = b""
         first = True
@@ -516,6 +551,7 @@ def plain_csv_chunks(path: Path, *, size: int = _CHUNK) -> Iterator[bytes]:
             if not data:
                 rest = buffer.rstrip(b"\r\n")  # blank lines at the end, which Python skips
                 if rest:
+                    _within_line_limit(rest, line)
                     yield _check_plain(rest, first=first)
                 return
             # The last line break that ends a record (one with an even number of quotes before
@@ -525,13 +561,28 @@ def plain_csv_chunks(path: Path, *, size: int = _CHUNK) -> Iterator[bytes]:
             while (cut := buffer.rfind(b"\n", 0, cut)) >= 0 and buffer.count(b'"', 0, cut) % 2:
                 pass
             if cut < 0:
+                if len(buffer) - (buffer.rfind(b"\n") + 1) > settings.SYNC_MAX_LINE_BYTES:
+                    _within_line_limit(buffer, line)
                 if len(buffer) > 8 * size:
                     raise NotPlainCSV("no line break that ends a record")
                 carry = buffer
                 continue
+            line = _within_line_limit(buffer[:cut + 1], line)
             yield _check_plain(buffer[:cut + 1], first=first)
             first = False
             carry = buffer[cut + 1:]
+
+
+def _within_line_limit(chunk: bytes, first_line: int) -> int:
+    """The line number after ``chunk``; SourceError (as the Python path's limits.LineLimited
+    raises it) if one of its lines is longer than SYNC_MAX_LINE_BYTES."""
+    lines = chunk.split(b"\n")
+    limit = settings.SYNC_MAX_LINE_BYTES
+    if max(map(len, lines)) > limit:
+        number = first_line + next(i for i, text in enumerate(lines) if len(text) > limit)
+        raise SourceError(f"Line {number} of the file is longer than {limit} bytes (SYNC_MAX_LINE_BYTES); "
+                          f"nothing was loaded. Is it a CSV or NDJSON file at all?")
+    return first_line + len(lines) - 1
 
 
 @contextmanager
@@ -547,8 +598,10 @@ def _url_reader(source: Source, url: str) -> Iterator[Reader]:
         raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
     with response:
         length = response.headers.get("Content-Length")
-        with _stream_reader(source, io.BufferedReader(_GuardedStream(response)), size=int(length) if length else None,
+        stream = limits.line_limited(io.BufferedReader(_GuardedStream(response)), file_format=source.file_format)
+        with _stream_reader(source, stream, size=int(length) if length else None,
                             description=secrets.redact(url)) as reader:
+            limits.check_columns(reader.columns)
             yield reader
 
 

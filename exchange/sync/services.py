@@ -21,11 +21,11 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from catalog.models import Dataset, Field
-from config.api.errors import ApplicationError, ConflictError
+from config.api.errors import ApplicationError, ConflictError, PayloadTooLargeError
 from departments.models import Department
 from exchange.access.policy import effective_view
 from exchange.audit.services import audit_record
-from exchange.sync import readers, runs, secrets
+from exchange.sync import readers, runs, secrets, sqlguard, urlguard
 from exchange.sync.models import (
     Connection,
     ConnectionKind,
@@ -47,6 +47,13 @@ def _check_secret(kind: str, secret: str) -> None:
                                fields={"secret": ["Not a PostgreSQL DSN."]})
     if kind == ConnectionKind.URL and not secret.lower().startswith(("http://", "https://")):
         raise ApplicationError("Only http:// and https:// URLs.", fields={"secret": ["Not an HTTP(S) URL."]})
+    if kind == ConnectionKind.URL:
+        # An address given as such is refused now; a host name is checked whenever it is
+        # fetched (what it resolves to may change), by urlguard.
+        try:
+            urlguard.check_literal(secret)
+        except readers.SourceError as exc:
+            raise ApplicationError(str(exc), fields={"secret": [str(exc)]}) from exc
     if kind == ConnectionKind.SQLITE:
         try:
             readers.sqlite_path(secret)
@@ -151,6 +158,19 @@ def _set_schedule(obj: Source | Subscription, expression: str, *, task: str, nam
 
 # --- Sources --------------------------------------------------------------------------------
 
+def _check_pg_query(connection: Connection, query: str) -> None:
+    """PostgreSQL analyses the query on the source database (exchange/sync/sqlguard.py);
+    SourceError when it would do more than read, or when the database cannot be asked."""
+    try:
+        conn = readers.pg_connect(secrets.decrypt(connection.secret_encrypted), read_only=True)
+        try:
+            sqlguard.check_source(conn, query=query)
+        finally:
+            conn.close()
+    except readers.TransientSourceError as exc:
+        raise readers.SourceError(f"The query could not be checked on the source database: {exc}") from exc
+
+
 def _check_mapping(dataset: Dataset, mapping: dict[str, str]) -> None:
     fields = set(Field.objects.filter(schema_id=dataset.current_schema_id).values_list("name", flat=True))
     unknown = sorted(set(mapping.values()) - fields)
@@ -176,9 +196,16 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
                                    fields={"table": ["Give a table or a query."]})
         if query:
             try:
-                readers.check_read_only_query(query)
+                checked = readers.check_read_only_query(query)
+                if connection.kind == ConnectionKind.POSTGRESQL:
+                    _check_pg_query(connection, checked)
             except readers.SourceError as exc:
                 raise ApplicationError(str(exc), fields={"query": [str(exc)]}) from exc
+        else:
+            try:
+                sqlguard.check_table_name(table)
+            except readers.SourceError as exc:
+                raise ApplicationError(str(exc), fields={"table": [str(exc)]}) from exc
     _check_mapping(dataset, mapping)
     if not any(f for f in mapping):
         raise ApplicationError("Map at least the key field.", fields={"mapping": ["Empty."]})
@@ -218,28 +245,61 @@ def source_delete(*, actor: User, source: Source) -> None:
         transaction.on_commit(lambda: (Path(settings.MEDIA_ROOT) / upload).unlink(missing_ok=True))
 
 
+def _too_large() -> PayloadTooLargeError:
+    return PayloadTooLargeError(f"The file is larger than the upload limit of {settings.SYNC_UPLOAD_MAX_BYTES} bytes "
+                                f"(SYNC_UPLOAD_MAX_BYTES).", fields={"file": ["Too large."]})
+
+
+# Text in these encodings has no NUL byte; a file that does is not CSV, JSON or NDJSON.
+_NUL_FREE_ENCODINGS = ("utf-8", "utf_8", "utf-8-sig", "latin-1", "latin_1", "iso8859-1", "iso-8859-1", "cp1252",
+                       "windows-1252", "ascii", "iso-8859-15", "iso8859-15")
+
+
+def upload_check(*, source: Source, upload: UploadedFile) -> None:
+    """Refuse (4xx) what cannot be a source file before anything is stored: too large, empty,
+    or binary (a NUL byte near the start of a file in an encoding that has none)."""
+    if upload.size is not None and upload.size > settings.SYNC_UPLOAD_MAX_BYTES:
+        raise _too_large()
+    head = next(iter(upload.chunks(64 * 1024)), b"")[: 64 * 1024]
+    upload.seek(0)
+    if not head.strip():
+        raise ApplicationError("The file is empty.", fields={"file": ["Empty."]})
+    if b"\x00" in head and (source.encoding or "utf-8").lower() in _NUL_FREE_ENCODINGS:
+        raise ApplicationError(f"The file looks binary (it holds NUL bytes), not {source.file_format.upper()} text. "
+                               f"Upload the data as CSV, JSON or NDJSON.", fields={"file": ["Not a text file."]})
+
+
 def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: bool = True) -> Run | None:
     """Store a new file for the source (streamed to disk) and, by default, ingest it."""
     if source.connection_id is not None:
         raise ApplicationError("This source reads from a connection; uploads are for file sources.")
-    if upload.size and upload.size > settings.SYNC_UPLOAD_MAX_BYTES:
-        raise ApplicationError("The file is larger than the upload limit.")
+    upload_check(source=source, upload=upload)
     suffix = {FileFormat.CSV: ".csv", FileFormat.JSON: ".json", FileFormat.NDJSON: ".ndjson"}[
         FileFormat(source.file_format)]
     relative = Path("sources") / str(source.dataset_id) / f"{uuid.uuid4().hex}{suffix}"
     path = Path(settings.MEDIA_ROOT) / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as out:
-        for chunk in upload.chunks():
-            out.write(chunk)
     previous = source.upload
-    with transaction.atomic():
-        source.upload = str(relative)
-        source.save(update_fields=["upload", "updated_at"])
-        audit_record(actor=actor, action="source.uploaded", obj=source, dataset_id=source.dataset_id,
-                     department_id=source.dataset.department_id,
-                     details={"file": upload.name, "bytes": upload.size})
-        new_run = runs.run_enqueue(source=source, trigger=RunTrigger.UPLOAD, user=actor) if run else None
+    try:
+        written = 0
+        with path.open("wb") as out:
+            for chunk in upload.chunks():
+                written += len(chunk)
+                if written > settings.SYNC_UPLOAD_MAX_BYTES:
+                    raise _too_large()
+                out.write(chunk)
+        with transaction.atomic():
+            source.upload = str(relative)
+            source.save(update_fields=["upload", "updated_at"])
+            audit_record(actor=actor, action="source.uploaded", obj=source, dataset_id=source.dataset_id,
+                         department_id=source.dataset.department_id,
+                         details={"file": upload.name, "bytes": upload.size})
+            new_run = runs.run_enqueue(source=source, trigger=RunTrigger.UPLOAD, user=actor) if run else None
+    except BaseException:
+        # Nothing half-written: a file cut short (disk full, too large) or never recorded goes.
+        path.unlink(missing_ok=True)
+        source.upload = previous
+        raise
     if previous and previous != source.upload:
         # A queued run re-reads source.upload when it starts, so the old file is no longer needed.
         (Path(settings.MEDIA_ROOT) / previous).unlink(missing_ok=True)

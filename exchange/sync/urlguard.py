@@ -37,6 +37,9 @@ def _refusal(address: IPAddress) -> str:
     """Why the address is not fetched from, or '' if it is a public address."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return _refusal(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address) and address.sixtofour is not None:
+        # 6to4 (2002::/16) carries an IPv4 address that a relay would deliver to.
+        return _refusal(address.sixtofour)
     for label, test in (("a loopback", address.is_loopback), ("a link-local", address.is_link_local),
                         ("a multicast", address.is_multicast), ("an unspecified", address.is_unspecified),
                         ("a reserved", address.is_reserved), ("a private", address.is_private)):
@@ -59,6 +62,18 @@ def check_address(host: str, address: str) -> None:
             f"The URL's host {host} resolves to {ip}, {why}: the exchange only fetches from public "
             f"addresses (an operator can allow internal ones with SYNC_URL_ALLOWED_NETWORKS)."
         )
+
+
+def check_literal(url: str) -> None:
+    """Refuse (UrlRefused) a URL whose host is an IP address that may not be fetched from.
+    Host names pass: only the addresses they resolve to when fetched count."""
+    check_scheme(url)
+    try:
+        host = urlsplit(url).hostname or ""
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return
+    check_address(host, host)
 
 
 def check_scheme(url: str) -> None:

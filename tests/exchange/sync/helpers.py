@@ -44,10 +44,13 @@ def pg_admin_dsn(dbname: str = "postgres") -> str:
 
 @contextmanager
 def extra_pg_database(prefix: str = "wt_sync_src") -> Iterator[str]:
-    """A scratch PostgreSQL database next to the test database, dropped afterwards."""
+    """A scratch PostgreSQL database next to the test database, dropped afterwards. Its name
+    starts with the configured database's (``exchange_sources_…`` for ``exchange_sources``),
+    so that runs of several checkouts on one server never meet, and ends with a random part."""
     import psycopg
 
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    base = connection.settings_dict["NAME"].removeprefix("test_")
+    name = f"{base}_{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_admin_dsn(), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:

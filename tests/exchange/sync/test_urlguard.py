@@ -141,3 +141,87 @@ def test_test_connection_and_runs_say_why_they_refuse(as_user, people, departmen
     # Refused at once, not retried as if the host were merely unreachable.
     assert run.status == RunStatus.FAILED and run.attempts == 1
     assert "only fetches from public addresses" in run.error and "SYNC_URL_ALLOWED_NETWORKS" in run.error
+
+
+@pytest.mark.parametrize("url", ["http://2130706433/x.csv", "http://0177.0.0.1/x.csv", "http://127.1/x.csv",
+                                 "http://0x7f.0.0.1/x.csv", "http://[2002:7f00:1::]/x.csv",
+                                 "http://[2002:a9fe:a9fe::1]/latest/meta-data/", "http://[::127.0.0.1]/x.csv"])
+def test_other_spellings_of_internal_addresses_are_refused(nothing_allowed, url):
+    # Decimal, octal, short and hexadecimal IPv4, 6to4 and IPv4-compatible IPv6: each is
+    # checked as the address the socket would connect to.
+    with pytest.raises(urlguard.UrlRefused, match="address: the exchange only fetches from public"):
+        urlguard.urlopen(url, timeout=2)
+
+
+def _resolver(names: dict[str, str]) -> Any:
+    real = socket.getaddrinfo
+
+    def resolve(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    return resolve
+
+
+@pytest.mark.parametrize(("host", "address", "why"), [
+    ("localhost.data.example", "127.0.0.1", "a loopback address"),
+    ("metadata.data.example", "169.254.169.254", "a link-local address"),
+    ("intranet.data.example", "192.168.10.5", "a private address"),
+])
+def test_a_host_name_resolving_to_an_internal_address_is_refused(nothing_allowed, monkeypatch, host, address, why):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({host: address}))
+    with pytest.raises(urlguard.UrlRefused, match=f"{host} resolves to {address}, {why}"):
+        urlguard.urlopen(f"https://{host}/permits.csv", timeout=2)
+
+
+def test_a_redirect_to_a_name_resolving_inside_is_refused(settings, server, monkeypatch):
+    monkeypatch.setattr(socket, "getaddrinfo", _resolver({"inside.data.example": "10.9.8.7"}))
+    with pytest.raises(urlguard.UrlRefused, match=r"inside\.data\.example resolves to 10\.9\.8\.7, a private"):
+        urlguard.urlopen(f"{base(server)}/to?u=http://inside.data.example/permits.csv", timeout=5)
+
+
+def test_the_socket_connects_to_the_checked_address_not_a_second_lookup(nothing_allowed, monkeypatch):
+    """DNS rebinding: a name that answers a public address to the check and a private one
+    to the connection gains nothing, because there is no second lookup."""
+    answers = iter(["93.184.215.14", "127.0.0.1"])
+    lookups: list[str] = []
+    connected: list[Any] = []
+
+    def rebinding(host: str, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    def connect(self: socket.socket, address: Any) -> None:
+        connected.append(address)
+        raise ConnectionRefusedError("not in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with pytest.raises(OSError):
+        urlguard.urlopen("http://rebind.data.example/permits.csv", timeout=2)
+    assert lookups == ["rebind.data.example"] and connected == [("93.184.215.14", 80)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("url", "why"), [("http://127.0.0.1:9/x.csv", "a loopback address"),
+                                          ("http://[fe80::1]/x.csv", "a link-local address"),
+                                          ("http://10.0.0.8/x.csv", "a private address"),
+                                          ("http://169.254.169.254/latest/meta-data/", "a link-local address")])
+def test_an_internal_address_is_refused_when_the_connection_is_saved(as_user, people, nothing_allowed, url, why):
+    response = as_user(people["steward"]).post("/api/v1/sync/connections/", {
+        "department": "transport", "name": "feed", "kind": "url", "secret": url})
+    assert response.status_code == 400 and why in response.json()["error"]["message"]
+
+
+@pytest.mark.django_db
+def test_a_run_redirected_inside_fails_with_the_reason(department, server, nothing_allowed, settings):
+    settings.SYNC_URL_ALLOWED_NETWORKS = ["127.0.0.1/32"]  # the test server itself
+    port = server.server_address[1]
+    conn = connection(department=department, kind="url",
+                      secret=f"{base(server)}/to?u=http://127.0.0.2:{port}/permits.csv")
+    source = Source.objects.create(dataset=published_dataset(department=department), connection=conn,
+                                   mapping=identity_mapping())
+    run = run_ingest(source)
+    assert run.status == RunStatus.FAILED and run.attempts == 1
+    assert "127.0.0.2 resolves to 127.0.0.2, a loopback address" in run.error

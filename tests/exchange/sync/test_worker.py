@@ -212,9 +212,11 @@ def test_postgresql_source_dropped_mid_run(department, env, queue, workers):
                         "fee numeric, approved boolean, issued_on date, updated_at timestamptz)")
         pg_execute(dsn, "INSERT INTO permits VALUES (%s, %s, %s, %s, %s, %s, %s)", many=permit_rows(400))
         conn = connection(department=department, kind="postgresql", secret=dsn)
-        # pg_sleep makes the source slow enough to pull away from under the run.
-        source = Source.objects.create(dataset=dataset, connection=conn, mapping=identity_mapping(),
-                                       query="SELECT *, pg_sleep(0.01) AS slow FROM permits")
+        # A count per row makes the source slow enough to pull away from under the run
+        # (pg_sleep would be refused: source queries may not call volatile functions).
+        source = Source.objects.create(
+            dataset=dataset, connection=conn, mapping=identity_mapping(),
+            query="SELECT * FROM permits WHERE (SELECT count(*) FROM generate_series(1, 100000 + permit_id)) > 0")
         run = runs.run_enqueue(source=source, queue=queue)
         wait_for(lambda: Run.objects.filter(pk=run.pk, rows_done__gt=0).exists(), what="progress", worker=worker)
         pg_execute(dsn, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
