@@ -31,3 +31,22 @@ def test_an_idle_session_is_usable_without_a_statement_and_a_terminated_one_is_n
         assert not other.is_usable()
     finally:
         other.close()
+
+
+def test_a_session_whose_transaction_failed_is_not_usable():
+    """As with Django's own check: a connection left in a failed transaction is not taken as
+    usable (the socket alone would say it is)."""
+    from django.db import DatabaseError
+
+    other = connections.create_connection("default")
+    try:
+        other.ensure_connection()
+        other.set_autocommit(False)
+        with pytest.raises(DatabaseError), other.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+        assert not other.is_usable()
+        other.rollback()
+        other.set_autocommit(True)
+        assert other.is_usable()
+    finally:
+        other.close()

@@ -24,6 +24,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
         conn = self.connection
         if conn is None or conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
             return False
+        if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+            # In a transaction (perhaps a failed one): Django's own check answers exactly.
+            return bool(super().is_usable())
         poller = select.poll()
         poller.register(conn.pgconn.socket, select.POLLIN)
         if poller.poll(0):
