@@ -46,7 +46,7 @@ from urllib.parse import quote
 SECRET_KEY = secrets.token_urlsafe(50)
 os.environ["SECRET_KEY"] = SECRET_KEY  # the bench signs cursors with the key gunicorn checks them with
 
-from bench.setup import configure, scratch_database  # noqa: E402
+from bench.setup import run_on_postgres  # noqa: E402
 
 ANALYST_FIELDS = {"id": "clear", "t1": "masked", "t2": "masked", "n1": "clear", "d1": "clear"}
 PAGE = 1000
@@ -251,6 +251,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def production_env(database_url: str) -> dict[str, str]:
+    """The production settings (DEBUG=0) on loopback, plain HTTP, with the bench's key."""
+    return {**os.environ, "DEBUG": "0", "DJANGO_SETTINGS_MODULE": "config.settings", "SECRET_KEY": SECRET_KEY,
+            "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0",
+            "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+
+
+def start_gunicorn(port: int, *, env: dict[str, str], workers: int, threads: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers), "--threads", str(threads), "--log-level", "warning"],
+        cwd=Path(__file__).resolve().parent.parent, env=env)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -258,19 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
-    configure()
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        print("bench.http needs PostgreSQL: set DATABASE_URL=postgres://…")
-        return 2
-    with scratch_database("http"):
-        try:
-            return _run(args)
-        finally:
-            from exchange.audit import writer as audit_writer
-
-            audit_writer.shutdown()
+    return run_on_postgres("http", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -291,13 +293,8 @@ def _run(args: argparse.Namespace) -> int:
     database_url = _database_url()
     root = Path(__file__).resolve().parent.parent
     api_port, ref_port = _free_port(), _free_port()
-    env = {**os.environ, "DEBUG": "0", "DJANGO_SETTINGS_MODULE": "config.settings", "SECRET_KEY": SECRET_KEY,
-           "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0", "SECURE_HSTS_SECONDS": "0",
-           "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{api_port}",
-         "--workers", str(args.workers), "--threads", str(args.threads), "--log-level", "warning"],
-        cwd=root, env=env)
+    env = production_env(database_url)
+    gunicorn = start_gunicorn(api_port, env=env, workers=args.workers, threads=args.threads)
     reference = subprocess.Popen(
         [sys.executable, "-m", "bench.reference_server", "--dsn", database_url, "--table",
          f"{table.schema}.{table.name}", "--key", "id", "--port", str(ref_port)], cwd=root, env=env)

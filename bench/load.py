@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import http as bench_http
-from bench.setup import configure, scratch_database
+from bench.setup import run_on_postgres
 
 KINDS = {"search": 30, "dataset page": 20, "records page": 40, "export": 10}
 WORDS = ["permits", "traffic", "budget", "schools", "parks", "air", "bench", "water", "waste", "housing"]
@@ -165,19 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
-    configure()
-    from django.db import connection
-
-    if connection.vendor != "postgresql":
-        print("bench.load needs PostgreSQL: set DATABASE_URL=postgres://…")
-        return 2
-    with scratch_database("load"):
-        try:
-            return _run(args)
-        finally:
-            from exchange.audit import writer as audit_writer
-
-            audit_writer.shutdown()
+    return run_on_postgres("load", lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -192,17 +180,11 @@ def _run(args: argparse.Namespace) -> int:
     database_url = bench_http._database_url()
     root = Path(__file__).resolve().parent.parent
     port = bench_http._free_port()
-    env = {**os.environ, "DEBUG": "0", "DJANGO_SETTINGS_MODULE": "config.settings",
-           "SECRET_KEY": bench_http.SECRET_KEY, "ALLOWED_HOSTS": "127.0.0.1", "SECURE_SSL_REDIRECT": "0",
-           "SECURE_HSTS_SECONDS": "0", "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0",
-           "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    env = {**bench_http.production_env(database_url), "SESSION_COOKIE_SECURE": "0", "CSRF_COOKIE_SECURE": "0"}
     # As the image does at build: the pages link the hashed names of the collected files.
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=root,
                    env=env, check=True)
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--threads", str(args.threads), "--log-level", "warning"],
-        cwd=root, env=env)
+    gunicorn = bench_http.start_gunicorn(port, env=env, workers=args.workers, threads=args.threads)
     try:
         bench_http._wait_for(port, "/api/v1/health/", {})
         # Warm up every worker's connections and caches with a few of each kind.

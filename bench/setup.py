@@ -4,7 +4,7 @@ database made with Django's test-database machinery (migrations, triggers and al
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -37,3 +37,22 @@ def scratch_database(name: str) -> Iterator[str]:
         yield created
     finally:
         connection.creation.destroy_test_db(original, verbosity=0, keepdb=False)
+
+
+def run_on_postgres(name: str, run: Callable[[], int]) -> int:
+    """Configure Django, then ``run()`` in the scratch database ``<configured>_bench_<name>``
+    on PostgreSQL (the only backend these benchmarks measure); the audit writer's links are
+    closed afterwards, since they would keep the scratch database from being dropped."""
+    configure()
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        print(f"bench.{name} needs PostgreSQL: set DATABASE_URL=postgres://…")
+        return 2
+    with scratch_database(name):
+        try:
+            return run()
+        finally:
+            from exchange.audit import writer as audit_writer
+
+            audit_writer.shutdown()

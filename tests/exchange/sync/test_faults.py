@@ -20,7 +20,6 @@ from django.conf import settings
 from django.db import connection as django_connection
 from django.utils import timezone
 
-from config.celery import app as celery_app
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Source, Subscription
 from exchange.sync.tasks import housekeeping_reaper
@@ -54,16 +53,6 @@ def _needs_postgresql_and_redis() -> None:
     if django_connection.vendor != "postgresql" or not settings.REDIS_URL:
         pytest.skip("fault tests cut PostgreSQL and Redis off through a proxy; the embedded default "
                     "(SQLite, file broker) has neither, so they run on the PostgreSQL + Redis run only")
-
-
-@pytest.fixture
-def env(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    was_eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    yield {"MEDIA_ROOT": str(tmp_path), "SYNC_BATCH_SIZE": "20", "SYNC_RETRY_BACKOFF_SECONDS": "1",
-           "SYNC_RUN_STALE_SECONDS": "3"}
-    celery_app.conf.task_always_eager = was_eager
 
 
 @pytest.fixture

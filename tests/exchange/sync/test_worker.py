@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 
-from config.celery import app as celery_app
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Source
 from exchange.sync.tasks import housekeeping_reaper
@@ -27,16 +26,6 @@ from tests.sync_factories import (
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 HEADER = [f[0] for f in PERMIT_FIELDS]
-
-
-@pytest.fixture
-def env(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path
-    was_eager = celery_app.conf.task_always_eager
-    celery_app.conf.task_always_eager = False
-    yield {"MEDIA_ROOT": str(tmp_path), "SYNC_BATCH_SIZE": "20", "SYNC_RETRY_BACKOFF_SECONDS": "1",
-           "SYNC_RUN_STALE_SECONDS": "3"}
-    celery_app.conf.task_always_eager = was_eager
 
 
 @pytest.fixture
