@@ -43,6 +43,7 @@ from catalog import selectors
 from catalog.dcat import LICENCE_URIS
 from catalog.models import Dataset, Field, FieldType, Licence, Theme, Visibility
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError, statement_timeout_error
+from config.api.fields import parse_id
 from config.api.timeouts import is_statement_timeout
 from departments.authentication import CkanTokenAuthentication
 from departments.models import Department
@@ -81,11 +82,6 @@ def _int(params: dict[str, Any], name: str, default: int, maximum: int) -> int:
     if value < 0:
         raise _validation(name, "Must be a positive integer")
     return min(value, maximum)
-
-
-def _number(text: str) -> int | None:
-    """An id given as a number (``str.isdigit`` alone also accepts "²", which ``int`` refuses)."""
-    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -177,7 +173,7 @@ def _get_package(request: Request, ident: Any) -> Dataset:
     if not ident:
         raise _validation("id", "Missing value")
     ident = str(ident)
-    pk = _number(ident)
+    pk = parse_id(ident)
     q = Q(slug=ident) | Q(pk=pk) if pk is not None else Q(slug=ident)
     dataset = _visible(request).filter(q).first()
     if dataset is None:
@@ -195,7 +191,7 @@ def _apply_fq(qs: QuerySet[Dataset], fq: str) -> QuerySet[Dataset]:
         if key in ("dataset_type", "state", "capacity"):
             continue  # every package here is an active, public-type dataset
         if key in ("organization", "owner_org"):
-            pk = _number(value)
+            pk = parse_id(value)
             term = Q(department__slug=value) | Q(department_id=pk) if pk is not None else Q(department__slug=value)
         elif key == "tags":
             term = Q(keywords__icontains=selectors.json_element(value))
@@ -282,7 +278,7 @@ def organization_show(request: Request, params: dict[str, Any]) -> Any:
     ident = str(params.get("id") or "")
     if not ident:
         raise _validation("id", "Missing value")
-    pk = _number(ident)
+    pk = parse_id(ident)
     q = Q(slug=ident) | Q(pk=pk) if pk is not None else Q(slug=ident) | Q(code=ident)
     org = _organizations(request).filter(q).first()
     if org is None:

@@ -18,6 +18,7 @@ from catalog import ckan, selectors
 from catalog.ckan import CkanError
 from catalog.models import FieldType
 from config.api.errors import ApplicationError, PermissionDeniedError
+from config.api.fields import parse_id
 from exchange.records import selectors as records
 
 DEFAULT_LIMIT = 100
@@ -27,7 +28,7 @@ def _resource_dataset_id(resource_id: Any) -> int:
     if resource_id in (None, ""):
         raise CkanError("Validation Error", "resource_id: Missing value", 409, resource_id=["Missing value"])
     text = str(resource_id)
-    dataset_id = ckan._number(text.removesuffix("-records"))
+    dataset_id = parse_id(text.removesuffix("-records"))
     if dataset_id is None:
         raise CkanError("Not Found Error", "Resource was not found.", 404)
     return dataset_id

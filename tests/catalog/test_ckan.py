@@ -76,7 +76,7 @@ def test_package_show_by_name_or_id_with_datastore_fields(as_user, cast, catalog
     assert by_name["resources"][1]["format"] == "CSV"
 
 
-@pytest.mark.parametrize("name", ["parking-fines", "draft-works", "nope"])
+@pytest.mark.parametrize("name", ["parking-fines", "draft-works", "nope", "99999999999999999999999"])
 def test_invisible_package_is_not_found(as_user, cast, catalogue, name):
     error = failed(as_user(cast["outsider"]).get(f"{BASE}package_show", {"id": name}), 404, "Not Found Error")
     assert error["message"] == "Not found"
