@@ -6,6 +6,7 @@ receivers, grants and runs."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,10 +18,14 @@ from django.utils import timezone
 from departments.models import Department
 from exchange.audit.models import AuditEvent
 from exchange.records.selectors import pseudonymise
+from exchange.records.store import is_postgres
 from exchange.sync.models import Connection, Run, RunKind, RunStatus, Source, Subscription
 from tests.exchange.records.test_records import CANARY_NAME, CANARY_NOTE, CANARY_PHONE, rows
+from tests.exchange.sync.helpers import run_ingest
 from tests.factories import DepartmentFactory, MembershipFactory
 from tests.records_support import grant, load_rows, published_dataset
+from tests.sync_factories import PERMIT_FIELDS, csv_bytes, permit_rows, upload_source
+from tests.sync_factories import published_dataset as sync_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -194,3 +199,35 @@ def test_the_page_costs_a_bounded_number_of_queries(client, people, flow, who, d
     assert _count(client, url) == before
     with django_assert_max_num_queries(32):
         client.get(url)
+
+
+def test_the_record_count_follows_every_change_of_the_store(client, people, department, settings, tmp_path):
+    """The count is cached under the store's change number (on PostgreSQL): a first load,
+    deletions, a revival and an unchanged re-run each show the exact number of live records,
+    and a view of an unchanged store does not count it again."""
+    settings.MEDIA_ROOT = tmp_path
+    header = [f[0] for f in PERMIT_FIELDS]
+    dataset = sync_dataset(department=department)
+    source = upload_source(dataset=dataset, content=csv_bytes(header, permit_rows(30)))
+
+    def shown() -> str:
+        sync = _section(_page(client, people["steward"], dataset), "sync-status")
+        return sync[sync.index('id="record-count">') + len('id="record-count">'):].split("<", 1)[0]
+
+    def upload(rows: list[list[str]]) -> None:
+        Path(tmp_path, str(source.upload)).write_bytes(csv_bytes(header, rows))
+        assert run_ingest(source).status == "succeeded"
+
+    assert shown() == "0"
+    upload(permit_rows(30))
+    assert shown() == "30"
+    upload(permit_rows(20))  # ten deleted at the source
+    assert shown() == "20"
+    upload(permit_rows(25))  # five of them back (tombstones revived)
+    assert shown() == "25"
+    upload(permit_rows(25))  # nothing changed
+    assert shown() == "25"
+    if is_postgres():
+        with CaptureQueriesContext(connection) as ctx:
+            assert shown() == "25"
+        assert not [q for q in ctx.captured_queries if "count(*)" in q["sql"]]
