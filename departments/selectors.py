@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from django.contrib.auth.models import AnonymousUser, User
@@ -10,6 +12,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 
 from config.api.errors import NotFoundError, PermissionDeniedError
+from departments.access_version import VERSION_ATTR
 from departments.models import CityRole, CityRoleAssignment, Department, Membership, Role
 
 _CACHE_ATTR = "_exchange_principal"
@@ -54,13 +57,50 @@ class Principal:
         return CityRole.AUDITOR in self.city_roles
 
 
+# Principals by (user, is_staff, access version), for requests whose authentication read the
+# access version (token authentication does, in the statement that finds the token): the
+# version moves in the same transaction as any change to memberships, departments and city
+# roles (migration exchange/0011), so a principal filed under the version a request read is
+# what the two queries would answer, or newer (it was built after the version was read).
+_principals: OrderedDict[tuple[int, bool, int], Principal] = OrderedDict()
+_principals_lock = threading.Lock()
+PRINCIPALS_KEPT = 4096
+
+
 def principal_of(user: User | AnonymousUser) -> Principal:
     if not user.is_authenticated:
         return Principal(user_id=None)
     cached = getattr(user, _CACHE_ATTR, None)
     if cached is not None:
         return cached
-    principal = Principal(
+    version = user.__dict__.get(VERSION_ATTR)
+    key = (user.pk, bool(getattr(user, "is_staff", False)), int(version)) if version is not None else None
+    if key is not None:
+        with _principals_lock:
+            known = _principals.get(key)
+            if known is not None:
+                _principals.move_to_end(key)
+        if known is not None:
+            setattr(user, _CACHE_ATTR, known)
+            return known
+    principal = _build_principal(user)
+    setattr(user, _CACHE_ATTR, principal)
+    if key is not None:
+        with _principals_lock:
+            _principals[key] = principal
+            while len(_principals) > PRINCIPALS_KEPT:
+                _principals.popitem(last=False)
+    return principal
+
+
+def principals_forget_all() -> None:
+    """Empty the per-process principal cache (tests that change roles behind the triggers)."""
+    with _principals_lock:
+        _principals.clear()
+
+
+def _build_principal(user: User) -> Principal:
+    return Principal(
         user_id=user.pk,
         is_staff=bool(getattr(user, "is_staff", False)),
         department_roles=dict(
@@ -70,8 +110,6 @@ def principal_of(user: User | AnonymousUser) -> Principal:
         ),
         city_roles=frozenset(CityRoleAssignment.objects.filter(user_id=user.pk).values_list("role", flat=True)),
     )
-    setattr(user, _CACHE_ATTR, principal)
-    return principal
 
 
 def principal_forget(user: User) -> None:
