@@ -98,9 +98,14 @@ def dataset_visible_q(user: UserLike) -> Q | None:
     return q
 
 
+# The search columns are written by the services and read by the database's search only;
+# the tsvector alone is larger than the rest of a row, and every read would parse it.
+SEARCH_COLUMNS = ("search_terms", "search_text", "search_vector")
+
+
 def dataset_visible(*, user: UserLike) -> QuerySet[Dataset]:
     q = dataset_visible_q(user)
-    qs = Dataset.objects.all()
+    qs = Dataset.objects.defer(*SEARCH_COLUMNS)
     return qs if q is None else qs.filter(q)
 
 

@@ -1,4 +1,9 @@
+from typing import Any
+
 from django.conf import settings
+from django.core import paginator as django_paginator
+from django.db.models import Count, QuerySet, Window
+from django.db.models.query import ModelIterable
 from rest_framework import pagination
 from rest_framework.request import Request
 
@@ -31,5 +36,33 @@ class StrictPageSize:
                               maximum=settings.API_MAX_PAGE_SIZE)
 
 
+class CountingPaginator(django_paginator.Paginator):
+    """Django's paginator, with the total counted by the page's own statement
+    (``count(*) OVER ()``) instead of a ``SELECT count(*)`` of its own: one statement per page
+    instead of two, and the (often costly) visibility filter planned once. A page past the end
+    finds no row to carry the total, and a query the window would count differently
+    (``DISTINCT``) or a list that is not a query: Django's own path, with its own count."""
+
+    def page(self, number: Any) -> django_paginator.Page:
+        qs = self.object_list
+        if (not isinstance(qs, QuerySet) or qs._iterable_class is not ModelIterable or qs.query.distinct
+                or self.orphans):
+            return super().page(number)
+        try:
+            plain = int(number)
+        except (TypeError, ValueError):
+            return super().page(number)  # Django's own message for a page that is not a number
+        if plain < 1:
+            return super().page(number)
+        bottom = (plain - 1) * self.per_page
+        rows = list(qs.annotate(_page_total=Window(Count("*")))[bottom:bottom + self.per_page])
+        if not rows:
+            return super().page(number)
+        self.__dict__["count"] = rows[0]._page_total  # the cached property, answered
+        return django_paginator.Page(rows, plain, self)
+
+
 class PageNumberPagination(StrictPageSize, pagination.PageNumberPagination):
     page_size_query_param = "page_size"
+    django_paginator_class = CountingPaginator
+
