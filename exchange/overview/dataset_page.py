@@ -229,7 +229,8 @@ def dataset_preview(*, user: AnyUser, dataset: Dataset, view: EffectiveView) -> 
                    and bool(p.departments_where(Role.ANALYST, Role.STEWARD)))
     if not readable:
         return Preview(readable=False, may_request=may_request)
-    read_view, page = records.preview(user=user, dataset=dataset, rows=PREVIEW_ROWS)
+    # The view computed for the page a moment ago; readable_view checks it again.
+    read_view, page = records.preview(user=user, dataset=dataset, rows=PREVIEW_ROWS, view=view)
     columns = list(read_view.fields)
     return Preview(
         readable=True, view=read_view, columns=columns,
