@@ -143,7 +143,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTHENTICATION_BACKENDS = [
     # First: refuses every password check, right or wrong, of a locked-out user and address.
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's model backend, whose session lookup also reads the access version (for the
+    # principal cache). Sessions name the backend that signed them in: those signed in by
+    # Django's own ModelBackend before it was replaced here end, and their users sign in again.
+    "departments.authentication.SessionUserBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
 AUTH_PASSWORD_VALIDATORS = [

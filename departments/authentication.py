@@ -3,6 +3,8 @@ from __future__ import annotations
 from hmac import compare_digest
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 from knox.auth import TokenAuthentication
@@ -59,3 +61,20 @@ class CkanTokenAuthentication(ExpiringTokenAuthentication):
         if len(words) == 1:
             return self.authenticate_credentials(words[0])
         return super().authenticate(request)
+
+
+class SessionUserBackend(ModelBackend):
+    """Django's model backend, whose session lookup (``get_user``, once per signed-in page)
+    reads the access version in the statement that loads the user, as token authentication
+    does: the principal (``departments.selectors.principal_of``) is then taken from the
+    per-process cache when no membership, department or city role changed since."""
+
+    def get_user(self, user_id: Any) -> Any:
+        model = get_user_model()
+        user = (model._default_manager.filter(pk=user_id)
+                .annotate(_version=RawSQL(VERSION_SQL, ()))  # noqa: S611 - a fixed statement without input
+                .first())
+        if user is None:
+            return None
+        setattr(user, VERSION_ATTR, user.__dict__.pop("_version"))
+        return user if self.user_can_authenticate(user) else None

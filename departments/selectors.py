@@ -73,7 +73,7 @@ def principal_of(user: User | AnonymousUser) -> Principal:
     cached = getattr(user, _CACHE_ATTR, None)
     if cached is not None:
         return cached
-    version = user.__dict__.get(VERSION_ATTR)
+    version = getattr(user, VERSION_ATTR, None)  # through the lazy user of a web request too
     key = (user.pk, bool(getattr(user, "is_staff", False)), int(version)) if version is not None else None
     if key is not None:
         with _principals_lock:
@@ -113,9 +113,12 @@ def _build_principal(user: User) -> Principal:
 
 
 def principal_forget(user: User) -> None:
-    """Drop the cached principal after a role change made through this user object."""
-    if hasattr(user, _CACHE_ATTR):
-        delattr(user, _CACHE_ATTR)
+    """Drop the cached principal after a role change made through this user object, and the
+    access version read before it: the next principal is read afresh, not from the process
+    cache under a version that predates the change."""
+    for attr in (_CACHE_ATTR, VERSION_ATTR):
+        if hasattr(user, attr):
+            delattr(user, attr)
 
 
 # --- Departments ----------------------------------------------------------------------------
