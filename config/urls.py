@@ -22,6 +22,12 @@ api_v1: list[URLPattern | URLResolver] = [
 ]
 
 urlpatterns = [
+    # The API first: programs call it far more often than people open pages, and Django tries
+    # the patterns in order (no page's path starts with api/).
+    path("api/v1/", include(api_v1)),
+    # CKAN serves its action API at both; clients such as ckanapi use the unversioned one.
+    path("api/3/action/", include("catalog.ckan_urls")),
+    path("api/action/", include("catalog.ckan_urls")),
     path("", department_views.home, name="home"),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
@@ -99,10 +105,6 @@ urlpatterns = [
     path("dashboard/data/sync.json", overview_views.dashboard_sync, name="ui-dashboard-sync"),
     path("dashboard/data/audit.json", overview_views.dashboard_audit, name="ui-dashboard-audit"),
     path("admin/", admin.site.urls),
-    path("api/v1/", include(api_v1)),
-    # CKAN serves its action API at both; clients such as ckanapi use the unversioned one.
-    path("api/3/action/", include("catalog.ckan_urls")),
-    path("api/action/", include("catalog.ckan_urls")),
     path("", include("catalog.dcat_urls")),
 ]
 
