@@ -874,6 +874,57 @@ def csv_field_limit() -> int:
     return csv.field_size_limit()
 
 
+@contextmanager
+def read_ahead(items: Iterator[bytes], *, depth: int = 2) -> Iterator[Iterator[bytes]]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead of the consumer: the
+    checks of the next chunk of a file (``readers.plain_csv_chunks``, Python) run while the
+    connection waits for PostgreSQL to parse the previous one (libpq lets go of the GIL while
+    it waits), instead of one after the other. An exception of ``items`` reaches the consumer
+    in its place in the sequence; leaving the block early stops the thread."""
+    import queue
+    import threading
+
+    done = object()
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the file, now rather than whenever the generator is collected
+
+    def consume() -> Iterator[bytes]:
+        while (item := handoff.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=produce, name="exchange-csv-read-ahead", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[str], counts: Counts) -> bool:
     """COPY the uploaded file into ``text`` with PostgreSQL's CSV parser, a transaction per
     chunk (progress, heartbeat and cancel in between), record numbers from the identity column.
@@ -883,8 +934,8 @@ def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[s
     assert reader.csv_file is not None
     try:
         encoding = _literal(pg_csv_encoding(reader.csv_encoding))
-        with connection.cursor() as cursor:
-            for i, chunk in enumerate(plain_csv_chunks(reader.csv_file)):
+        with connection.cursor() as cursor, read_ahead(plain_csv_chunks(reader.csv_file)) as chunks:
+            for i, chunk in enumerate(chunks):
                 header = ", HEADER" if i == 0 else ""
                 options = f"FORMAT csv, FORCE_NULL ({', '.join(columns)}), ENCODING {encoding}{header}"
                 with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
