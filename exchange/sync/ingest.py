@@ -742,11 +742,16 @@ def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]
     elif f.type == "date":
         check, typed = _plain_date_sql(v), f"{v}::date"
     elif f.type == "timestamp" and optimistic:
-        # The shape below, all digits where digits belong; PostgreSQL's parse checks the ranges
-        # (raising if one is out) except for the two it takes and Python does not: 24:00 and :60.
-        check = (f"translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
+        # First a round trip, for an instant as PostgreSQL writes it in UTC (DateStyle ISO,
+        # TimeZone UTC for the statement; a year of four digits, not BC): three times cheaper
+        # than the shape check, and only ever true for text that the shape check takes too.
+        # Otherwise the shape below, all digits where digits belong; PostgreSQL's parse checks
+        # the ranges (raising if one is out) except for the two it takes and Python does not:
+        # 24:00 and :60.
+        check = (f"((substr({v}, 5, 1) = '-' AND right({v}, 3) = '+00' AND {v}::timestamptz::text = {v}) "
+                 f"OR (translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
                  f"AND left({v}, 4) <> '0000' AND substr({v}, 12, 2) <> '24' "
-                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')")
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')))")
     elif f.type == "timestamp":
         # "YYYY-MM-DD[T ]HH:MM[:SS[.f…]][Z|±HH[[:]MM]]", the offset below 15 hours.
         rest = f"translate(substr({v}, 17), {d}, '0000000000')"
@@ -813,7 +818,9 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
             for optimistic in (True, False):
                 try:
                     with transaction.atomic():
-                        cursor.execute("SET LOCAL DateStyle = 'ISO'")  # what the round trips compare with
+                        # What the round trips compare with.
+                        cursor.execute("SET LOCAL DateStyle = 'ISO'")
+                        cursor.execute("SET LOCAL TimeZone = 'UTC'")
                         cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
                                        f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} "
                                        f"FROM {text} WHERE {all_plain[optimistic]}")
