@@ -577,6 +577,11 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
                 counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
         elif csv_copy:
             csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
+            if _store_is_empty(plan):
+                try:
+                    return csv_first_load(run, plan, stage, counts)
+                except FirstLoadRefused:
+                    pass  # a key repeats (or the store changed): the merge below, as ever
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
@@ -1089,13 +1094,15 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
                 pass
 
 
-def index_load(plan: Plan, name: str, load: str) -> None:
+def index_load(plan: Plan, name: str, load: str, *, values_checked: bool = False) -> None:
     """Check the full load table and give it the store's indexes; raise FirstLoadRefused if a
     point or a number is bad or a key repeats (the staged path then says which rows, and why). The point
-    check is one count, which PostgreSQL scans in parallel; the indexes are built by sorting."""
+    check is one count, which PostgreSQL scans in parallel, left out when the values have been
+    checked already (``values_checked``); the indexes are built by sorting."""
     from django.db import IntegrityError
 
-    bad = " OR ".join(f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
+    bad = "" if values_checked else " OR ".join(
+        f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
     with transaction.atomic(), connection.cursor() as cursor:
         if bad:
             cursor.execute(f"SELECT count(*) FROM {load} WHERE {bad}")  # noqa: S608
@@ -1116,7 +1123,6 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
     import psycopg
 
     assert reader.copy_out is not None
-    table = plan.table
     by_column = {c: f for f, c in plan.columns.items() if c is not None}
     targets = [by_column[c] for c in reader.selected] + ["_seq"]
     with load_table(run, plan) as (name, load):
@@ -1130,28 +1136,70 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
         counts.staged = counts.read
         if watermark_column:
             counts.watermark = _bulk_watermark(plan, reader, load, watermark_column)
-        with transaction.atomic():
-            _recheck_claim(run)
-            with connection.cursor() as cursor:
-                # Readers of the (empty) store wait for this transaction's commit, then see the
-                # loaded table; none sees it half loaded.
-                cursor.execute(f"LOCK TABLE {table.qualified} IN ACCESS EXCLUSIVE MODE")
-                if not _store_is_empty(plan) or _columns_of(table.qualified) != _columns_of(load):
-                    # The store gained rows or columns meanwhile (a schema version published).
-                    raise FirstLoadRefused("the store changed during the run")
-                resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
-                          for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
-                cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
-                cursor.execute(f"DROP TABLE {table.qualified}")
-                cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")
-                cursor.execute(f"ALTER TABLE {table.qualified} RENAME CONSTRAINT {ident(name + '_pkey')} "
-                               f"TO {ident(table.name + '_pkey')}")
-                cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
-                               f"RENAME TO {ident(table.name + '_seq')}")
-            loaded = counts.read
-            result = MergeResult(inserted=loaded, updated=0, deleted=0, unchanged=0,
-                                 seq_from=1 if loaded else None, seq_to=loaded or None)
-            finish_ingest(run, plan, counts, result)
+        loaded = counts.read
+        result = MergeResult(inserted=loaded, updated=0, deleted=0, unchanged=0,
+                             seq_from=1 if loaded else None, seq_to=loaded or None)
+        replace_store(run, plan, name, load, counts, result)
+    return result
+
+
+def replace_store(run: Run, plan: Plan, name: str, load: str, counts: Counts, result: MergeResult) -> None:
+    """The indexed load table (see :func:`load_table`) becomes the store, in one transaction
+    with the run's success; FirstLoadRefused, with nothing changed, if the store did change."""
+    table = plan.table
+    with transaction.atomic():
+        _recheck_claim(run)
+        with connection.cursor() as cursor:
+            # Readers of the (empty) store wait for this transaction's commit, then see the
+            # loaded table; none sees it half loaded.
+            cursor.execute(f"LOCK TABLE {table.qualified} IN ACCESS EXCLUSIVE MODE")
+            if not _store_is_empty(plan) or _columns_of(table.qualified) != _columns_of(load):
+                # The store gained rows or columns meanwhile (a schema version published).
+                raise FirstLoadRefused("the store changed during the run")
+            resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
+                      for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
+            cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
+            cursor.execute(f"DROP TABLE {table.qualified}")
+            cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")
+            cursor.execute(f"ALTER TABLE {table.qualified} RENAME CONSTRAINT {ident(name + '_pkey')} "
+                           f"TO {ident(table.name + '_pkey')}")
+            cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
+                           f"RENAME TO {ident(table.name + '_seq')}")
+        finish_ingest(run, plan, counts, result)
+
+
+def csv_first_load(run: Run, plan: Plan, stage: str, counts: Counts) -> MergeResult:
+    """Load an empty store from a CSV run's staging table, typed and checked already: the merge
+    would only insert, keeping the store's indexes up to date row by row. Instead a new table
+    (:func:`load_table`) is filled by one INSERT … SELECT and indexed by sorting afterwards,
+    which also finds a repeated key without a search of its own. The records are the merge's:
+    ``_seq`` is the record number, as the merge numbers them into an empty store. Raises
+    FirstLoadRefused when a key repeats or the store changed: the caller then merges the same
+    staging table as ever (``quarantine_duplicates`` says which rows repeat a key)."""
+    from django.db import IntegrityError
+
+    cols = quoted_list([f.name for f in plan.fields])
+    seq, rn, bad = ident("_seq"), ident("_rn"), ident("_bad")
+    with load_table(run, plan) as (name, load):
+        if _columns_of(plan.table.qualified) != _columns_of(load):
+            # The store differs from the schema (a field made required after the table was
+            # created, say): the swap would refuse the table, so it is not filled at all.
+            raise FirstLoadRefused("the store's columns differ from the load table's")
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                # Not the rows of the key only (_bad): they are kept for a merge's deletions.
+                cursor.execute(f"INSERT INTO {load} ({cols}, {seq}) "  # noqa: S608
+                               f"SELECT {cols}, {rn} FROM {stage} WHERE NOT {bad}")
+                inserted = cursor.rowcount
+        except IntegrityError as exc:  # a value the store refuses; the merge then says so
+            raise FirstLoadRefused(str(exc)) from exc
+        index_load(plan, name, load, values_checked=True)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT max({seq}) FROM {load}")  # noqa: S608 - the index's last entry
+            top = cursor.fetchone()[0]
+        result = MergeResult(inserted=inserted, updated=0, deleted=0, unchanged=counts.staged - inserted,
+                             seq_from=1 if inserted else None, seq_to=int(top) if inserted else None)
+        replace_store(run, plan, name, load, counts, result)
     return result
 
 
