@@ -258,8 +258,9 @@ def stage_in_python(run: Run, plan: Plan, rows: Iterable[RawRow], stage: str, co
             if key_only is not None:
                 buffer.append([*key_only, None, raw.number, True])
         else:
-            # PostgreSQL compares values in SQL during the merge (see _changed_sql).
-            buffer.append([*values, None if is_postgres() else content_hash(values), raw.number, False])
+            # PostgreSQL compares values in SQL during the merge (see _changed_sql); "", which
+            # is what a record's _hash is there, lets csv_first_load make the staging table the store.
+            buffer.append([*values, "" if is_postgres() else content_hash(values), raw.number, False])
             counts.staged += 1
         if len(buffer) >= batch_size or time.monotonic() - last_progress > PROGRESS_EVERY_SECONDS:
             stage_rows(stage, plan, buffer)
@@ -576,8 +577,10 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
             if watermark_column:
                 counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
         elif csv_copy:
-            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
-            if _store_is_empty(plan):
+            loadable = store_takes_a_load(run, plan)
+            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None,
+                           logged=loadable)
+            if loadable:
                 try:
                     return csv_first_load(run, plan, stage, counts)
                 except FirstLoadRefused:
@@ -671,7 +674,11 @@ def _csv_tables(plan: Plan) -> tuple[str, str]:
     never overlap; a pair left by a killed worker is dropped by the next run)."""
     table = plan.table
     assert table.schema is not None
-    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, f"{table.name}_stage")
+    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, _csv_stage_name(plan))
+
+
+def _csv_stage_name(plan: Plan) -> str:
+    return f"{plan.table.name}_stage"
 
 
 @contextmanager
@@ -790,8 +797,9 @@ def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]
 
 
 def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
-                   watermark_column: str | None) -> None:
-    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``."""
+                   watermark_column: str | None, logged: bool = False) -> None:
+    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``. A
+    ``logged`` staging table may become the store (:func:`csv_first_load`)."""
     import json
 
     header = reader.columns
@@ -826,8 +834,10 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
                         # What the round trips compare with.
                         cursor.execute("SET LOCAL DateStyle = 'ISO'")
                         cursor.execute("SET LOCAL TimeZone = 'UTC'")
-                        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
-                                       f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} "
+                        # The columns in the store's order, for csv_first_load.
+                        cursor.execute(f"CREATE {'' if logged else 'UNLOGGED '}TABLE {stage} AS "  # noqa: S608
+                                       f"SELECT {', '.join(typed)}, {rn}, ''::text AS {ident('_hash')}, "
+                                       f"false AS {ident('_bad')} "
                                        f"FROM {text} WHERE {all_plain[optimistic]}")
                         counts.staged = cursor.rowcount
                     break
@@ -1168,38 +1178,63 @@ def replace_store(run: Run, plan: Plan, name: str, load: str, counts: Counts, re
         finish_ingest(run, plan, counts, result)
 
 
-def csv_first_load(run: Run, plan: Plan, stage: str, counts: Counts) -> MergeResult:
-    """Load an empty store from a CSV run's staging table, typed and checked already: the merge
-    would only insert, keeping the store's indexes up to date row by row. Instead a new table
-    (:func:`load_table`) is filled by one INSERT … SELECT and indexed by sorting afterwards,
-    which also finds a repeated key without a search of its own. The records are the merge's:
-    ``_seq`` is the record number, as the merge numbers them into an empty store. Raises
-    FirstLoadRefused when a key repeats or the store changed: the caller then merges the same
-    staging table as ever (``quarantine_duplicates`` says which rows repeat a key)."""
-    from django.db import IntegrityError
-
-    cols = quoted_list([f.name for f in plan.fields])
-    seq, rn, bad = ident("_seq"), ident("_rn"), ident("_bad")
-    with load_table(run, plan) as (name, load):
-        if _columns_of(plan.table.qualified) != _columns_of(load):
-            # The store differs from the schema (a field made required after the table was
-            # created, say): the swap would refuse the table, so it is not filled at all.
-            raise FirstLoadRefused("the store's columns differ from the load table's")
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                # Not the rows of the key only (_bad): they are kept for a merge's deletions.
-                cursor.execute(f"INSERT INTO {load} ({cols}, {seq}) "  # noqa: S608
-                               f"SELECT {cols}, {rn} FROM {stage} WHERE NOT {bad}")
-                inserted = cursor.rowcount
-        except IntegrityError as exc:  # a value the store refuses; the merge then says so
-            raise FirstLoadRefused(str(exc)) from exc
-        index_load(plan, name, load, values_checked=True)
+def store_takes_a_load(run: Run, plan: Plan) -> bool:
+    """Whether the store is empty and has the columns a load table (:func:`load_table`) gets,
+    which it has not when a field was made required after the table was created, say. Compared
+    with an empty load table, made for the purpose and dropped again."""
+    if not _store_is_empty(plan):
+        return False
+    with load_table(run, plan) as (_, load):
+        same = _columns_of(plan.table.qualified) == _columns_of(load)
         with connection.cursor() as cursor:
-            cursor.execute(f"SELECT max({seq}) FROM {load}")  # noqa: S608 - the index's last entry
-            top = cursor.fetchone()[0]
-        result = MergeResult(inserted=inserted, updated=0, deleted=0, unchanged=counts.staged - inserted,
-                             seq_from=1 if inserted else None, seq_to=int(top) if inserted else None)
-        replace_store(run, plan, name, load, counts, result)
+            cursor.execute(f"DROP TABLE {load}")
+    return same
+
+
+def csv_first_load(run: Run, plan: Plan, stage: str, counts: Counts) -> MergeResult:
+    """Make the staging table of a CSV run the store, which is empty (``store_takes_a_load``;
+    the staging table is then a logged one): the merge would only copy its rows into the store,
+    keeping the store's indexes up to date row by row. In the run's one transaction, the staging
+    table takes the store's shape (its record numbers are the merge's ``_seq`` into an empty
+    store, the system columns get the merge's values as defaults, which need no rewrite), is
+    indexed by sorting (which also finds a repeated key, without a search of its own) and
+    replaces the store. Raises FirstLoadRefused, with everything rolled back, when a key repeats
+    or the store changed: the caller then merges the same staging table as ever
+    (``quarantine_duplicates`` says which rows repeat a key)."""
+    from django.db import IntegrityError
+    from psycopg import sql
+
+    name = _csv_stage_name(plan)
+    now = sql.Literal(timezone.now()).as_string(connection.connection)
+    required = [f.name for f in plan.fields if f.is_key or not f.nullable]
+    seq, rn, bad = ident("_seq"), ident("_rn"), ident("_bad")
+    changes = [
+        f"DROP COLUMN {bad}",
+        f"ADD COLUMN {ident('_deleted')} boolean NOT NULL DEFAULT false",
+        f"ADD COLUMN {ident('_first_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"ADD COLUMN {ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"ADD COLUMN {ident('_first_run')} bigint DEFAULT {int(run.pk)}",
+        f"ADD COLUMN {ident('_last_run')} bigint DEFAULT {int(run.pk)}",
+    ] + [f"ALTER COLUMN {ident(c)} SET NOT NULL" for c in [*required, "_seq", "_hash"]]
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                if counts.staged != counts.read:
+                    # The rows of the key only (of quarantined records) serve a merge's deletions.
+                    cursor.execute(f"DELETE FROM {stage} WHERE {bad}")  # noqa: S608
+                cursor.execute(f"ALTER TABLE {stage} RENAME COLUMN {rn} TO {seq}")
+                # One scan checks every NOT NULL.
+                cursor.execute(f"ALTER TABLE {stage} {', '.join(changes)}")
+            index_load(plan, name, stage, values_checked=True)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT max({seq}) FROM {stage}")  # noqa: S608 - the index's last entry
+                top = cursor.fetchone()[0]
+            inserted = counts.staged
+            result = MergeResult(inserted=inserted, updated=0, deleted=0, unchanged=0,
+                                 seq_from=1 if inserted else None, seq_to=int(top) if inserted else None)
+            replace_store(run, plan, name, stage, counts, result)
+    except IntegrityError as exc:  # a value the store refuses; the merge then says which
+        raise FirstLoadRefused(str(exc)) from exc
     return result
 
 

@@ -259,8 +259,8 @@ def _first_load_queries(queries: Any, dataset: Any) -> dict[str, bool]:
     sql = [q["sql"] for q in queries.captured_queries]
     table = f'"exchange_store"."ds_{dataset.pk}'
     return {
-        "load filled": any(s.startswith(f"INSERT INTO {table}_load") for s in sql),
-        "load became the store": any(s.startswith(f"ALTER TABLE {table}_load\" RENAME TO") for s in sql),
+        "stage logged": any(s.startswith(f"CREATE TABLE {table}_stage\" AS") for s in sql),
+        "stage became the store": any(s.startswith(f"ALTER TABLE {table}_stage\" RENAME TO") for s in sql),
         "merged": any(s.startswith(f'INSERT INTO {table}" ') for s in sql),
         "duplicates searched": any("HAVING count(*) > 1" in s and f"{table}_stage" in s for s in sql),
     }
@@ -284,8 +284,8 @@ def _refused(*args: Any, **kwargs: Any) -> Any:
 
 def test_a_csv_into_an_empty_store_is_a_first_load_that_matches_the_merge_and_the_python_path(
         department, monkeypatch):
-    """No key repeats: the empty store is replaced by a new table filled in one statement and
-    indexed afterwards. Store, counts, sequence numbers, quarantine and watermark come out as the
+    """No key repeats: the staging table, a logged one, takes the store's shape, is indexed and
+    replaces the empty store. Store, counts, sequence numbers, quarantine and watermark come out as the
     merge of the same staging table (first load refused) and the Python path make them. Run
     again, into the stocked store, the file is merged, and changes nothing."""
     content = _plain_content(_rows(ragged=False)[:-1])  # without the row that repeats key 3
@@ -293,7 +293,7 @@ def test_a_csv_into_an_empty_store_is_a_first_load_that_matches_the_merge_and_th
     with CaptureQueriesContext(django_connection) as queries:
         run_loaded = run_ingest(loaded)
     assert _first_load_queries(queries, loaded.dataset) == {
-        "load filled": True, "load became the store": True, "merged": False, "duplicates searched": False}
+        "stage logged": True, "stage became the store": True, "merged": False, "duplicates searched": False}
     assert run_loaded.rows_quarantined > 20 and run_loaded.rows_inserted > 20
 
     with monkeypatch.context() as m:
@@ -309,20 +309,20 @@ def test_a_csv_into_an_empty_store_is_a_first_load_that_matches_the_merge_and_th
     with CaptureQueriesContext(django_connection) as queries:
         again = run_ingest(loaded)
     assert _first_load_queries(queries, loaded.dataset) == {
-        "load filled": False, "load became the store": False, "merged": True, "duplicates searched": True}
+        "stage logged": False, "stage became the store": False, "merged": True, "duplicates searched": True}
     assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, run_loaded.rows_inserted)
     first, second = _outcome(loaded, run_loaded), _outcome(loaded, again)
     assert second["rows"] == first["rows"] and second["quarantine"] == first["quarantine"]
 
 
 def test_a_repeated_key_refuses_the_first_load_and_the_merge_quarantines_it(department, monkeypatch):
-    """The primary key of the load table finds the repeated key (no search beforehand); the run
-    then merges the staging table it has, with the quarantine the merge always made."""
+    """The primary key of the staging table finds the repeated key (no search beforehand); the run
+    then merges the staging table as it was, with the quarantine the merge always made."""
     loaded, by_python = _sources(department, _plain_content(_rows(ragged=False)), "loaded", "by-python")
     with CaptureQueriesContext(django_connection) as queries:
         run = run_ingest(loaded)
     assert _first_load_queries(queries, loaded.dataset) == {
-        "load filled": True, "load became the store": False, "merged": True, "duplicates searched": True}
+        "stage logged": True, "stage became the store": False, "merged": True, "duplicates searched": True}
     assert run.quarantined.filter(reason__startswith="duplicate key (k=3) within the run").count() == 1
     monkeypatch.setattr(ingest, "csv_copy_eligible", lambda reader: False)
     assert _outcome(loaded, run) == _outcome(by_python, run_ingest(by_python))
@@ -334,7 +334,7 @@ def test_a_repeated_key_refuses_the_first_load_and_the_merge_quarantines_it(depa
 
 def test_a_store_whose_columns_differ_from_the_schema_is_merged_without_loading(department, monkeypatch):
     """A required field whose store column still takes NULL (made required after the table was
-    created): the load table would not match the store, so nothing is loaded; the merge does it."""
+    created): the staging table would not match the store, so it stays unlogged and is merged."""
     from catalog.models import Field
 
     (loaded,) = _sources(department, _plain_content(_rows(ragged=False)[:-1]), "loaded")
@@ -343,4 +343,4 @@ def test_a_store_whose_columns_differ_from_the_schema_is_merged_without_loading(
         run = run_ingest(loaded)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert _first_load_queries(queries, loaded.dataset) == {
-        "load filled": False, "load became the store": False, "merged": True, "duplicates searched": True}
+        "stage logged": False, "stage became the store": False, "merged": True, "duplicates searched": True}
