@@ -258,8 +258,9 @@ def stage_in_python(run: Run, plan: Plan, rows: Iterable[RawRow], stage: str, co
             if key_only is not None:
                 buffer.append([*key_only, None, raw.number, True])
         else:
-            # PostgreSQL compares values in SQL during the merge (see _changed_sql).
-            buffer.append([*values, None if is_postgres() else content_hash(values), raw.number, False])
+            # PostgreSQL compares values in SQL during the merge (see _changed_sql); "", which
+            # is what a record's _hash is there, lets csv_first_load make the staging table the store.
+            buffer.append([*values, "" if is_postgres() else content_hash(values), raw.number, False])
             counts.staged += 1
         if len(buffer) >= batch_size or time.monotonic() - last_progress > PROGRESS_EVERY_SECONDS:
             stage_rows(stage, plan, buffer)
@@ -576,7 +577,14 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
             if watermark_column:
                 counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
         elif csv_copy:
-            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
+            loadable = store_takes_a_load(run, plan)
+            csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None,
+                           logged=loadable)
+            if loadable:
+                try:
+                    return csv_first_load(run, plan, stage, counts)
+                except FirstLoadRefused:
+                    pass  # a key repeats (or the store changed): the merge below, as ever
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
@@ -666,7 +674,11 @@ def _csv_tables(plan: Plan) -> tuple[str, str]:
     never overlap; a pair left by a killed worker is dropped by the next run)."""
     table = plan.table
     assert table.schema is not None
-    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, f"{table.name}_stage")
+    return ident(table.schema, f"{table.name}_csv"), ident(table.schema, _csv_stage_name(plan))
+
+
+def _csv_stage_name(plan: Plan) -> str:
+    return f"{plan.table.name}_stage"
 
 
 @contextmanager
@@ -742,11 +754,16 @@ def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]
     elif f.type == "date":
         check, typed = _plain_date_sql(v), f"{v}::date"
     elif f.type == "timestamp" and optimistic:
-        # The shape below, all digits where digits belong; PostgreSQL's parse checks the ranges
-        # (raising if one is out) except for the two it takes and Python does not: 24:00 and :60.
-        check = (f"translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
+        # First a round trip, for an instant as PostgreSQL writes it in UTC (DateStyle ISO,
+        # TimeZone UTC for the statement; a year of four digits, not BC): three times cheaper
+        # than the shape check, and only ever true for text that the shape check takes too.
+        # Otherwise the shape below, all digits where digits belong; PostgreSQL's parse checks
+        # the ranges (raising if one is out) except for the two it takes and Python does not:
+        # 24:00 and :60.
+        check = (f"((substr({v}, 5, 1) = '-' AND right({v}, 3) = '+00' AND {v}::timestamptz::text = {v}) "
+                 f"OR (translate({v}, {d}, '0000000000') = ANY({_text_set(_TIMESTAMP_SHAPES)}) "
                  f"AND left({v}, 4) <> '0000' AND substr({v}, 12, 2) <> '24' "
-                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')")
+                 f"AND (substr({v}, 17, 1) <> ':' OR substr({v}, 18, 2) <> '60')))")
     elif f.type == "timestamp":
         # "YYYY-MM-DD[T ]HH:MM[:SS[.f…]][Z|±HH[[:]MM]]", the offset below 15 hours.
         rest = f"translate(substr({v}, 17), {d}, '0000000000')"
@@ -780,8 +797,9 @@ def _plain_sql(f: Field, v: str, *, optimistic: bool = False) -> tuple[str, str]
 
 
 def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Counts, *,
-                   watermark_column: str | None) -> None:
-    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``."""
+                   watermark_column: str | None, logged: bool = False) -> None:
+    """Stage a CSV source on PostgreSQL (see above). Precondition: ``csv_copy_eligible``. A
+    ``logged`` staging table may become the store (:func:`csv_first_load`)."""
     import json
 
     header = reader.columns
@@ -813,9 +831,13 @@ def csv_into_stage(run: Run, plan: Plan, reader: Reader, stage: str, counts: Cou
             for optimistic in (True, False):
                 try:
                     with transaction.atomic():
-                        cursor.execute("SET LOCAL DateStyle = 'ISO'")  # what the round trips compare with
-                        cursor.execute(f"CREATE UNLOGGED TABLE {stage} AS SELECT {', '.join(typed)}, "  # noqa: S608
-                                       f"NULL::text AS {ident('_hash')}, {rn}, false AS {ident('_bad')} "
+                        # What the round trips compare with.
+                        cursor.execute("SET LOCAL DateStyle = 'ISO'")
+                        cursor.execute("SET LOCAL TimeZone = 'UTC'")
+                        # The columns in the store's order, for csv_first_load.
+                        cursor.execute(f"CREATE {'' if logged else 'UNLOGGED '}TABLE {stage} AS "  # noqa: S608
+                                       f"SELECT {', '.join(typed)}, {rn}, ''::text AS {ident('_hash')}, "
+                                       f"false AS {ident('_bad')} "
                                        f"FROM {text} WHERE {all_plain[optimistic]}")
                         counts.staged = cursor.rowcount
                     break
@@ -874,6 +896,57 @@ def csv_field_limit() -> int:
     return csv.field_size_limit()
 
 
+@contextmanager
+def read_ahead(items: Iterator[bytes], *, depth: int = 2) -> Iterator[Iterator[bytes]]:
+    """``items``, produced by a thread of their own up to ``depth`` ahead of the consumer: the
+    checks of the next chunk of a file (``readers.plain_csv_chunks``, Python) run while the
+    connection waits for PostgreSQL to parse the previous one (libpq lets go of the GIL while
+    it waits), instead of one after the other. An exception of ``items`` reaches the consumer
+    in its place in the sequence; leaving the block early stops the thread."""
+    import queue
+    import threading
+
+    done = object()
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, who raises it
+            put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the file, now rather than whenever the generator is collected
+
+    def consume() -> Iterator[bytes]:
+        while (item := handoff.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    thread = threading.Thread(target=produce, name="exchange-csv-read-ahead", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[str], counts: Counts) -> bool:
     """COPY the uploaded file into ``text`` with PostgreSQL's CSV parser, a transaction per
     chunk (progress, heartbeat and cancel in between), record numbers from the identity column.
@@ -883,8 +956,8 @@ def _csv_parsed_by_postgres(run: Run, reader: Reader, text: str, columns: list[s
     assert reader.csv_file is not None
     try:
         encoding = _literal(pg_csv_encoding(reader.csv_encoding))
-        with connection.cursor() as cursor:
-            for i, chunk in enumerate(plain_csv_chunks(reader.csv_file)):
+        with connection.cursor() as cursor, read_ahead(plain_csv_chunks(reader.csv_file)) as chunks:
+            for i, chunk in enumerate(chunks):
                 header = ", HEADER" if i == 0 else ""
                 options = f"FORMAT csv, FORCE_NULL ({', '.join(columns)}), ENCODING {encoding}{header}"
                 with transaction.atomic(), cursor.cursor.copy(  # type: ignore[union-attr]
@@ -1031,13 +1104,15 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
                 pass
 
 
-def index_load(plan: Plan, name: str, load: str) -> None:
+def index_load(plan: Plan, name: str, load: str, *, values_checked: bool = False) -> None:
     """Check the full load table and give it the store's indexes; raise FirstLoadRefused if a
     point or a number is bad or a key repeats (the staged path then says which rows, and why). The point
-    check is one count, which PostgreSQL scans in parallel; the indexes are built by sorting."""
+    check is one count, which PostgreSQL scans in parallel, left out when the values have been
+    checked already (``values_checked``); the indexes are built by sorting."""
     from django.db import IntegrityError
 
-    bad = " OR ".join(f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
+    bad = "" if values_checked else " OR ".join(
+        f"({condition})" for f in plan.fields for condition, _ in _value_checks(f))
     with transaction.atomic(), connection.cursor() as cursor:
         if bad:
             cursor.execute(f"SELECT count(*) FROM {load} WHERE {bad}")  # noqa: S608
@@ -1058,7 +1133,6 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
     import psycopg
 
     assert reader.copy_out is not None
-    table = plan.table
     by_column = {c: f for f, c in plan.columns.items() if c is not None}
     targets = [by_column[c] for c in reader.selected] + ["_seq"]
     with load_table(run, plan) as (name, load):
@@ -1072,28 +1146,95 @@ def first_load(run: Run, plan: Plan, reader: Reader, counts: Counts, *, watermar
         counts.staged = counts.read
         if watermark_column:
             counts.watermark = _bulk_watermark(plan, reader, load, watermark_column)
+        loaded = counts.read
+        result = MergeResult(inserted=loaded, updated=0, deleted=0, unchanged=0,
+                             seq_from=1 if loaded else None, seq_to=loaded or None)
+        replace_store(run, plan, name, load, counts, result)
+    return result
+
+
+def replace_store(run: Run, plan: Plan, name: str, load: str, counts: Counts, result: MergeResult) -> None:
+    """The indexed load table (see :func:`load_table`) becomes the store, in one transaction
+    with the run's success; FirstLoadRefused, with nothing changed, if the store did change."""
+    table = plan.table
+    with transaction.atomic():
+        _recheck_claim(run)
+        with connection.cursor() as cursor:
+            # Readers of the (empty) store wait for this transaction's commit, then see the
+            # loaded table; none sees it half loaded.
+            cursor.execute(f"LOCK TABLE {table.qualified} IN ACCESS EXCLUSIVE MODE")
+            if not _store_is_empty(plan) or _columns_of(table.qualified) != _columns_of(load):
+                # The store gained rows or columns meanwhile (a schema version published).
+                raise FirstLoadRefused("the store changed during the run")
+            resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
+                      for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
+            cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
+            cursor.execute(f"DROP TABLE {table.qualified}")
+            cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")
+            cursor.execute(f"ALTER TABLE {table.qualified} RENAME CONSTRAINT {ident(name + '_pkey')} "
+                           f"TO {ident(table.name + '_pkey')}")
+            cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
+                           f"RENAME TO {ident(table.name + '_seq')}")
+        finish_ingest(run, plan, counts, result)
+
+
+def store_takes_a_load(run: Run, plan: Plan) -> bool:
+    """Whether the store is empty and has the columns a load table (:func:`load_table`) gets,
+    which it has not when a field was made required after the table was created, say. Compared
+    with an empty load table, made for the purpose and dropped again."""
+    if not _store_is_empty(plan):
+        return False
+    with load_table(run, plan) as (_, load):
+        same = _columns_of(plan.table.qualified) == _columns_of(load)
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TABLE {load}")
+    return same
+
+
+def csv_first_load(run: Run, plan: Plan, stage: str, counts: Counts) -> MergeResult:
+    """Make the staging table of a CSV run the store, which is empty (``store_takes_a_load``;
+    the staging table is then a logged one): the merge would only copy its rows into the store,
+    keeping the store's indexes up to date row by row. In the run's one transaction, the staging
+    table takes the store's shape (its record numbers are the merge's ``_seq`` into an empty
+    store, the system columns get the merge's values as defaults, which need no rewrite), is
+    indexed by sorting (which also finds a repeated key, without a search of its own) and
+    replaces the store. Raises FirstLoadRefused, with everything rolled back, when a key repeats
+    or the store changed: the caller then merges the same staging table as ever
+    (``quarantine_duplicates`` says which rows repeat a key)."""
+    from django.db import IntegrityError
+    from psycopg import sql
+
+    name = _csv_stage_name(plan)
+    now = sql.Literal(timezone.now()).as_string(connection.connection)
+    required = [f.name for f in plan.fields if f.is_key or not f.nullable]
+    seq, rn, bad = ident("_seq"), ident("_rn"), ident("_bad")
+    changes = [
+        f"DROP COLUMN {bad}",
+        f"ADD COLUMN {ident('_deleted')} boolean NOT NULL DEFAULT false",
+        f"ADD COLUMN {ident('_first_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"ADD COLUMN {ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
+        f"ADD COLUMN {ident('_first_run')} bigint DEFAULT {int(run.pk)}",
+        f"ADD COLUMN {ident('_last_run')} bigint DEFAULT {int(run.pk)}",
+    ] + [f"ALTER COLUMN {ident(c)} SET NOT NULL" for c in [*required, "_seq", "_hash"]]
+    try:
         with transaction.atomic():
-            _recheck_claim(run)
             with connection.cursor() as cursor:
-                # Readers of the (empty) store wait for this transaction's commit, then see the
-                # loaded table; none sees it half loaded.
-                cursor.execute(f"LOCK TABLE {table.qualified} IN ACCESS EXCLUSIVE MODE")
-                if not _store_is_empty(plan) or _columns_of(table.qualified) != _columns_of(load):
-                    # The store gained rows or columns meanwhile (a schema version published).
-                    raise FirstLoadRefused("the store changed during the run")
-                resets = [f"ALTER COLUMN {ident(c)} DROP DEFAULT"
-                          for c in ("_hash", "_first_seen", "_last_seen", "_first_run", "_last_run")]
-                cursor.execute(f"ALTER TABLE {load} {', '.join(resets)}")
-                cursor.execute(f"DROP TABLE {table.qualified}")
-                cursor.execute(f"ALTER TABLE {load} RENAME TO {ident(table.name)}")
-                cursor.execute(f"ALTER TABLE {table.qualified} RENAME CONSTRAINT {ident(name + '_pkey')} "
-                               f"TO {ident(table.name + '_pkey')}")
-                cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
-                               f"RENAME TO {ident(table.name + '_seq')}")
-            loaded = counts.read
-            result = MergeResult(inserted=loaded, updated=0, deleted=0, unchanged=0,
-                                 seq_from=1 if loaded else None, seq_to=loaded or None)
-            finish_ingest(run, plan, counts, result)
+                if counts.staged != counts.read:
+                    # The rows of the key only (of quarantined records) serve a merge's deletions.
+                    cursor.execute(f"DELETE FROM {stage} WHERE {bad}")  # noqa: S608
+                cursor.execute(f"ALTER TABLE {stage} RENAME COLUMN {rn} TO {seq}")
+                # One scan checks every NOT NULL.
+                cursor.execute(f"ALTER TABLE {stage} {', '.join(changes)}")
+            index_load(plan, name, stage, values_checked=True)
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT max({seq}) FROM {stage}")  # noqa: S608 - the index's last entry
+                top = cursor.fetchone()[0]
+            inserted = counts.staged
+            result = MergeResult(inserted=inserted, updated=0, deleted=0, unchanged=0,
+                                 seq_from=1 if inserted else None, seq_to=int(top) if inserted else None)
+            replace_store(run, plan, name, stage, counts, result)
+    except IntegrityError as exc:  # a value the store refuses; the merge then says which
+        raise FirstLoadRefused(str(exc)) from exc
     return result
 
 

@@ -61,7 +61,11 @@ CASTABLE: dict[str, list[str]] = {
            "Jan 8 2024", "1/8/2024"],
     "ts": ["2024-02-01 24:00:00", "2024-02-01T23:59:60", "2024-02-01 10:00", "2024-02-01T10:00:00Z",
            "2024-02-01T10:00:00.1234567", "2024-10-27 02:30:00", "2024-02-01T10:00:00+15:00", "now",
-           "2024-02-01T10:00:00.5+01", "2024-02-01t10:00"],
+           "2024-02-01T10:00:00.5+01", "2024-02-01t10:00",
+           # As PostgreSQL writes an instant in UTC (the round trip), and near misses of it.
+           "2024-02-01 10:00:00+00", "2024-02-01 10:00:00.123456+00", "2024-02-01 10:00:00.50+00",
+           "0999-02-01 10:00:00+00", "10000-01-01 00:00:00+00", "0001-01-01 00:00:00+00 BC",
+           "2024-02-01 10:00:00+01", "2024-02-01 10:00:00.5-00"],
 }
 
 
@@ -248,3 +252,95 @@ def test_csv_work_tables_are_gone_after_a_run_and_a_leftover_is_replaced(departm
         cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'exchange_store' AND tablename LIKE %s",
                        [f"ds_{dataset.pk}%"])
         assert [r[0] for r in cursor.fetchall()] == [f"ds_{dataset.pk}"]
+
+
+def _first_load_queries(queries: Any, dataset: Any) -> dict[str, bool]:
+    """Which ways the CSV run took into the store, from its statements."""
+    sql = [q["sql"] for q in queries.captured_queries]
+    table = f'"exchange_store"."ds_{dataset.pk}'
+    return {
+        "stage logged": any(s.startswith(f"CREATE TABLE {table}_stage\" AS") for s in sql),
+        "stage became the store": any(s.startswith(f"ALTER TABLE {table}_stage\" RENAME TO") for s in sql),
+        "merged": any(s.startswith(f'INSERT INTO {table}" ') for s in sql),
+        "duplicates searched": any("HAVING count(*) > 1" in s and f"{table}_stage" in s for s in sql),
+    }
+
+
+def _sources(department: Any, content: bytes, *slugs: str) -> list[Any]:
+    mapping = {f[0]: f[0] for f in FIELDS}
+    sources = []
+    for slug in slugs:
+        source = upload_source(dataset=published_dataset(department=department, slug=slug, fields=FIELDS),
+                               content=content, mapping=mapping)
+        source.watermark_column = "ts"
+        source.save()
+        sources.append(source)
+    return sources
+
+
+def _refused(*args: Any, **kwargs: Any) -> Any:
+    raise ingest.FirstLoadRefused("refused by the test")
+
+
+def test_a_csv_into_an_empty_store_is_a_first_load_that_matches_the_merge_and_the_python_path(
+        department, monkeypatch):
+    """No key repeats: the staging table, a logged one, takes the store's shape, is indexed and
+    replaces the empty store. Store, counts, sequence numbers, quarantine and watermark come out as the
+    merge of the same staging table (first load refused) and the Python path make them. Run
+    again, into the stocked store, the file is merged, and changes nothing."""
+    content = _plain_content(_rows(ragged=False)[:-1])  # without the row that repeats key 3
+    loaded, merged, by_python = _sources(department, content, "loaded", "merged", "by-python")
+    with CaptureQueriesContext(django_connection) as queries:
+        run_loaded = run_ingest(loaded)
+    assert _first_load_queries(queries, loaded.dataset) == {
+        "stage logged": True, "stage became the store": True, "merged": False, "duplicates searched": False}
+    assert run_loaded.rows_quarantined > 20 and run_loaded.rows_inserted > 20
+
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "csv_first_load", _refused)
+        with CaptureQueriesContext(django_connection) as queries:
+            run_merged = run_ingest(merged)
+    assert _first_load_queries(queries, merged.dataset)["merged"]
+    with monkeypatch.context() as m:
+        m.setattr(ingest, "csv_copy_eligible", lambda reader: False)
+        run_python = run_ingest(by_python)
+    assert _outcome(loaded, run_loaded) == _outcome(merged, run_merged) == _outcome(by_python, run_python)
+
+    with CaptureQueriesContext(django_connection) as queries:
+        again = run_ingest(loaded)
+    assert _first_load_queries(queries, loaded.dataset) == {
+        "stage logged": False, "stage became the store": False, "merged": True, "duplicates searched": True}
+    assert (again.rows_inserted, again.rows_updated, again.rows_unchanged) == (0, 0, run_loaded.rows_inserted)
+    first, second = _outcome(loaded, run_loaded), _outcome(loaded, again)
+    assert second["rows"] == first["rows"] and second["quarantine"] == first["quarantine"]
+
+
+def test_a_repeated_key_refuses_the_first_load_and_the_merge_quarantines_it(department, monkeypatch):
+    """The primary key of the staging table finds the repeated key (no search beforehand); the run
+    then merges the staging table as it was, with the quarantine the merge always made."""
+    loaded, by_python = _sources(department, _plain_content(_rows(ragged=False)), "loaded", "by-python")
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(loaded)
+    assert _first_load_queries(queries, loaded.dataset) == {
+        "stage logged": True, "stage became the store": False, "merged": True, "duplicates searched": True}
+    assert run.quarantined.filter(reason__startswith="duplicate key (k=3) within the run").count() == 1
+    monkeypatch.setattr(ingest, "csv_copy_eligible", lambda reader: False)
+    assert _outcome(loaded, run) == _outcome(by_python, run_ingest(by_python))
+    with django_connection.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'exchange_store' AND tablename LIKE %s",
+                       [f"ds_{loaded.dataset_id}%"])
+        assert [r[0] for r in cursor.fetchall()] == [f"ds_{loaded.dataset_id}"]
+
+
+def test_a_store_whose_columns_differ_from_the_schema_is_merged_without_loading(department, monkeypatch):
+    """A required field whose store column still takes NULL (made required after the table was
+    created): the staging table would not match the store, so it stays unlogged and is merged."""
+    from catalog.models import Field
+
+    (loaded,) = _sources(department, _plain_content(_rows(ragged=False)[:-1]), "loaded")
+    Field.objects.filter(schema__dataset=loaded.dataset, name="r").update(nullable=False)
+    with CaptureQueriesContext(django_connection) as queries:
+        run = run_ingest(loaded)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert _first_load_queries(queries, loaded.dataset) == {
+        "stage logged": False, "stage became the store": False, "merged": True, "duplicates searched": True}

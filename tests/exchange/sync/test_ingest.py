@@ -293,3 +293,46 @@ def test_malformed_json_mid_stream_fails_the_run_with_nothing_merged(dataset):
         run = run_ingest(source)
         assert run.status == RunStatus.FAILED and message in run.error, (document, run.error)
     assert store_rows(dataset, include_deleted=True) == before
+
+
+def test_read_ahead_hands_out_every_item_in_order_then_the_error_in_its_place():
+    def items():
+        yield b"one"
+        yield b"two"
+        raise ValueError("the third is bad")
+
+    seen = []
+    with pytest.raises(ValueError, match="the third is bad"), ingest.read_ahead(items()) as chunks:
+        for chunk in chunks:
+            seen.append(chunk)
+    assert seen == [b"one", b"two"]
+
+
+def test_read_ahead_left_early_stops_its_thread_and_closes_the_items():
+    import threading
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            while True:
+                yield b"x"
+        finally:
+            closed.set()
+
+    with ingest.read_ahead(endless(), depth=1) as chunks:
+        assert next(chunks) == b"x"
+    assert closed.is_set()
+    assert not any(t.name == "exchange-csv-read-ahead" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 5])
+def test_lines_within_the_limit_agrees_with_measuring_every_line(limit):
+    import itertools
+
+    from exchange.sync import readers
+
+    for n in range(9):
+        for chunk in map(bytes, itertools.product(b"a\n\r", repeat=n)):
+            longest = max(map(len, chunk.split(b"\n")))
+            assert readers._lines_within(chunk, limit) == (longest <= limit), (chunk, limit)
