@@ -373,6 +373,10 @@ SYNC_BATCH_SIZE = env.int("SYNC_BATCH_SIZE", default=5000)
 # A running run whose heartbeat is older than this is orphaned (its worker died): the reaper
 # marks it failed and queues a re-run. Heartbeats are written after every batch.
 SYNC_RUN_STALE_AFTER = timedelta(seconds=env.int("SYNC_RUN_STALE_SECONDS", default=300))
+# A queued run that no worker has claimed this long after it was due (its message was never
+# sent, e.g. the broker was down, or was lost) is sent again by the reaper; each further
+# resend waits twice as long. A duplicate message is harmless: the claim takes a run once.
+SYNC_RUN_RESEND_AFTER = timedelta(seconds=env.int("SYNC_RUN_RESEND_SECONDS", default=300))
 # Transient errors (source unreachable, timeouts) are retried with exponential backoff.
 SYNC_MAX_RETRIES = env.int("SYNC_MAX_RETRIES", default=4)
 SYNC_RETRY_BACKOFF_SECONDS = env.int("SYNC_RETRY_BACKOFF_SECONDS", default=30)

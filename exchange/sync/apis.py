@@ -138,6 +138,9 @@ class RunOutput(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
     duration_seconds = serializers.SerializerMethodField()
     attempts = serializers.IntegerField()
+    resends = serializers.IntegerField(
+        help_text="Times the reaper sent the task of the still queued run again (its first message was not sent "
+                  "or was lost, e.g. the broker was down).")
     error = serializers.CharField()
     cancel_requested = serializers.BooleanField()
     seq_from = serializers.IntegerField(allow_null=True, help_text="Lineage: first store change number written.")

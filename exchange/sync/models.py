@@ -195,6 +195,10 @@ class Run(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # When the queued run's message should reach a worker (sent, plus its retry countdown); the
+    # reaper sends it again if it is still queued well after that (exchange.sync.runs.runs_reap).
+    due_at = models.DateTimeField(null=True, blank=True)
+    resends = models.PositiveIntegerField(default=0, help_text="Times the reaper sent the queued run's task again.")
     error = models.TextField(blank=True, help_text="What went wrong, written for a steward.")
     cancel_requested = models.BooleanField(default=False)
     celery_task_id = models.CharField(max_length=64, blank=True)

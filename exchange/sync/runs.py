@@ -24,7 +24,7 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.db import InterfaceError as DbInterfaceError
 from django.db import OperationalError as DbOperationalError
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from departments.models import Role
@@ -47,6 +47,11 @@ DELIVER_TASK = "exchange.tasks.deliver_run"
 
 
 def _send(run: Run, countdown: float | None = None) -> None:
+    """Send the run's task. Called after the run's row has committed: a broker that cannot be
+    reached leaves the run queued (logged), and the reaper sends it again once the run is
+    overdue (``runs_reap``), rather than failing the request or job that queued it."""
+    from kombu.exceptions import OperationalError as BrokerError
+
     # By name from Celery's registry: the task module calls into this one, and every process
     # registers it at start (ExchangeConfig.ready); an unknown name raises NotRegistered.
     task = current_app.tasks[INGEST_TASK if run.kind == RunKind.INGEST else DELIVER_TASK]
@@ -55,7 +60,11 @@ def _send(run: Run, countdown: float | None = None) -> None:
         options["queue"] = run.queue
     if countdown:
         options["countdown"] = countdown
-    task.apply_async(args=[run.pk], **options)  # type: ignore[arg-type]
+    try:
+        task.apply_async(args=[run.pk], **options)  # type: ignore[arg-type]
+    except BrokerError as exc:
+        log.warning("run %s stays queued: its task could not be sent (%s); the reaper sends it again after "
+                    "SYNC_RUN_RESEND_SECONDS", run.pk, exc)
 
 
 def run_enqueue(
@@ -69,7 +78,7 @@ def run_enqueue(
     run = Run.objects.create(
         kind=RunKind.INGEST if source is not None else RunKind.DELIVERY, source=source, subscription=subscription,
         dataset_id=dataset_id, mode=mode, trigger=trigger, triggered_by=user, queue=queue, rerun_of=rerun_of,
-        celery_task_id=uuid.uuid4().hex,
+        celery_task_id=uuid.uuid4().hex, due_at=timezone.now(),
     )
     transaction.on_commit(lambda: _send(run))
     return run
@@ -143,8 +152,9 @@ def run_requeue(*, run: Run, error: str, countdown: float) -> None:
     """Hand a run that hit a transient error back to the queue (and release its lock). A run
     the reaper has given up on meanwhile stays as the reaper left it (its re-run is queued)."""
     with transaction.atomic():
+        now = timezone.now()
         if Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                status=RunStatus.QUEUED, heartbeat_at=timezone.now(),
+                status=RunStatus.QUEUED, heartbeat_at=now, due_at=now + timedelta(seconds=countdown),
                 error=f"Attempt {run.attempts} failed, retrying in {int(countdown)} s: {error}"):
             transaction.on_commit(lambda: _send(run, countdown=countdown))
 
@@ -240,8 +250,10 @@ def run_cancel(*, run: Run) -> Run:
     return run
 
 
-def runs_reap(*, stale_after: timedelta | None = None) -> list[Run]:
-    """Fail runs whose worker stopped sending heartbeats, and queue a re-run of each."""
+def runs_reap(*, stale_after: timedelta | None = None, resend_after: timedelta | None = None) -> list[Run]:
+    """Fail runs whose worker stopped sending heartbeats, and queue a re-run of each; send
+    again the task of runs still queued long after they were due (``runs_resend``)."""
+    runs_resend(resend_after=resend_after)
     cutoff = timezone.now() - (stale_after or settings.SYNC_RUN_STALE_AFTER)
     reruns = []
     for run in Run.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=cutoff).select_related(
@@ -256,3 +268,37 @@ def runs_reap(*, stale_after: timedelta | None = None) -> list[Run]:
                                 trigger=RunTrigger.REAPER, queue=run.queue, rerun_of=run)
             reruns.append(rerun)
     return reruns
+
+
+def runs_resend(*, resend_after: timedelta | None = None) -> list[Run]:
+    """Send again the task of each run still queued ``resend_after`` (SYNC_RUN_RESEND_AFTER)
+    after it was due: its message was never sent (the broker was down when it was queued) or
+    was lost on the way. The k-th resend waits ``resend_after`` × 2^k, so a run that only
+    waits behind a busy worker gets a few harmless duplicates, not one a minute.
+
+    Exactly once all the same: a worker takes a run only by the conditional claim
+    (``run_claim``: queued → running), so whichever of the original, late message and the
+    resent one comes first runs it, and the other finds it claimed or finished and does
+    nothing."""
+    wait = resend_after or settings.SYNC_RUN_RESEND_AFTER
+    now = timezone.now()
+    resent = []
+    # Runs from before due_at existed count from when they were queued.
+    overdue = Run.objects.filter(status=RunStatus.QUEUED).filter(
+        Q(due_at__lt=now - wait) | Q(due_at__isnull=True, queued_at__lt=now - wait))
+    for run in overdue.order_by("pk"):
+        due = run.due_at or run.queued_at
+        if due + wait * 2 ** min(run.resends, 10) > now:
+            continue
+        with transaction.atomic():
+            # Only if no worker claimed it (and no other reaper resent it) meanwhile.
+            if not Run.objects.filter(pk=run.pk, status=RunStatus.QUEUED, resends=run.resends).update(
+                    due_at=now, resends=F("resends") + 1):
+                continue
+            run.resends += 1
+            run.due_at = now
+            log.warning("run %s was still queued %d s after it was due (the broker may have been unreachable); "
+                        "its task is sent again (resend %d)", run.pk, (now - due).total_seconds(), run.resends)
+            transaction.on_commit(lambda run=run: _send(run))  # type: ignore[misc]
+            resent.append(run)
+    return resent

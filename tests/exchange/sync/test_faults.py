@@ -11,14 +11,16 @@ import socket
 import threading
 import time
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.conf import settings
 from django.db import connection as django_connection
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from exchange.sync import runs
 from exchange.sync.models import Run, RunStatus, Source, Subscription
@@ -214,15 +216,38 @@ def test_redis_unreachable_for_20_s_with_jobs_queued(department, env, queue, pro
         sources_rows.append(rows)
         # Sent by this process, which still reaches Redis: the jobs wait in the queue.
         queued.append(runs.run_enqueue(source=source, queue=queue))
+    # One more queued by a process that cannot reach Redis either (as a web process cut off
+    # with it): its send fails, the run stays queued with no message anywhere.
+    dataset = published_dataset(department=department, slug="permits-unsent")
+    rows = permit_rows(33)
+    datasets.append(dataset)
+    sources_rows.append(rows)
+
+    def broker_down(self, *args, **kwargs):
+        raise BrokerError("Error 111 connecting to Redis. Connection refused.")
+
+    with mock.patch("celery.app.task.Task.apply_async", broker_down):
+        unsent = runs.run_enqueue(source=upload_source(dataset=dataset, content=csv_bytes(HEADER, rows)),
+                                  queue=queue)
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - cut)))
-    assert all(Run.objects.get(pk=r.pk).status == RunStatus.QUEUED for r in queued)
+    assert all(Run.objects.get(pk=r.pk).status == RunStatus.QUEUED for r in [*queued, unsent])
     assert worker.process.poll() is None  # the worker waits for its broker; it does not exit
     proxy.up()
+    # The reaper (beat's housekeeping_reaper) finds every run overdue (no worker could take
+    # one) and sends each again: the unsent run gets its first message, the others a duplicate
+    # of the one waiting in Redis, which must not run them twice.
+    resent = runs.runs_resend(resend_after=timedelta(seconds=OUTAGE_SECONDS // 2))
+    queued.append(unsent)
+    assert sorted(r.pk for r in resent) == sorted(r.pk for r in queued)
 
     for run in queued:
         wait_for(lambda run=run: finished(run), timeout=60, what="the queued run", worker=worker)
         assert run.status == RunStatus.SUCCEEDED, run.error
         assert run.attempts == 1 and run.error == ""
+    assert all(Run.objects.get(pk=r.pk).resends == 1 for r in queued)
+    # Sent again once more, as a late duplicate would be: a no-op for a finished run.
+    Run.objects.filter(pk=unsent.pk).update(due_at=timezone.now() - timedelta(hours=1))
+    assert runs.runs_resend() == []
     for dataset, rows in zip(datasets, sources_rows, strict=True):
         assert_store_equals_source(dataset, rows)
     assert worker.process.poll() is None
