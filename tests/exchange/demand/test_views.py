@@ -179,3 +179,19 @@ def test_the_catalogue_links_to_requested_data_also_when_nothing_matches(client,
     assert 'href="/requested-data/"' in body  # the main navigation
     form = client.get("/requested-data/new/?q=zebra%20crossings").content.decode()
     assert 'value="zebra crossings"' in form
+
+
+def test_the_list_page_costs_the_same_queries_for_more_requests(client, cast, make_request,
+                                                               django_assert_num_queries):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    make_request("routed")
+    client.force_login(cast["nobody"])
+    client.get("/requested-data/")
+    with CaptureQueriesContext(connection) as one:
+        client.get("/requested-data/")
+    for i in range(5):
+        new_request(cast["steward_h"], title=f"Other {i}")
+    with django_assert_num_queries(len(one)):
+        assert "Other 4" in client.get("/requested-data/").content.decode()
