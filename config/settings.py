@@ -285,6 +285,7 @@ SPECTACULAR_SETTINGS = {
         "AccessRequestStatusEnum": "exchange.access.models.RequestStatus",
         "GrantStatusEnum": "exchange.access.models.GrantStatus",
         "AccessFormEnum": "exchange.access.models.AccessForm",
+        "DataRequestStatusEnum": "exchange.demand.models.DataRequestStatus",
     },
 }
 

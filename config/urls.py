@@ -6,6 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from catalog import views as catalog_views
 from departments import views as department_views
 from exchange.access import views as access_views
+from exchange.demand import views as demand_views
 from exchange.ops.apis import HealthApi
 from exchange.oversight import views as oversight_views
 from exchange.overview import views as overview_views
@@ -95,6 +96,13 @@ urlpatterns = [
     path("access/grants/department/", access_views.department_grants, name="ui-department-grants"),
     path("access/grants/<int:grant_id>/<slug:action>/", access_views.grant_action, name="ui-grant-action"),
     path("access/dpo/", access_views.dpo_queue, name="ui-dpo-queue"),
+    path("requested-data/", demand_views.data_requests, name="ui-data-requests"),
+    path("requested-data/new/", demand_views.data_request_create, name="ui-data-request-create"),
+    path("requested-data/<int:data_request_id>/", demand_views.data_request_detail, name="ui-data-request"),
+    path("requested-data/<int:data_request_id>/request-access/", demand_views.data_request_access,
+         name="ui-data-request-access"),
+    path("requested-data/<int:data_request_id>/<slug:step>/", demand_views.data_request_step,
+         name="ui-data-request-step"),
     path("audit/", oversight_views.audit_explorer, name="ui-audit"),
     path("audit/datasets/<int:dataset_id>/timeline/", oversight_views.audit_timeline, name="ui-audit-timeline"),
     path("audit/who-could-see/", oversight_views.audit_who_could_see, name="ui-audit-who-could-see"),

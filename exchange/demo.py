@@ -26,6 +26,8 @@ from catalog.models import Dataset, DatasetStatus, Field
 from departments.models import Department, Role
 from exchange.access import services as access_services
 from exchange.access.policy import effective_view
+from exchange.demand import services as demand_services
+from exchange.demand.models import DataRequest
 from exchange.sync import runs, services
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source, Subscription
 
@@ -235,4 +237,82 @@ def seed(*, stdout: TextIO) -> int:
         department = Department.objects.filter(code=code).first()
         if slug in datasets and department is not None and Source.objects.filter(dataset=datasets[slug]).exists():
             created += _seed_subscription(datasets[slug], department, table, schedule, stdout)
+    created += _seed_data_requests(stdout)
+    return created
+
+
+# Requested data, each taken through the real workflow to the state shown: (requester, title,
+# description, purpose, fields, reviewer and department it is routed to, the steps after that,
+# who joins with which purpose).
+DATA_REQUESTS: list[dict[str, Any]] = [
+    {"by": "hugo.analyst", "title": "Noise levels near schools",
+     "description": "Day and night noise levels measured at or near every school, monthly.",
+     "purpose": "Study of noise exposure and pupils' sleep.",
+     "fields": [("school_id", "School register number."), ("noise_db_day", "Mean daytime level, dB(A)."),
+                ("noise_db_night", "Mean night level, dB(A).")], "steps": []},
+    {"by": "tom.analyst", "title": "Bicycle parking occupancy",
+     "description": "How full each public bicycle rack is, by hour of the day.",
+     "purpose": "Plan new racks near busy stops.",
+     "fields": [("rack_id", "Rack identifier."), ("capacity", "Number of places."),
+                ("occupied", "Places in use at the hour.")],
+     "route": ("rita.reviewer", "environment"), "steps": [], "join": [("piet.analyst", "Zoning of new squares.")]},
+    {"by": "eva.analyst", "title": "Bus stop accessibility",
+     "description": "For each bus stop: step-free access, ramp, tactile paving.",
+     "purpose": "Map barriers for people with reduced mobility.",
+     "fields": [("stop_id", "Stop code."), ("step_free", "Step-free access."), ("ramp", "Ramp present.")],
+     "route": ("raj.reviewer", "transport"), "steps": [("accept", "tina.steward")]},
+    {"by": "sam.analyst", "title": "Hourly air pollution by station",
+     "description": "NO2 and particulate matter per monitoring station, hourly.",
+     "purpose": "Relate asthma admissions to pollution peaks.",
+     "fields": [("station_id", "Station code."), ("measured_at", "Hour."), ("no2_ugm3", "Nitrogen dioxide."),
+                ("pm10_ugm3", "PM10."), ("asthma_cases", "Admissions (not held by environment).")],
+     "route": ("rita.reviewer", "environment"),
+     "steps": [("accept", "emil.steward"), ("fulfil", "emil.steward")],
+     "join": [("hugo.analyst", "Heat and pollution warning service.")]},
+    {"by": "felix.analyst", "title": "Parking fines per street",
+     "description": "Every parking fine with street, time and amount.",
+     "purpose": "Forecast fine revenue.",
+     "fields": [("street", "Street name."), ("issued_at", "When."), ("amount_eur", "Amount.")],
+     "route": ("raj.reviewer", "transport"),
+     "steps": [("decline", "tina.steward")]},
+]
+
+
+@transaction.atomic
+def _seed_data_requests(stdout: TextIO) -> int:
+    """Idempotent: a request whose title exists is left alone."""
+    users = {u.username: u for u in User.objects.filter(is_active=True)}
+    created = 0
+    for spec in DATA_REQUESTS:
+        named = {spec["by"], *(u for u, _ in spec.get("join", [])), *(u for _, u in spec["steps"])}
+        if "route" in spec:
+            named.add(spec["route"][0])
+        fulfilled_by = Dataset.objects.filter(slug="air-quality", status=DatasetStatus.PUBLISHED,
+                                              department__code="environment").first()
+        if (DataRequest.objects.filter(title=spec["title"]).exists() or not named <= set(users)
+                or (("fulfil", "emil.steward") in spec["steps"] and fulfilled_by is None)):
+            continue
+        data_request = demand_services.data_request_submit(
+            actor=users[spec["by"]], title=spec["title"], description=spec["description"], purpose=spec["purpose"],
+            fields=[demand_services.FieldWish(name=n, description=d) for n, d in spec["fields"]])
+        for username, purpose in spec.get("join", []):
+            demand_services.data_request_join(actor=users[username], data_request=data_request, purpose=purpose)
+        if "route" in spec:
+            reviewer, code = spec["route"]
+            department = Department.objects.get(code=code)
+            data_request = demand_services.data_request_route(actor=users[reviewer], data_request=data_request,
+                                                              department=department)
+        for step, username in spec["steps"]:
+            actor = users[username]
+            if step == "accept":
+                data_request = demand_services.data_request_accept(actor=actor, data_request=data_request)
+            elif step == "decline":
+                data_request = demand_services.data_request_decline(
+                    actor=actor, data_request=data_request, reason="Fines are kept by the court's system, not ours.")
+            else:
+                assert fulfilled_by is not None
+                data_request = demand_services.data_request_fulfil(actor=actor, data_request=data_request,
+                                                                   dataset=fulfilled_by)
+        created += 1
+        stdout.write(f"  requested data: {data_request.title} ({data_request.status})\n")
     return created

@@ -10,6 +10,7 @@ from exchange.access.models import (
     RequestStatus,
 )
 from exchange.audit.models import AuditCheckpoint, AuditEvent
+from exchange.demand.models import DataRequest, DataRequestEvent, DataRequestStatus, DataRequestSupporter
 from exchange.ops.models import WorkerHeartbeat
 from exchange.sync.models import (
     Connection,
@@ -27,7 +28,8 @@ from exchange.sync.models import (
 )
 
 __all__ = [
-    "AccessForm", "AccessRequest", "AuditCheckpoint", "AuditEvent", "FieldDecision", "Grant", "GrantField",
+    "AccessForm", "AccessRequest", "AuditCheckpoint", "AuditEvent", "DataRequest", "DataRequestEvent",
+    "DataRequestStatus", "DataRequestSupporter", "FieldDecision", "Grant", "GrantField",
     "GrantStatus", "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
     "Connection", "ConnectionKind", "FileFormat", "QuarantinedRow", "Run", "RunKind", "RunMode", "RunStatus",
     "RunTrigger", "Source", "Subscription", "SubscriptionStatus",

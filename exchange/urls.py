@@ -75,3 +75,27 @@ urlpatterns += [
     path("datasets/<int:dataset_id>/access/explain/", access_apis.AccessExplainApi.as_view(),
          name="dataset-access-explain"),
 ]
+
+from exchange.demand import apis as demand_apis  # noqa: E402
+
+urlpatterns += [
+    path("data-requests/", demand_apis.DataRequestListApi.as_view(), name="data-request-list"),
+    path("data-requests/<int:data_request_id>/", demand_apis.DataRequestDetailApi.as_view(),
+         name="data-request-detail"),
+    path("data-requests/<int:data_request_id>/route/", demand_apis.DataRequestRouteApi.as_view(),
+         name="data-request-route"),
+    path("data-requests/<int:data_request_id>/duplicate/", demand_apis.DataRequestDuplicateApi.as_view(),
+         name="data-request-duplicate"),
+    path("data-requests/<int:data_request_id>/accept/", demand_apis.DataRequestAcceptApi.as_view(),
+         name="data-request-accept"),
+    path("data-requests/<int:data_request_id>/decline/", demand_apis.DataRequestDeclineApi.as_view(),
+         name="data-request-decline"),
+    path("data-requests/<int:data_request_id>/fulfil/", demand_apis.DataRequestFulfilApi.as_view(),
+         name="data-request-fulfil"),
+    path("data-requests/<int:data_request_id>/withdraw/", demand_apis.DataRequestWithdrawApi.as_view(),
+         name="data-request-withdraw"),
+    path("data-requests/<int:data_request_id>/join/", demand_apis.DataRequestJoinApi.as_view(),
+         name="data-request-join"),
+    path("data-requests/<int:data_request_id>/leave/", demand_apis.DataRequestLeaveApi.as_view(),
+         name="data-request-leave"),
+]

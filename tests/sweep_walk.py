@@ -69,7 +69,7 @@ def path_values(world: World) -> dict[str, Any]:
         "subscription_id": world.subscription.pk, "request_id": world.request.pk, "grant_id": world.grant.pk,
         "membership_id": world.membership.pk, "assignment_id": world.city_role.pk,
         "token_key": world.token_key, "username": world.people["owner_steward"].username, "slug": "transport",
-        "action": "revoke", "fmt": "jsonld",
+        "action": "revoke", "fmt": "jsonld", "data_request_id": world.data_request.pk, "step": "join",
     }
 
 

@@ -9,7 +9,9 @@ and the named people who ask.
 - health is "another department": its admin (the outsider), its steward, an analyst holding a
   personal grant to part of ``permits`` and an analyst holding none;
 - parks holds a department grant on ``permits`` and a subscription delivering it into its own
-  connection, with a delivery run.
+  connection, with a delivery run;
+- a data request of health's partial analyst, routed to transport (seen by everyone signed in),
+  and one that parks' steward withdrew (seen by nobody else of the sweep's callers).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from catalog.models import Dataset, Visibility
 from departments import services as department_services
 from departments.models import CityRoleAssignment, Department, Membership
 from exchange.access.models import AccessRequest, Grant
+from exchange.demand import services as demand_services
+from exchange.demand.models import DataRequest
 from exchange.sync import secrets
 from exchange.sync.models import Connection, QuarantinedRow, Run, RunStatus, Source, Subscription
 from tests.access_factories import decide, submit
@@ -72,6 +76,8 @@ class World:
     ingest_run: Run  # transport's, with quarantined rows
     subscription: Subscription  # parks'
     delivery_run: Run
+    data_request: DataRequest  # health's partial analyst's, routed to transport
+    hidden_data_request: DataRequest  # parks' steward's, withdrawn: unknown to everyone else
     membership: Membership  # transport's steward's
     city_role: CityRoleAssignment  # the city auditor's
     token_key: str  # transport's steward's API token
@@ -95,6 +101,8 @@ def build_world() -> World:
     city_role = department_services.city_role_grant(actor=None, user=people["city_auditor"], role="auditor")
     dpo = UserFactory()
     department_services.city_role_grant(actor=None, user=dpo, role="data_protection_officer")
+    reviewer = UserFactory()
+    department_services.city_role_grant(actor=None, user=reviewer, role="governance_reviewer")
 
     dataset = published_dataset(transport)
     load_rows(dataset, canary_rows())
@@ -142,6 +150,18 @@ def build_world() -> World:
                                                delivered_columns=[["permit_id", "integer"]])
     delivery_run = Run.objects.create(kind="delivery", subscription=subscription, dataset=dataset,
                                       status=RunStatus.SUCCEEDED, started_at=now, finished_at=now)
+    wish = [demand_services.FieldWish(name="permit_id", description="The permit."),
+            demand_services.FieldWish(name="noise_db", description="Measured noise.")]
+    data_request = demand_services.data_request_submit(
+        actor=people["analyst_partial"], title="Noise near building sites", description="Noise per permit.",
+        purpose="Health impact study.", fields=wish)
+    data_request = demand_services.data_request_route(actor=reviewer, data_request=data_request,
+                                                      department=transport)
+    hidden_data_request = demand_services.data_request_submit(
+        actor=people["subscriber_steward"], title="Tree inventory", description="Every street tree.",
+        purpose="Planting plan.", fields=wish[:1])
+    hidden_data_request = demand_services.data_request_withdraw(actor=people["subscriber_steward"],
+                                                                data_request=hidden_data_request)
     token, _ = AuthToken.objects.create(user=people["owner_steward"])
     # A cursor of the owner's view ordered by the hidden field: replayed by anyone else, it must
     # be refused (cursors are signed per view).
@@ -154,6 +174,7 @@ def build_world() -> World:
         request=request,
         pending_request=dept_request, grant=grant, department_grant=department_grant, connection=connection,
         target=target, source=source, ingest_run=ingest_run, subscription=subscription,
-        delivery_run=delivery_run, membership=membership, city_role=city_role, token_key=token.token_key,
+        delivery_run=delivery_run, data_request=data_request, hidden_data_request=hidden_data_request,
+        membership=membership, city_role=city_role, token_key=token.token_key,
         ids={"owner_cursor": owner_cursor},
     )

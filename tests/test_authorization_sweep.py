@@ -73,9 +73,17 @@ OTHER_OBJECTS: dict[str, Variant] = {
     "connection_id": Variant("parks' connection", values=lambda w: {"connection_id": w.target.pk}),
     "request_id": Variant("parks' request", values=lambda w: {"request_id": w.pending_request.pk}),
     "grant_id": Variant("parks' grant", values=lambda w: {"grant_id": w.department_grant.pk}),
+    "data_request_id": Variant("parks' withdrawn data request",
+                               values=lambda w: {"data_request_id": w.hidden_data_request.pk}),
 }
 
+
+def _step(step: str) -> Variant:
+    return Variant(step, values=lambda w: {"step": step}, methods=("post",))
+
 VARIANTS: dict[str, list[Variant]] = {
+    "ui-data-request-step": [_step(s) for s in ("route", "duplicate", "accept", "decline", "fulfil", "withdraw",
+                                                  "leave", "no-such-step")],
     "dataset-records": [
         probe("filter on a hidden field", "?secret_note__contains=NOTE-7f"),
         probe("search", "?q=NOTE-7f"),
@@ -647,6 +655,100 @@ EXPECT: dict[str, dict[str, str]] = {
     "dcat-dataset": {"get": "404 200 200 200 200 200 200 200 200"},
     "dcat-dataset [restricted dataset]": {"get": "404 404 404 404 404 200 200 404 200"},
     "dcat-dataset [turtle]": {"get": "404 200 200 200 200 200 200 200 200"},
+    # Requested data: the routed request is seen by everyone signed in; parks' withdrawn one only by
+    # its requester (parks' steward). Writes are validated before the service is asked.
+    "data-request-list": {"get": "401 200 200 200 200 200 200 200 200", "post": "401 400 400 400 400 400 400 400   -"},
+    "data-request-detail": {"get": "401 200 200 200 200 200 200 200 200"},
+    "data-request-detail [parks' withdrawn data request]": {"get": "401 404 404 404 404 404 404 200 404"},
+    "data-request-route": {"get": "401 405 405 405 405 405 405 405 405", "post": "401 400 400 400 400 400 400 400   -"},
+    "data-request-route [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 400   -",
+    },
+    "data-request-duplicate": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 400 400 400 400 400 400 400   -",
+    },
+    "data-request-duplicate [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 400   -",
+    },
+    "data-request-accept": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 403 403 403 403 403 403 403   -",
+    },
+    "data-request-accept [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 403   -",
+    },
+    "data-request-decline": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 400 400 400 400 400 400 400   -",
+    },
+    "data-request-decline [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 400   -",
+    },
+    "data-request-fulfil": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 400 400 400 400 400 400 400   -",
+    },
+    "data-request-fulfil [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 400   -",
+    },
+    "data-request-withdraw": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 403 403 200 403 403 403 403   -",
+    },
+    "data-request-withdraw [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 409   -",
+    },
+    "data-request-join": {"get": "401 405 405 405 405 405 405 405 405", "post": "401 400 400 400 400 400 400 400   -"},
+    "data-request-join [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 400   -",
+    },
+    "data-request-leave": {"get": "401 405 405 405 405 405 405 405 405", "post": "401 409 409 409 409 409 409 409   -"},
+    "data-request-leave [parks' withdrawn data request]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 404 404 409   -",
+    },
+    "ui-data-requests": {"get": "  L 200 200 200 200 200 200 200 200", "post": "  L 200 200 200 200 200 200 200   -"},
+    "ui-data-request-create": {
+        "get": "  L 200 200 200 200 200 200 200 200",
+        "post": "  L 200 200 200 200 200 200 200   -",
+    },
+    "ui-data-request": {"get": "  L 200 200 200 200 200 200 200 200", "post": "  L 200 200 200 200 200 200 200   -"},
+    "ui-data-request [parks' withdrawn data request]": {
+        "get": "  L 404 404 404 404 404 404 200 404",
+        "post": "  L 404 404 404 404 404 404 200   -",
+    },
+    "ui-data-request-access": {
+        "get": "  L 302 302 302 302 302 302 302 302",
+        "post": "  L 302 302 302 302 302 302 302   -",
+    },
+    "ui-data-request-access [parks' withdrawn data request]": {
+        "get": "  L 404 404 404 404 404 404 302 404",
+        "post": "  L 404 404 404 404 404 404 302   -",
+    },
+    "ui-data-request-step": {
+        "get": "  L 405 405 405 405 405 405 405 405",
+        "post": "  L 400 400 409 400 400 400 400   -",
+    },
+    "ui-data-request-step [parks' withdrawn data request]": {
+        "get": "  L 405 405 405 405 405 405 405 405",
+        "post": "  L 404 404 404 404 404 404 409   -",
+    },
+    "ui-data-request-step [route]": {"post": "  L 400 400 400 400 400 400 400   -"},
+    "ui-data-request-step [duplicate]": {"post": "  L 400 400 400 400 400 400 400   -"},
+    "ui-data-request-step [accept]": {"post": "  L 403 403 403 403 403 403 403   -"},
+    "ui-data-request-step [decline]": {"post": "  L 403 403 403 403 403 403 403   -"},
+    "ui-data-request-step [fulfil]": {"post": "  L 400 400 400 400 400 400 400   -"},
+    "ui-data-request-step [withdraw]": {"post": "  L 403 403 302 403 403 403 403   -"},
+    "ui-data-request-step [leave]": {"post": "  L 409 409 409 409 409 409 409   -"},
+    "ui-data-request-step [no-such-step]": {"post": "  L 404 404 404 404 404 404 404   -"},
 }
 
 

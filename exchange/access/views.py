@@ -69,7 +69,8 @@ ACCESS_REQUEST_INPUTS = ("on_behalf", "purpose", "legal_basis", "requested_start
 
 @login_required
 def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
-    """Ask for fields, for me or my department, with any number of row conditions. The "add" and
+    """Ask for fields, for me or my department, with any number of row conditions. A GET may
+    pre-fill the fields (``?fields=a&fields=b``, names of the current schema only) and the purpose. The "add" and
     "remove" condition buttons (``op``) re-render the form and save nothing; "Send" validates
     through ``access_request_submit`` (the API's validator) and shows each error next to its
     input or its condition."""
@@ -90,6 +91,11 @@ def request_access(request: HttpRequest, dataset_id: int) -> HttpResponse:
     condition_errors: list[str] = []
     announce = ""
     initial: dict[str, Any] = {"requested_start": today, "requested_end": today + dt.timedelta(days=90)}
+    if post is None:
+        # Pre-filled from a link (e.g. a fulfilled data request): only names of the dataset's
+        # current schema are taken, so an unknown name is dropped, never shown back.
+        initial["fields_"] = [n for n in request.GET.getlist("fields")[:len(schema)] if n in schema]
+        initial["purpose"] = request.GET.get("purpose", "")[:5000]
     if op and post is not None:
         # A row tool: keep what was typed, validate nothing yet.
         conditions, announce = apply_condition_operation(conditions, op,
