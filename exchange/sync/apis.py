@@ -124,6 +124,7 @@ class RunOutput(serializers.Serializer):
     trigger = serializers.CharField()
     triggered_by = serializers.CharField(source="triggered_by.username", allow_null=True, default=None)
     rerun_of = serializers.IntegerField(source="rerun_of_id", allow_null=True)
+    allow_empty = serializers.BooleanField(help_text="The run may delete every record when its source is empty.")
     rows_read = serializers.IntegerField()
     rows_inserted = serializers.IntegerField()
     rows_updated = serializers.IntegerField()
@@ -272,6 +273,10 @@ class SourceUploadApi(APIView):
     class InputSerializer(serializers.Serializer):
         file = serializers.FileField()
         run = serializers.BooleanField(required=False, default=True, help_text="Ingest the file right away.")
+        allow_empty = serializers.BooleanField(
+            required=False, default=False,
+            help_text="The file may hold no valid row; its run then deletes every record. Without it, such a run "
+                      "fails and changes nothing.")
 
     @extend_schema(request={"multipart/form-data": InputSerializer}, responses={202: RunOutput, 204: None})
     def post(self, request: Request, dataset_id: int) -> Response:
@@ -284,7 +289,7 @@ class SourceUploadApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         run = services.source_upload(actor=request_user(request), source=source, upload=data.validated_data["file"],
-                                     run=data.validated_data["run"])
+                                     run=data.validated_data["run"], allow_empty=data.validated_data["allow_empty"])
         if run is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
@@ -292,6 +297,10 @@ class SourceUploadApi(APIView):
 
 class RunNowInput(serializers.Serializer):
     mode = serializers.ChoiceField(choices=RunMode.choices, required=False, default=RunMode.FULL)
+    allow_empty = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Full runs only: the source may give no valid row, and the run then deletes every record. "
+                  "Without it, such a run fails and changes nothing.")
 
 
 class SourceRunApi(APIView):
@@ -300,7 +309,8 @@ class SourceRunApi(APIView):
         source = selectors.source_get(user=request.user, dataset_id=dataset_id)
         data = RunNowInput(data=request.data)
         data.is_valid(raise_exception=True)
-        run = services.run_now(actor=request_user(request), source=source, mode=data.validated_data["mode"])
+        run = services.run_now(actor=request_user(request), source=source, mode=data.validated_data["mode"],
+                               allow_empty=data.validated_data["allow_empty"])
         return Response(RunOutput(run).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -323,6 +333,8 @@ class SubscriptionOutput(serializers.Serializer):
     ended_at = serializers.DateTimeField(allow_null=True)
     ended_reason = serializers.CharField()
     purged_at = serializers.DateTimeField(allow_null=True)
+    purge_error = serializers.CharField(help_text="Why the purge job could not drop the delivered copy; a steward "
+                                                  "may purge it again.")
 
 
 class SubscriptionListApi(APIView):

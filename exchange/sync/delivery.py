@@ -409,7 +409,7 @@ def subscription_purge_target(*, subscription: Subscription) -> None:
         raise
     with transaction.atomic():
         Subscription.objects.filter(pk=subscription.pk).update(purged_at=timezone.now(), purge_claimed_at=None,
-                                                               last_seq=0, delivered_columns=[])
+                                                               last_seq=0, delivered_columns=[], purge_error="")
         audit_record(actor=None, actor_label="job:delivery", action="subscription.purged", obj=subscription,
                      dataset_id=subscription.dataset_id, department_id=subscription.department_id)
 

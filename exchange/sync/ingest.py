@@ -56,6 +56,10 @@ class SchemaMismatch(SourceError):
     """The source no longer matches the mapping: the dataset's contract is broken."""
 
 
+class EmptySource(SourceError):
+    """A full run's source gave no valid row while the store holds records."""
+
+
 class RunCancelled(Exception):
     pass
 
@@ -466,6 +470,8 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         last_rn = int(cursor.fetchone()[0])
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {store} WHERE NOT {dele})")  # noqa: S608
         had_live_records = bool(cursor.fetchone()[0])
+        if detect_deletes and had_live_records and not run.allow_empty:
+            refuse_empty_full_run(run, stage, counts)
         sets = ", ".join(f"{ident(n)} = st.{ident(n)}" for n in names)
         cursor.execute(
             f"UPDATE {store} AS s SET {sets}, {h} = {st_hash}, {seq} = %s + st.{rn}, {dele} = false, "  # noqa: S608
@@ -503,6 +509,21 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         inserted=inserted, updated=updated, deleted=deleted, unchanged=counts.staged - inserted - updated,
         seq_from=base + 1 if changed else None, seq_to=int(top) if changed and top is not None else None,
     )
+
+
+def refuse_empty_full_run(run: Run, stage: str, counts: Counts) -> None:
+    """A full run deletes the records its source did not give. A source that gave no valid row
+    at all (a header-only file, a file whose every row was quarantined, a table emptied by
+    mistake) would delete every record: refused unless the run was allowed an empty source."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {stage} WHERE NOT {ident('_bad')})")  # noqa: S608
+        if cursor.fetchone()[0]:
+            return
+    quarantined = f", {counts.quarantined} quarantined" if counts.quarantined else ""
+    raise EmptySource(
+        f"The source gave no valid row ({counts.read} read{quarantined}): a full run would delete every record "
+        f"of the dataset. Nothing was changed. If the source is meant to be empty now, run again and allow an "
+        f"empty source.")
 
 
 def merge_deletes(plan: Plan, stage: str, *, seq: int, run_id: int) -> int:

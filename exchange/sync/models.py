@@ -124,6 +124,11 @@ class Subscription(models.Model):
     # Set while a purge drops the copy, so that only one purge at a time touches the table
     # (see exchange.sync.delivery.subscription_purge_target).
     purge_claimed_at = models.DateTimeField(null=True, blank=True)
+    # When the purge job (purge_on_end) was last sent; the reaper sends it again while the copy
+    # is still there (exchange.sync.services.purges_resend). Blank for purges done in a request.
+    purge_sent_at = models.DateTimeField(null=True, blank=True)
+    purge_error = models.TextField(blank=True, help_text="Why the purge job could not drop the delivered copy "
+                                                         "(it is not tried again on its own).")
 
     class Meta:
         ordering = ["dataset", "department"]
@@ -182,6 +187,10 @@ class Run(models.Model):
     triggered_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                      related_name="+")
     rerun_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="reruns")
+    # A full run whose source gives no valid row would delete every record; it does so only when
+    # the steward said the source may be empty (exchange.sync.ingest.merge).
+    allow_empty = models.BooleanField(default=False, help_text="A full run may delete every record when the "
+                                                              "source gives no valid row.")
     rows_read = models.BigIntegerField(default=0)
     rows_inserted = models.BigIntegerField(default=0)
     rows_updated = models.BigIntegerField(default=0)

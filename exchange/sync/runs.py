@@ -70,6 +70,7 @@ def _send(run: Run, countdown: float | None = None) -> None:
 def run_enqueue(
     *, source: Source | None = None, subscription: Subscription | None = None, mode: str = RunMode.FULL,
     trigger: str = RunTrigger.MANUAL, user: User | None = None, queue: str = "", rerun_of: Run | None = None,
+    allow_empty: bool = False,
 ) -> Run:
     """Create a queued run and send its task once the transaction commits."""
     if (source is None) == (subscription is None):
@@ -78,7 +79,7 @@ def run_enqueue(
     run = Run.objects.create(
         kind=RunKind.INGEST if source is not None else RunKind.DELIVERY, source=source, subscription=subscription,
         dataset_id=dataset_id, mode=mode, trigger=trigger, triggered_by=user, queue=queue, rerun_of=rerun_of,
-        celery_task_id=uuid.uuid4().hex, due_at=timezone.now(),
+        allow_empty=allow_empty, celery_task_id=uuid.uuid4().hex, due_at=timezone.now(),
     )
     transaction.on_commit(lambda: _send(run))
     return run
@@ -265,7 +266,8 @@ def runs_reap(*, stale_after: timedelta | None = None, resend_after: timedelta |
                           f"{run.heartbeat_at:%Y-%m-%d %H:%M:%S %Z}). Nothing it did was kept; a new run was queued."):
                 continue
             rerun = run_enqueue(source=run.source, subscription=run.subscription, mode=run.mode,
-                                trigger=RunTrigger.REAPER, queue=run.queue, rerun_of=run)
+                                trigger=RunTrigger.REAPER, queue=run.queue, rerun_of=run,
+                                allow_empty=run.allow_empty)
             reruns.append(rerun)
     return reruns
 

@@ -6,8 +6,9 @@ commit (``runs.run_enqueue``)."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
@@ -39,6 +41,8 @@ from exchange.sync.models import (
     SubscriptionStatus,
     holds_target_table,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _check_secret(kind: str, secret: str) -> None:
@@ -269,8 +273,10 @@ def upload_check(*, source: Source, upload: UploadedFile) -> None:
                                f"Upload the data as CSV, JSON or NDJSON.", fields={"file": ["Not a text file."]})
 
 
-def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: bool = True) -> Run | None:
-    """Store a new file for the source (streamed to disk) and, by default, ingest it."""
+def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: bool = True,
+                  allow_empty: bool = False) -> Run | None:
+    """Store a new file for the source (streamed to disk) and, by default, ingest it.
+    ``allow_empty``: the file may hold no valid row, and then its run deletes every record."""
     if source.connection_id is not None:
         raise ApplicationError("This source reads from a connection; uploads are for file sources.")
     upload_check(source=source, upload=upload)
@@ -294,7 +300,10 @@ def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: boo
             audit_record(actor=actor, action="source.uploaded", obj=source, dataset_id=source.dataset_id,
                          department_id=source.dataset.department_id,
                          details={"file": upload.name, "bytes": upload.size})
-            new_run = runs.run_enqueue(source=source, trigger=RunTrigger.UPLOAD, user=actor) if run else None
+            new_run = runs.run_enqueue(source=source, trigger=RunTrigger.UPLOAD, user=actor,
+                                       allow_empty=allow_empty) if run else None
+            if new_run is not None:
+                _audit_queued(actor, new_run)
     except BaseException:
         # Nothing half-written: a file cut short (disk full, too large) or never recorded goes.
         path.unlink(missing_ok=True)
@@ -308,9 +317,19 @@ def source_upload(*, actor: User, source: Source, upload: UploadedFile, run: boo
 
 # --- Runs -----------------------------------------------------------------------------------
 
+def _audit_queued(actor: User, run: Run) -> None:
+    job: Any = run.source or run.subscription
+    audit_record(actor=actor, action="run.queue", obj=run, dataset_id=run.dataset_id,
+                 department_id=job.dataset.department_id,
+                 details={"kind": run.kind, "mode": run.mode, "trigger": run.trigger, "allow_empty": run.allow_empty,
+                          "source": run.source_id, "subscription": run.subscription_id})
+
+
 @transaction.atomic
 def run_now(*, actor: User | None, source: Source | None = None, subscription: Subscription | None = None,
-            mode: str = RunMode.FULL, trigger: str = RunTrigger.MANUAL) -> Run:
+            mode: str = RunMode.FULL, trigger: str = RunTrigger.MANUAL, allow_empty: bool = False) -> Run:
+    """Queue a run of the source or subscription. A run someone asked for is audited; a
+    scheduled one is recorded by its run row alone. ``allow_empty``: see ``Run.allow_empty``."""
     job: Any = source or subscription
     busy = Run.objects.filter(status=RunStatus.QUEUED, source=source, subscription=subscription).first() \
         if job is not None else None
@@ -318,7 +337,14 @@ def run_now(*, actor: User | None, source: Source | None = None, subscription: S
         return busy  # a schedule never piles up runs behind a queued one
     if subscription is not None and subscription.status != SubscriptionStatus.ACTIVE:
         raise ApplicationError(f"The subscription is {subscription.status}.")
-    return runs.run_enqueue(source=source, subscription=subscription, mode=mode, trigger=trigger, user=actor)
+    if allow_empty and (source is None or mode != RunMode.FULL):
+        raise ApplicationError("Only a full ingest run can be allowed an empty source.",
+                               fields={"allow_empty": ["Only for a full run of a source."]})
+    run = runs.run_enqueue(source=source, subscription=subscription, mode=mode, trigger=trigger, user=actor,
+                           allow_empty=allow_empty)
+    if actor is not None:
+        _audit_queued(actor, run)
+    return run
 
 
 @transaction.atomic
@@ -500,5 +526,40 @@ PURGE_TASK = "exchange.tasks.deliver_purge"
 
 
 def _purge_after_commit(subscription_id: int) -> None:
-    # By name, as exchange.sync.runs queues its runs: the task module calls into this one.
-    transaction.on_commit(lambda: current_app.tasks[PURGE_TASK].delay(subscription_id))
+    """Send the purge job once the ending commits. Its send is recorded in the same
+    transaction, so a job that never reached the broker (or a worker) is sent again by the
+    reaper (``purges_resend``)."""
+    Subscription.objects.filter(pk=subscription_id).update(purge_sent_at=timezone.now())
+    transaction.on_commit(lambda: _send_purge(subscription_id))
+
+
+def _send_purge(subscription_id: int) -> None:
+    from kombu.exceptions import OperationalError as BrokerError
+
+    try:
+        # By name, as exchange.sync.runs queues its runs: the task module calls into this one.
+        current_app.tasks[PURGE_TASK].delay(subscription_id)
+    except BrokerError as exc:
+        log.warning("the purge of subscription %s waits for the reaper: its job could not be sent (%s)",
+                    subscription_id, exc)
+
+
+def purges_waiting() -> Q:
+    """Ended subscriptions whose purge job was sent and whose copy is still there, not given up."""
+    return Q(status=SubscriptionStatus.ENDED, purge_on_end=True, purged_at__isnull=True,
+             purge_sent_at__isnull=False, purge_error="")
+
+
+def purges_resend(*, resend_after: timedelta | None = None) -> list[int]:
+    """Send again the purge job of each subscription whose copy is still there
+    ``resend_after`` (SYNC_RUN_RESEND_AFTER) after the job was last sent: its message was lost
+    (broker down, a worker killed before acknowledging it) or it gave up on a target that was
+    unreachable. Each is claimed by a conditional update, so two reapers send it once."""
+    cutoff = timezone.now() - (resend_after or settings.SYNC_RUN_RESEND_AFTER)
+    sent = []
+    for pk, sent_at in Subscription.objects.filter(purges_waiting(), purge_sent_at__lt=cutoff).values_list(
+            "pk", "purge_sent_at"):
+        if Subscription.objects.filter(pk=pk, purge_sent_at=sent_at).update(purge_sent_at=timezone.now()):
+            _send_purge(pk)
+            sent.append(pk)
+    return sent

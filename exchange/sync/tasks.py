@@ -49,6 +49,9 @@ def deliver_run(run_id: int) -> str:
 
 @shared_task(name="exchange.tasks.housekeeping_reaper", ignore_result=True)
 def housekeeping_reaper() -> int:
+    from exchange.sync import services as sync_services
+
+    sync_services.purges_resend()
     return len(runs.runs_reap())
 
 
@@ -90,3 +93,6 @@ def deliver_purge(subscription_id: int) -> None:
             subscription_purge_target(subscription=subscription)
         except TargetError as exc:  # refused for good: the copy stays, for a steward to drop later
             logger.warning("purge of subscription %s skipped: %s", subscription_id, exc)
+            # Unless another purge holds the copy right now (it records its own outcome).
+            Subscription.objects.filter(pk=subscription_id, purged_at__isnull=True,
+                                        purge_claimed_at__isnull=True).update(purge_error=str(exc))

@@ -327,7 +327,8 @@ def dataset_sync_run(request: HttpRequest, dataset_id: int) -> HttpResponse:
     user, source = found
     mode = "incremental" if request.POST.get("mode") == "incremental" else "full"
     try:
-        run = sync_services.run_now(actor=user, source=source, mode=mode)
+        run = sync_services.run_now(actor=user, source=source, mode=mode,
+                                    allow_empty=request.POST.get("allow_empty") == "on")
         messages.success(request, f"Run #{run.pk} queued ({mode}).")
     except ApplicationError as exc:
         messages.error(request, exc.message)
@@ -346,7 +347,8 @@ def dataset_sync_upload(request: HttpRequest, dataset_id: int) -> HttpResponse:
         messages.error(request, "Choose a file to upload.")
         return redirect("ui-dataset-sync", dataset_id=dataset_id)
     try:
-        run = sync_services.source_upload(actor=user, source=source, upload=upload)
+        run = sync_services.source_upload(actor=user, source=source, upload=upload,
+                                          allow_empty=request.POST.get("allow_empty") == "on")
         messages.success(request, f"File received; run #{run.pk if run else '?'} queued.")
     except ApplicationError as exc:
         messages.error(request, exc.message)

@@ -118,6 +118,23 @@ def test_run_now_and_cancel_a_queued_run(as_user, people, dataset):
     assert event.details == {"kind": "ingest", "status": "cancelled"}
     assert api.post(f"/api/v1/sync/runs/{run_id}/cancel/").status_code == 409
     assert AuditEvent.objects.filter(action="run.cancel").count() == 1
+    queued = AuditEvent.objects.get(action="run.queue")  # who asked for the run is on the record too
+    assert (queued.actor_id, queued.object_id, queued.dataset_id, queued.department_id) == (
+        people["steward"].pk, str(run_id), dataset.pk, dataset.department_id)
+    assert queued.details == {"kind": "ingest", "mode": "incremental", "trigger": "manual", "allow_empty": False,
+                              "source": dataset.source.pk, "subscription": None}
+
+
+def test_only_a_full_run_may_be_allowed_an_empty_source(as_user, people, dataset):
+    Source.objects.create(dataset=dataset, mapping=identity_mapping())
+    api = as_user(people["steward"])
+    url = f"/api/v1/datasets/{dataset.pk}/source/run/"
+    response = api.post(url, {"mode": "incremental", "allow_empty": True})
+    assert response.status_code == 400 and "allow_empty" in response.json()["error"]["fields"]
+    assert not Run.objects.exists() and not AuditEvent.objects.filter(action="run.queue").exists()
+    response = api.post(url, {"mode": "full", "allow_empty": True})
+    assert response.status_code == 202 and response.json()["allow_empty"] is True
+    assert AuditEvent.objects.get(action="run.queue").details["allow_empty"] is True
 
 
 def test_schedules_are_beat_rows_kept_in_step(as_user, people, dataset):

@@ -37,9 +37,10 @@ def _source(dataset, file_format: str = FileFormat.CSV) -> Source:
 def upload(django_capture_on_commit_callbacks):
     """Upload through the API; the run it queues after commit is executed in this process,
     as a worker would."""
-    def post(api, dataset, path: Path):
+    def post(api, dataset, path: Path, **extra):
         with django_capture_on_commit_callbacks(execute=True), path.open("rb") as handle:
-            return api.post(f"/api/v1/datasets/{dataset.pk}/source/upload/", {"file": handle}, format="multipart")
+            return api.post(f"/api/v1/datasets/{dataset.pk}/source/upload/", {"file": handle, **extra},
+                            format="multipart")
 
     return post
 
@@ -160,15 +161,49 @@ def test_ten_thousand_columns_fail_the_run_with_the_reason(upload, as_user, peop
                 "The source has 10000 columns; at most 1600 are read (SYNC_MAX_COLUMNS)")
 
 
-def test_a_header_only_file_is_read_as_no_rows(upload, as_user, people, dataset, tmp_path):
-    """A file is the whole dataset: a header and nothing else reads zero rows, cleanly."""
+def test_a_header_only_file_into_an_empty_dataset_reads_no_rows(upload, as_user, people, dataset, tmp_path):
+    _source(dataset)
+    path = tmp_path / "header.csv"
+    path.write_bytes(",".join(HEADER).encode() + b"\r\n")
+    run = Run.objects.get(pk=upload(as_user(people["steward"]), dataset, path).json()["id"])
+    assert (run.status, run.rows_read, run.rows_quarantined) == (RunStatus.SUCCEEDED, 0, 0), run.error
+    assert store_rows(dataset) == []
+
+
+@pytest.mark.parametrize("content", [
+    ",".join(HEADER).encode() + b"\r\n",  # a header and nothing else
+    csv_bytes(HEADER, [[*row[:-1], "not a date"] for row in permit_rows(3)]),  # every row quarantined
+], ids=["header-only", "all-quarantined"])
+def test_a_file_without_a_valid_row_does_not_delete_every_record(upload, as_user, people, dataset, tmp_path,
+                                                                   content):
+    """A full run deletes what its file does not hold; a file with no valid row at all is far
+    more often a broken export than an emptied register, so it fails and changes nothing."""
+    _source(dataset)
+    api = as_user(people["steward"])
+    before = _loaded(upload, api, dataset, tmp_path)
+    path = tmp_path / "empty-export.csv"
+    path.write_bytes(content)
+    run = _failed_run(upload, api, dataset, path, before, "a full run would delete every record of the dataset. "
+                                                          "Nothing was changed.")
+    assert store_rows(dataset, include_deleted=True) == before  # no tombstone either
+    assert (run.rows_deleted, run.seq_to) == (0, None)
+
+
+def test_a_file_allowed_to_be_empty_deletes_every_record(upload, as_user, people, dataset, tmp_path):
+    from exchange.audit.models import AuditEvent
+
     _source(dataset)
     api = as_user(people["steward"])
     _loaded(upload, api, dataset, tmp_path)
     path = tmp_path / "header.csv"
     path.write_bytes(",".join(HEADER).encode() + b"\r\n")
-    run = Run.objects.get(pk=upload(api, dataset, path).json()["id"])
-    assert (run.status, run.rows_read, run.rows_quarantined) == (RunStatus.SUCCEEDED, 0, 0), run.error
+    response = upload(api, dataset, path, allow_empty=True)
+    assert response.json()["allow_empty"] is True
+    run = Run.objects.get(pk=response.json()["id"])
+    assert (run.status, run.rows_read, run.rows_deleted) == (RunStatus.SUCCEEDED, 0, 5), run.error
+    assert store_rows(dataset) == []
+    queued = AuditEvent.objects.filter(action="run.queue", object_id=str(run.pk)).get()
+    assert queued.actor_id == people["steward"].pk and queued.details["allow_empty"] is True
 
 
 def test_invalid_utf8_is_quarantined_row_by_row_or_fails_on_the_header(upload, as_user, people, dataset, tmp_path):

@@ -192,6 +192,64 @@ def test_revoking_the_grant_ends_the_subscription_at_once(setup, other_departmen
     assert run.status == RunStatus.CANCELLED and "subscription is ended" in run.error
 
 
+def test_a_purge_whose_job_could_not_be_sent_is_sent_again_by_the_reaper(setup, other_department, people, tmp_path,
+                                                                         settings):
+    from unittest import mock
+
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from exchange.access import services as access_services
+    from exchange.sync import tasks
+
+    dataset, _, g = setup
+    path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True)
+
+    def broker_down(self, *args, **kwargs):
+        raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with mock.patch("celery.app.task.Task.apply_async", broker_down):
+        access_services.grant_revoke(actor=people["steward"], grant=g, reason="Purpose fulfilled")  # no error
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is None and sub.purge_sent_at is not None
+    assert _tables(path) == ["permits"]
+    tasks.housekeeping_reaper()  # not overdue yet: the job may still be on its way
+    assert _tables(path) == ["permits"]
+    Subscription.objects.filter(pk=sub.pk).update(
+        purge_sent_at=timezone.now() - settings.SYNC_RUN_RESEND_AFTER - dt.timedelta(seconds=1))
+    tasks.housekeeping_reaper()  # sends it again (run here: tasks are eager in tests)
+    sub.refresh_from_db()
+    assert sub.purged_at is not None and sub.purge_error == "" and _tables(path) == []
+    assert AuditEvent.objects.filter(action="subscription.purged", object_id=str(sub.pk)).count() == 1
+    Subscription.objects.filter(pk=sub.pk).update(purge_sent_at=timezone.now() - dt.timedelta(days=1))
+    with mock.patch("celery.app.task.Task.apply_async") as send:
+        tasks.housekeeping_reaper()
+    assert not send.called  # dropped: nothing left to send
+
+
+def test_a_purge_refused_for_good_says_why_and_is_not_sent_again(setup, other_department, people, tmp_path,
+                                                                 as_user):
+    from unittest import mock
+
+    from exchange.access import services as access_services
+    from exchange.sync import tasks
+    from tests.factories import MembershipFactory
+
+    dataset, _, g = setup
+    path, sub = _subscribe(dataset, other_department, tmp_path, purge_on_end=True)
+    path.write_bytes(b"this is not a database any more " * 200)  # the department replaced the file
+    access_services.grant_revoke(actor=people["steward"], grant=g, reason="Purpose fulfilled")
+    sub.refresh_from_db()
+    assert sub.status == SubscriptionStatus.ENDED and sub.purged_at is None
+    assert "Dropping the delivered table failed" in sub.purge_error
+    Subscription.objects.filter(pk=sub.pk).update(purge_sent_at=timezone.now() - dt.timedelta(days=1))
+    with mock.patch("celery.app.task.Task.apply_async") as send:
+        tasks.housekeeping_reaper()
+    assert not send.called
+    steward = MembershipFactory.create(department=other_department, role="steward").user
+    body = as_user(steward).get(f"/api/v1/sync/subscriptions/{sub.pk}/").json()
+    assert "Dropping the delivered table failed" in body["purge_error"] and body["purged_at"] is None
+
+
 def test_expiry_ends_the_subscription_and_keeps_the_copy_unless_asked(setup, other_department, tmp_path):
     from exchange.access import services as access_services
 
