@@ -1,5 +1,6 @@
-"""The life of a run: queue it, claim it (the lock against overlap), execute it with its
-errors sorted into retry / fail / cancel, reap runs whose worker died.
+"""The life of a run: queue it (``exchange.sync.dispatch``), claim it (the lock against
+overlap), execute it with its errors sorted into retry / fail / cancel, reap runs whose worker
+died.
 
 State changes of a run go through these functions only. The lock against two runs of one
 job at a time is the database's: a partial unique index allows one ``running`` run per
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from enum import Enum
 from typing import TypeVar
 
-from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -29,8 +28,10 @@ from django.utils import timezone
 
 from departments.models import Role
 from departments.notifications import notify
+from exchange.sync.dispatch import run_enqueue
+from exchange.sync.dispatch import send as _send
 from exchange.sync.errors import SourceError, TransientSourceError
-from exchange.sync.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription
+from exchange.sync.models import Run, RunKind, RunStatus, RunTrigger, Subscription
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,49 +41,6 @@ class Outcome(Enum):
     DONE = "done"
     RETRY = "retry"
     SKIPPED = "skipped"
-
-
-INGEST_TASK = "exchange.tasks.ingest_run"
-DELIVER_TASK = "exchange.tasks.deliver_run"
-
-
-def _send(run: Run, countdown: float | None = None) -> None:
-    """Send the run's task. Called after the run's row has committed: a broker that cannot be
-    reached leaves the run queued (logged), and the reaper sends it again once the run is
-    overdue (``runs_reap``), rather than failing the request or job that queued it."""
-    from kombu.exceptions import OperationalError as BrokerError
-
-    # By name from Celery's registry: the task module calls into this one, and every process
-    # registers it at start (ExchangeConfig.ready); an unknown name raises NotRegistered.
-    task = current_app.tasks[INGEST_TASK if run.kind == RunKind.INGEST else DELIVER_TASK]
-    options: dict[str, object] = {"task_id": run.celery_task_id}
-    if run.queue:
-        options["queue"] = run.queue
-    if countdown:
-        options["countdown"] = countdown
-    try:
-        task.apply_async(args=[run.pk], **options)  # type: ignore[arg-type]
-    except BrokerError as exc:
-        log.warning("run %s stays queued: its task could not be sent (%s); the reaper sends it again after "
-                    "SYNC_RUN_RESEND_SECONDS", run.pk, exc)
-
-
-def run_enqueue(
-    *, source: Source | None = None, subscription: Subscription | None = None, mode: str = RunMode.FULL,
-    trigger: str = RunTrigger.MANUAL, user: User | None = None, queue: str = "", rerun_of: Run | None = None,
-    allow_empty: bool = False,
-) -> Run:
-    """Create a queued run and send its task once the transaction commits."""
-    if (source is None) == (subscription is None):
-        raise ValueError("a run belongs to exactly one source or subscription")
-    dataset_id = source.dataset_id if source is not None else subscription.dataset_id  # type: ignore[union-attr]
-    run = Run.objects.create(
-        kind=RunKind.INGEST if source is not None else RunKind.DELIVERY, source=source, subscription=subscription,
-        dataset_id=dataset_id, mode=mode, trigger=trigger, triggered_by=user, queue=queue, rerun_of=rerun_of,
-        allow_empty=allow_empty, celery_task_id=uuid.uuid4().hex, due_at=timezone.now(),
-    )
-    transaction.on_commit(lambda: _send(run))
-    return run
 
 
 def run_claim(*, run_id: int) -> Run | None:
