@@ -38,11 +38,11 @@ SOURCES: list[tuple[str, str, int, str]] = [
     ("air-quality", "sqlite", 6000, "*/10 * * * *"),
     ("traffic-counts", "sqlite", 5000, "*/15 * * * *"),
 ]
-# (dataset slug, subscribing department code, target table, schedule)
-SUBSCRIPTIONS: list[tuple[str, str, str, str]] = [
-    ("air-quality", "health", "air_quality", "*/10 * * * *"),
-    ("building-permits", "transport", "building_permits", "0 3 * * *"),
-    ("traffic-counts", "environment", "traffic_counts", "*/15 * * * *"),
+# (dataset slug, subscribing department code, target table, schedule, deliver on change)
+SUBSCRIPTIONS: list[tuple[str, str, str, str, bool]] = [
+    ("air-quality", "health", "air_quality", "*/10 * * * *", True),
+    ("building-permits", "transport", "building_permits", "0 3 * * *", False),
+    ("traffic-counts", "environment", "traffic_counts", "*/15 * * * *", True),
 ]
 
 DISTRICTS = ["Altstadt", "Nordend", "Südufer", "Westpark", "Ostheim", "Hafen", "Bergviertel", "Lindenau"]
@@ -183,7 +183,8 @@ def _seed_source(dataset: Dataset, kind: str, n: int, schedule: str, stdout: Tex
     return 1
 
 
-def _seed_subscription(dataset: Dataset, department: Department, table: str, schedule: str, stdout: TextIO) -> int:
+def _seed_subscription(dataset: Dataset, department: Department, table: str, schedule: str, on_change: bool,
+                       stdout: TextIO) -> int:
     if Subscription.objects.filter(dataset=dataset, department=department).exists():
         return 0
     steward = _steward(department)
@@ -217,9 +218,11 @@ def _seed_subscription(dataset: Dataset, department: Department, table: str, sch
                                                              name=f"{department.code} warehouse",
                                                              kind=ConnectionKind.SQLITE, secret=str(target)))
         subscription = services.subscription_create(actor=steward, dataset=dataset, department=department,
-                                                    connection=connection, target_table=table, schedule=schedule)
+                                                    connection=connection, target_table=table, schedule=schedule,
+                                                    deliver_on_change=on_change)
         runs.run_enqueue(subscription=subscription, user=steward)
-    stdout.write(f"  demo subscription: {department.code} ← {dataset.slug} into {target.name}:{table}\n")
+    stdout.write(f"  demo subscription: {department.code} ← {dataset.slug} into {target.name}:{table}"
+                 f"{' (on change)' if on_change else ''}\n")
     return created + 1
 
 
@@ -233,10 +236,10 @@ def seed(*, stdout: TextIO) -> int:
             stdout.write(f"  demo data: no published dataset {slug!r}, skipped\n")
             continue
         created += _seed_source(datasets[slug], kind, n, schedule, stdout)
-    for slug, code, table, schedule in SUBSCRIPTIONS:
+    for slug, code, table, schedule, on_change in SUBSCRIPTIONS:
         department = Department.objects.filter(code=code).first()
         if slug in datasets and department is not None and Source.objects.filter(dataset=datasets[slug]).exists():
-            created += _seed_subscription(datasets[slug], department, table, schedule, stdout)
+            created += _seed_subscription(datasets[slug], department, table, schedule, on_change, stdout)
     created += _seed_data_requests(stdout)
     return created
 

@@ -5,11 +5,13 @@ connection is only ever shown with its redacted DSN or URL."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -23,7 +25,7 @@ from config.api.pagination import PageNumberPagination
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from exchange.sync import selectors, services
-from exchange.sync.models import ConnectionKind, FileFormat, Run, RunKind, RunMode, RunStatus
+from exchange.sync.models import ConnectionKind, FileFormat, Run, RunKind, RunMode, RunStatus, Subscription
 
 
 def _paginate(request: Request, view: APIView, qs: QuerySet[Any], serializer: type[serializers.Serializer]) -> Response:
@@ -144,6 +146,10 @@ class RunOutput(serializers.Serializer):
                   "or was lost, e.g. the broker was down).")
     error = serializers.CharField()
     cancel_requested = serializers.BooleanField()
+    changes_seen_at = serializers.DateTimeField(
+        allow_null=True, help_text="Delivery: when the oldest change it carried was read from its source.")
+    latency_seconds = serializers.SerializerMethodField(
+        help_text="Delivery: seconds from changes_seen_at to the target's commit (null for a first copy).")
     seq_from = serializers.IntegerField(allow_null=True, help_text="Lineage: first store change number written.")
     seq_to = serializers.IntegerField(allow_null=True, help_text="Lineage: last store change number written.")
     target = serializers.CharField(help_text="Where the run wrote (store table, or target connection → table).")
@@ -158,6 +164,11 @@ class RunOutput(serializers.Serializer):
 
     def get_duration_seconds(self, run: Run) -> float | None:
         return run.duration.total_seconds() if run.duration is not None else None
+
+    def get_latency_seconds(self, run: Run) -> float | None:
+        if run.changes_seen_at is None or run.finished_at is None:
+            return None
+        return round((run.finished_at - run.changes_seen_at).total_seconds(), 3)
 
 
 class RunListApi(APIView):
@@ -335,6 +346,30 @@ class SubscriptionOutput(serializers.Serializer):
     purged_at = serializers.DateTimeField(allow_null=True)
     purge_error = serializers.CharField(help_text="Why the purge job could not drop the delivered copy; a steward "
                                                   "may purge it again.")
+    deliver_on_change = serializers.BooleanField(
+        help_text="A delivery is queued as soon as an ingest commits changes to the dataset, besides the schedule.")
+
+
+class SubscriptionDetailOutput(SubscriptionOutput):
+    waiting_since = serializers.SerializerMethodField(
+        help_text="When the oldest change not yet delivered was read from its source; null when up to date.")
+    lag_seconds = serializers.SerializerMethodField(help_text="Seconds since waiting_since; 0 when up to date.")
+
+    def _waiting_since(self, subscription: Subscription) -> datetime | None:
+        if not hasattr(subscription, "_waiting_since"):
+            subscription._waiting_since = selectors.subscription_waiting_since(  # type: ignore[attr-defined]
+                subscription=subscription)
+        return subscription._waiting_since  # type: ignore[attr-defined]
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_waiting_since(self, subscription: Subscription) -> str | None:
+        since = self._waiting_since(subscription)
+        return serializers.DateTimeField().to_representation(since) if since else None
+
+    @extend_schema_field(serializers.FloatField())
+    def get_lag_seconds(self, subscription: Subscription) -> float:
+        since = self._waiting_since(subscription)
+        return round((timezone.now() - since).total_seconds(), 3) if since else 0.0
 
 
 class SubscriptionListApi(APIView):
@@ -346,6 +381,7 @@ class SubscriptionListApi(APIView):
         target_table = serializers.RegexField(r"^[a-z_][a-z0-9_]{0,62}$", max_length=63)
         purge_on_end = serializers.BooleanField(required=False, default=False)
         schedule = serializers.CharField(required=False, allow_blank=True, default="", max_length=120)
+        deliver_on_change = serializers.BooleanField(required=False, default=False)
 
     @extend_schema(responses=SubscriptionOutput(many=True))
     def get(self, request: Request) -> Response:
@@ -362,8 +398,8 @@ class SubscriptionListApi(APIView):
         subscription = services.subscription_create(
             actor=request_user(request), dataset=dataset, department=connection.department, connection=connection,
             target_table=data.validated_data["target_table"], purge_on_end=data.validated_data["purge_on_end"],
-            schedule=data.validated_data["schedule"])
-        return Response(SubscriptionOutput(subscription).data, status=status.HTTP_201_CREATED)
+            schedule=data.validated_data["schedule"], deliver_on_change=data.validated_data["deliver_on_change"])
+        return Response(SubscriptionDetailOutput(subscription).data, status=status.HTTP_201_CREATED)
 
 
 class SubscriptionDetailApi(APIView):
@@ -371,23 +407,24 @@ class SubscriptionDetailApi(APIView):
         schedule = serializers.CharField(required=False, allow_blank=True, max_length=120)
         purge_on_end = serializers.BooleanField(required=False)
         paused = serializers.BooleanField(required=False)
+        deliver_on_change = serializers.BooleanField(required=False)
 
     class DeleteFilter(serializers.Serializer):
         purge = serializers.BooleanField(required=False, default=False)
 
-    @extend_schema(responses=SubscriptionOutput)
+    @extend_schema(responses=SubscriptionDetailOutput)
     def get(self, request: Request, subscription_id: int) -> Response:
-        return Response(SubscriptionOutput(selectors.subscription_get(user=request.user,
-                                                                      subscription_id=subscription_id)).data)
+        return Response(SubscriptionDetailOutput(selectors.subscription_get(user=request.user,
+                                                                            subscription_id=subscription_id)).data)
 
-    @extend_schema(request=InputSerializer, responses=SubscriptionOutput)
+    @extend_schema(request=InputSerializer, responses=SubscriptionDetailOutput)
     def patch(self, request: Request, subscription_id: int) -> Response:
         subscription = selectors.subscription_get(user=request.user, subscription_id=subscription_id, manage=True)
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         subscription = services.subscription_update(actor=request_user(request), subscription=subscription,
                                                     **data.validated_data)
-        return Response(SubscriptionOutput(subscription).data)
+        return Response(SubscriptionDetailOutput(subscription).data)
 
     @extend_schema(parameters=[OpenApiParameter("purge", bool, description="Also drop the delivered copy.")],
                    responses={204: None})

@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
@@ -34,6 +34,7 @@ from exchange.records.selectors import Select, build_select
 from exchange.records.store import StoreTable, ident, is_postgres, store_exists, store_table
 from exchange.sync import secrets
 from exchange.sync.convert import for_sqlite
+from exchange.sync.dispatch import delivery_follow_up
 from exchange.sync.errors import TransientSourceError
 from exchange.sync.models import ConnectionKind, Run, RunStatus, Subscription, SubscriptionStatus, holds_target_table
 from exchange.sync.readers import sqlite_path
@@ -488,13 +489,14 @@ def delivery_execute(*, run: Run) -> None:
             inserted, updated, deleted = target.apply(stage, names, key)
         if reader is not None:
             reader.close()  # done reading: let go of the store's snapshot before waiting on locks
+        seen = _changes_seen_at(table, after=subscription.last_seq, upto=int(top))
         with transaction.atomic():
             _lock_if_still_granted(run, subscription, table, planned)
             target.commit()
             # Still under the subscription's lock, so no purge or end slips in between the
             # target's commit and the bookmark and record of what it now holds.
             finish_delivery(run, subscription, view, columns, progress.done, inserted, updated, deleted,
-                            seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild)
+                            seq_from=(since or 0) + 1, top=int(top), rebuild=rebuild, table=table, seen=seen)
     except sqlite3.Error as exc:
         raise TargetError(f"Writing the target failed: {exc}") from exc
     except Exception as exc:
@@ -549,8 +551,13 @@ def _describe(columns: dict[str, str]) -> str:
 
 def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, columns: list[tuple[str, str]],
                     read: int, inserted: int, updated: int, deleted: int, *, seq_from: int, top: int,
-                    rebuild: bool) -> None:
+                    rebuild: bool, table: StoreTable, seen: datetime | None) -> None:
+    """Record a delivery that committed at the target. Precondition: inside the transaction
+    that committed it, holding the subscription's row lock (``_lock_if_still_granted``)."""
     now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT coalesce(max({ident('_seq')}), 0) FROM {table.qualified}")  # noqa: S608
+        store_top = int(cursor.fetchone()[0])
     with transaction.atomic():
         # The table holds a copy again, whatever was dropped before.
         Subscription.objects.filter(pk=subscription.pk).update(last_seq=top, delivered_columns=columns,
@@ -558,7 +565,7 @@ def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, c
         fields = dict(status=RunStatus.SUCCEEDED, mode="full" if rebuild else "incremental", rows_read=read,
                       rows_done=read, rows_inserted=inserted, rows_updated=updated, rows_deleted=deleted,
                       finished_at=now, heartbeat_at=now, seq_from=seq_from if top >= seq_from else None,
-                      seq_to=top if top >= seq_from else None, error="",
+                      seq_to=top if top >= seq_from else None, error="", changes_seen_at=seen,
                       target=f"{subscription.connection.redacted} → {subscription.target_table}")
         Run.objects.filter(pk=run.pk).update(**fields)
         for k, v in fields.items():
@@ -566,6 +573,24 @@ def finish_delivery(run: Run, subscription: Subscription, view: EffectiveView, c
         _audit_delivery(run, subscription, view, columns, action="delivery.run",
                         row_count=inserted + updated + deleted,
                         details={"rebuild": rebuild, "seq_from": seq_from, "seq_to": top})
+        # Changes that the store took while this delivery ran (it read a snapshot up to ``top``)
+        # go out with the next one.
+        delivery_follow_up(subscription=subscription, delivered_to=top, store_top=store_top, queue=run.queue)
+
+
+def _changes_seen_at(table: StoreTable, *, after: int, upto: int) -> datetime | None:
+    """When the oldest change numbered in (after, upto] was read from its source: the start of
+    the ingest run that last wrote it. None when nothing was delivered before (a first copy
+    carries the whole history, not a change) or nothing changed."""
+    if after <= 0 or upto <= after:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT min({ident('_last_run')}) FROM {table.qualified} "  # noqa: S608
+                       f"WHERE {ident('_seq')} > %s AND {ident('_seq')} <= %s", [after, upto])
+        first_run = cursor.fetchone()[0]
+    if first_run is None:
+        return None
+    return Run.objects.filter(pk=first_run).values_list("started_at", flat=True).first()
 
 
 def _audit_delivery(run: Run, subscription: Subscription, view: EffectiveView, columns: list[tuple[str, str]], *,

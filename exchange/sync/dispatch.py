@@ -10,9 +10,10 @@ import uuid
 from celery import current_app
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-from exchange.sync.models import Run, RunKind, RunMode, RunTrigger, Source, Subscription
+from exchange.sync.models import Run, RunKind, RunMode, RunStatus, RunTrigger, Source, Subscription, SubscriptionStatus
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +59,39 @@ def run_enqueue(
     )
     transaction.on_commit(lambda: send(run))
     return run
+
+
+def deliveries_for_change(*, dataset_id: int, queue: str = "", lock: bool = True) -> list[Run]:
+    """Queue a delivery for each active subscription of the dataset that delivers on change and
+    has none queued: one waits at a time, and a later change folds into it, since a delivery
+    reads the store as it is when it starts. Called in the transaction that commits the change
+    (an ingest's merge), so the runs exist if and only if the change does, and their tasks leave
+    after its commit. Each subscription's row is locked (FOR NO KEY UPDATE), the lock a delivery
+    takes to record what it delivered, so that a change is either seen by that delivery's check
+    for changes that came meanwhile (``delivery_follow_up``) or finds it finished here.
+    ``lock=False`` for a first load, which holds the store table itself exclusively: a delivery
+    recording its run under the row lock waits for that table to read the store's top, and
+    sees the load once it has committed. ``queue``: the queue of the run that made the change
+    (blank: routed)."""
+    waiting = Run.objects.filter(subscription=OuterRef("pk"), status=RunStatus.QUEUED)
+    subscriptions = ((Subscription.objects.select_for_update(no_key=True, of=("self",)) if lock
+                      else Subscription.objects.all())
+                     .filter(dataset_id=dataset_id, status=SubscriptionStatus.ACTIVE, deliver_on_change=True)
+                     .exclude(Exists(waiting)).order_by("pk"))
+    return [run_enqueue(subscription=s, trigger=RunTrigger.CHANGE, queue=queue) for s in subscriptions]
+
+
+def delivery_follow_up(*, subscription: Subscription, delivered_to: int, store_top: int,
+                       queue: str = "") -> Run | None:
+    """After a delivery of changes up to ``delivered_to``: if the store has moved on meanwhile
+    (``store_top``, read in the delivery's recording transaction) and the subscription delivers
+    on change with no delivery queued, queue the next one. Precondition: the caller holds the
+    subscription's row lock (see ``deliveries_for_change``)."""
+    if store_top <= delivered_to:
+        return None
+    if not Subscription.objects.filter(pk=subscription.pk, status=SubscriptionStatus.ACTIVE,
+                                       deliver_on_change=True).exists():
+        return None
+    if Run.objects.filter(subscription_id=subscription.pk, status=RunStatus.QUEUED).exists():
+        return None
+    return run_enqueue(subscription=subscription, trigger=RunTrigger.CHANGE, queue=queue)

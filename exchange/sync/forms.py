@@ -185,6 +185,13 @@ class ScheduleForm(forms.Form):
                                widget=_text(placeholder="0 2 * * *"))
 
 
+ON_CHANGE_LABEL = "Also deliver as soon as new changes are ingested"
+
+
+class SubscriptionScheduleForm(ScheduleForm):
+    deliver_on_change = forms.BooleanField(required=False, label=ON_CHANGE_LABEL)
+
+
 class SubscriptionForm(forms.Form):
     dataset = forms.TypedChoiceField(coerce=int, label="Dataset")
     connection = forms.TypedChoiceField(coerce=int, label="Target connection")
@@ -193,6 +200,7 @@ class SubscriptionForm(forms.Form):
                                                                "not starting with a digit."})
     schedule = forms.CharField(max_length=120, required=False, help_text=SCHEDULE_HELP,
                                widget=_text(placeholder="0 2 * * *"))
+    deliver_on_change = forms.BooleanField(required=False, label=ON_CHANGE_LABEL)
     purge_on_end = forms.BooleanField(required=False, label="Drop the delivered copy when the grant ends")
 
     def __init__(self, *args: Any, datasets: list[tuple[int, str]], connections: list[tuple[int, str]],

@@ -35,6 +35,7 @@ from exchange.sync.convert import (
     for_sqlite,
     local_timestamp_sql,
 )
+from exchange.sync.dispatch import deliveries_for_change
 from exchange.sync.errors import SourceError
 from exchange.sync.models import QuarantinedRow, Run, RunMode, RunStatus
 from exchange.sync.readers import (
@@ -1196,7 +1197,7 @@ def replace_store(run: Run, plan: Plan, name: str, load: str, counts: Counts, re
                            f"TO {ident(table.name + '_pkey')}")
             cursor.execute(f"ALTER INDEX {ident(table.schema or '', name + '_seq')} "
                            f"RENAME TO {ident(table.name + '_seq')}")
-        finish_ingest(run, plan, counts, result)
+        finish_ingest(run, plan, counts, result, first_load=True)
 
 
 def store_takes_a_load(run: Run, plan: Plan) -> bool:
@@ -1281,7 +1282,7 @@ def _stage_max(stage: str, name: str) -> Any:
         return cursor.fetchone()[0]
 
 
-def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult) -> None:
+def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult, *, first_load: bool = False) -> None:
     source = run.source
     assert source is not None
     now = timezone.now()
@@ -1299,6 +1300,8 @@ def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult) -> 
     Run.objects.filter(pk=run.pk).update(**fields)
     for k, v in fields.items():
         setattr(run, k, v)
+    if result.inserted + result.updated + result.deleted:
+        deliveries_for_change(dataset_id=source.dataset_id, queue=run.queue, lock=not first_load)
     audit_record(
         actor=None, actor_label="job:ingest", action="ingest.run", obj=run,
         dataset_id=source.dataset_id, department_id=source.dataset.department_id,

@@ -113,6 +113,9 @@ class Subscription(models.Model):
     delivered_columns = models.JSONField(default=list, blank=True)
     purge_on_end = models.BooleanField(default=False)
     schedule = models.CharField(max_length=120, blank=True)
+    # Besides (or instead of) the schedule: a delivery is queued as soon as an ingest commits
+    # changes to the dataset (exchange.sync.runs.deliveries_for_change).
+    deliver_on_change = models.BooleanField(default=False)
     periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True,
                                          blank=True, related_name="+")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
@@ -173,6 +176,7 @@ class RunTrigger(models.TextChoices):
     UPLOAD = "upload", "New file uploaded"
     REAPER = "reaper", "Re-run of an orphaned run"
     RETRY = "retry", "Retry"
+    CHANGE = "change", "Changes ingested"
 
 
 class Run(models.Model):
@@ -218,6 +222,9 @@ class Run(models.Model):
     seq_to = models.BigIntegerField(null=True, blank=True)
     target = models.CharField(max_length=300, blank=True)
     schema_version = models.PositiveIntegerField(null=True, blank=True)
+    # Delivery: when the oldest change it carried was read from the source (the start of the
+    # ingest run that brought it); finished_at minus this is the change's time to the target.
+    changes_seen_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at", "-id"]

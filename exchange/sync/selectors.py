@@ -16,6 +16,7 @@ from celery.schedules import crontab
 from cron_descriptor import get_description
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -147,3 +148,27 @@ def schedule_describe(expression: str, *, now: datetime | None = None) -> Schedu
     except Exception:  # noqa: BLE001 - e.g. 31 February: a valid expression that never fires
         next_run = None
     return ScheduleInfo(expression=expression, description=description, next_run=next_run)
+
+
+def subscription_waiting_since(*, subscription: Subscription) -> datetime | None:
+    """When the oldest change the subscription has not received was read from its source (the
+    start of the ingest run that last wrote it); None when it is up to date. Its lag is the time
+    since. Before a first delivery everything waits, since the dataset's first load."""
+    from exchange.records.store import ident, store_exists, store_table
+    from exchange.sync.models import RunKind, RunStatus
+
+    ingests = Run.objects.filter(dataset_id=subscription.dataset_id, kind=RunKind.INGEST,
+                                 status=RunStatus.SUCCEEDED, seq_to__isnull=False)
+    if subscription.last_seq == 0:
+        return ingests.order_by("started_at").values_list("started_at", flat=True).first()
+    if not store_exists(subscription.dataset):
+        return None
+    table = store_table(subscription.dataset)
+    with connection.cursor() as cursor:
+        # Read from the _seq index: the changes after the bookmark, usually few.
+        cursor.execute(f"SELECT min({ident('_last_run')}) FROM {table.qualified} "  # noqa: S608
+                       f"WHERE {ident('_seq')} > %s", [subscription.last_seq])
+        first_run = cursor.fetchone()[0]
+    if first_run is None:
+        return None
+    return Run.objects.filter(pk=first_run).values_list("started_at", flat=True).first()

@@ -361,7 +361,8 @@ def run_cancel(*, actor: User, run: Run) -> Run:
 
 @transaction.atomic
 def subscription_create(*, actor: User, dataset: Dataset, department: Department, connection: Connection,
-                        target_table: str, purge_on_end: bool = False, schedule: str = "") -> Subscription:
+                        target_table: str, purge_on_end: bool = False, schedule: str = "",
+                        deliver_on_change: bool = False) -> Subscription:
     """Precondition: the actor is a steward of ``department``."""
     if connection.department_id != department.pk:
         raise ApplicationError("The target connection must belong to the subscribing department.",
@@ -382,19 +383,21 @@ def subscription_create(*, actor: User, dataset: Dataset, department: Department
         raise ConflictError("Another subscription already writes to this table.")
     subscription = Subscription.objects.create(dataset=dataset, department=department, connection=connection,
                                                target_table=target_table, purge_on_end=purge_on_end,
-                                               created_by=actor)
+                                               deliver_on_change=deliver_on_change, created_by=actor)
     _set_schedule(subscription, schedule, task="exchange.tasks.deliver_scheduled",
                   name=f"deliver subscription {subscription.pk}")
     subscription.save()
     audit_record(actor=actor, action="subscription.created", obj=subscription, dataset_id=dataset.pk,
                  department_id=department.pk, fields=list(view.fields),
-                 details={"target": f"{connection.redacted} → {target_table}", "schedule": subscription.schedule})
+                 details={"target": f"{connection.redacted} → {target_table}", "schedule": subscription.schedule,
+                          "deliver_on_change": deliver_on_change})
     return subscription
 
 
 @transaction.atomic
 def subscription_update(*, actor: User, subscription: Subscription, schedule: str | None = None,
-                        purge_on_end: bool | None = None, paused: bool | None = None) -> Subscription:
+                        purge_on_end: bool | None = None, paused: bool | None = None,
+                        deliver_on_change: bool | None = None) -> Subscription:
     # Re-read under the row's lock: a grant ending meanwhile may have ended it, and a delivery
     # finishing writes its bookmark to the same row.
     subscription = Subscription.objects.select_for_update(no_key=True, of=("self",)).select_related(
@@ -408,11 +411,13 @@ def subscription_update(*, actor: User, subscription: Subscription, schedule: st
         subscription.purge_on_end = purge_on_end
     if paused is not None:
         subscription.status = SubscriptionStatus.PAUSED if paused else SubscriptionStatus.ACTIVE
-    subscription.save(update_fields=["periodic_task", "schedule", "purge_on_end", "status"])
+    if deliver_on_change is not None:
+        subscription.deliver_on_change = deliver_on_change
+    subscription.save(update_fields=["periodic_task", "schedule", "purge_on_end", "status", "deliver_on_change"])
     audit_record(actor=actor, action="subscription.updated", obj=subscription, dataset_id=subscription.dataset_id,
                  department_id=subscription.department_id,
                  details={"schedule": subscription.schedule, "purge_on_end": subscription.purge_on_end,
-                          "status": subscription.status})
+                          "status": subscription.status, "deliver_on_change": subscription.deliver_on_change})
     return subscription
 
 

@@ -32,6 +32,7 @@ from exchange.sync.forms import (
     SourceKind,
     SubscriptionEndForm,
     SubscriptionForm,
+    SubscriptionScheduleForm,
     source_initial,
 )
 from exchange.sync.models import ConnectionKind, Run, RunStatus, Source, Subscription, SubscriptionStatus
@@ -407,7 +408,7 @@ def subscription_create(request: HttpRequest) -> HttpResponse:
             subscription = sync_services.subscription_create(
                 actor=user, dataset=dataset, department=connection.department, connection=connection,
                 target_table=form.cleaned_data["target_table"], purge_on_end=form.cleaned_data["purge_on_end"],
-                schedule=form.cleaned_data["schedule"])
+                schedule=form.cleaned_data["schedule"], deliver_on_change=form.cleaned_data["deliver_on_change"])
         except NotFoundError as exc:
             form.add_error(None, exc.message)
         except ConflictError as exc:
@@ -429,7 +430,10 @@ def _subscription_context(user: User, subscription: Subscription, schedule_form:
         "subscription": subscription, "runs": runs, "live": any(r.status in LIVE for r in runs),
         "manage": subscription.department_id in selectors.steward_departments(user=user),
         "schedule": selectors.schedule_describe(subscription.schedule),
-        "schedule_form": schedule_form or ScheduleForm(initial={"schedule": subscription.schedule}),
+        "schedule_form": schedule_form or SubscriptionScheduleForm(initial={
+            "schedule": subscription.schedule, "deliver_on_change": subscription.deliver_on_change}),
+        "waiting_since": selectors.subscription_waiting_since(subscription=subscription)
+        if subscription.status == SubscriptionStatus.ACTIVE else None,
         "end_form": end_form or SubscriptionEndForm(),
     }
 
@@ -463,16 +467,19 @@ def subscription_schedule(request: HttpRequest, subscription_id: int) -> HttpRes
     if isinstance(found, HttpResponse):
         return found
     user, subscription = found
-    form = ScheduleForm(request.POST)
+    form = SubscriptionScheduleForm(request.POST)
     if form.is_valid():
         try:
             sync_services.subscription_update(actor=user, subscription=subscription,
-                                              schedule=form.cleaned_data["schedule"])
+                                              schedule=form.cleaned_data["schedule"],
+                                              deliver_on_change=form.cleaned_data["deliver_on_change"])
         except ApplicationError as exc:
             add_service_errors(form, exc, default="schedule")
         else:
-            messages.success(request, "Schedule saved." if form.cleaned_data["schedule"].strip()
-                             else "Schedule cleared: deliveries run on demand.")
+            on_change = form.cleaned_data["deliver_on_change"]
+            messages.success(request, "Schedule saved." if form.cleaned_data["schedule"].strip() else
+                             "Schedule cleared: deliveries run on change." if on_change else
+                             "Schedule cleared: deliveries run on demand.")
             return redirect("ui-subscription", subscription_id=subscription_id)
     subscription.refresh_from_db()
     return render(request, "exchange/sync/subscription.html",

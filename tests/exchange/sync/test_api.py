@@ -186,7 +186,8 @@ def test_subscriptions_need_a_grant_and_belong_to_the_subscribing_stewards(
     updated = AuditEvent.objects.get(action="subscription.updated")
     assert (updated.actor_id, updated.object_id, updated.department_id) == (
         Membership.objects.get(department=other_department, role="steward").user_id, str(sub_id), other_department.pk)
-    assert updated.details == {"schedule": "0 * * * *", "purge_on_end": False, "status": "paused"}
+    assert updated.details == {"schedule": "0 * * * *", "purge_on_end": False, "status": "paused",
+                               "deliver_on_change": False}
     # Only an ended one can be removed.
     response = api.delete(f"/api/v1/sync/subscriptions/{sub_id}/")
     assert response.status_code == 409 and "End the subscription" in response.json()["error"]["message"]

@@ -45,5 +45,7 @@ def test_seed_creates_flowing_sources_and_subscriptions(settings, tmp_path, monk
     columns = [r[1] for r in target.execute("PRAGMA table_info(air_quality)")]
     assert "operator_phone" not in columns and "pm10" in columns
     assert target.execute("SELECT count(*) FROM air_quality").fetchone()[0] == 150
+    assert Subscription.objects.get(dataset=air).deliver_on_change  # live: changes flow on their own
+    assert not Subscription.objects.get(dataset=permits).deliver_on_change
 
     assert demo.seed(stdout=io.StringIO()) == 0

@@ -215,3 +215,56 @@ def test_postgresql_source_dropped_mid_run(department, env, queue, workers):
         assert run.status == RunStatus.FAILED and run.attempts == 2
         assert 'relation "permits" does not exist' in run.error
         assert store_rows(dataset, include_deleted=True) == []
+
+
+def test_changes_flow_to_every_subscriber_on_their_own(department, other_department, people, env, queue, workers,
+                                                       tmp_path):
+    """Three subscriptions that deliver on change, and three ingests of changes in a row while
+    their deliveries run beside them (two worker processes): every target ends with the last
+    state, and each subscription's deliveries carried consecutive change numbers, none twice."""
+    import sqlite3
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.db.models import Max
+
+    from exchange.sync.models import RunKind, Subscription
+    from tests.records_support import grant
+
+    settings.SYNC_SQLITE_DIRS = [str(tmp_path)]
+    workers.append(worker := start_worker(queue, env={**env, "SYNC_SQLITE_DIRS": str(tmp_path)}, concurrency=2))
+    dataset = published_dataset(department=department)
+    source = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(50)))
+    first = runs.run_enqueue(source=source, queue=queue)
+    wait_for(lambda: finished(first), what="the first load", worker=worker)
+    grant(dataset, department=other_department, approved_by=people["admin"],
+          fields={"permit_id": "clear", "fee": "clear"})
+    targets = []
+    for name in ("health", "planning", "social"):
+        path = tmp_path / f"{name}.sqlite3"
+        sqlite3.connect(path).close()
+        conn = connection(department=other_department, kind="sqlite", secret=str(path), name=name)
+        subscription = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                                   target_table="permits", deliver_on_change=True)
+        targets.append((path, subscription))
+    for bump in (1, 2, 3):
+        Path(settings.MEDIA_ROOT, source.upload).write_bytes(csv_bytes(HEADER, permit_rows(50, fee_bump=bump)))
+        ingest = runs.run_enqueue(source=source, queue=queue)
+        wait_for(lambda ingest=ingest: finished(ingest), what=f"ingest {bump}", worker=worker)
+        assert ingest.status == RunStatus.SUCCEEDED and ingest.rows_updated == 50, ingest.error
+    top = Run.objects.filter(dataset=dataset, kind=RunKind.INGEST).aggregate(top=Max("seq_to"))["top"]
+
+    def all_delivered() -> bool:
+        busy = Run.objects.filter(dataset=dataset, kind=RunKind.DELIVERY,
+                                  status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).exists()
+        return not busy and all(s.last_seq == top for s in Subscription.objects.filter(dataset=dataset))
+
+    wait_for(all_delivered, what="every subscriber to catch up", worker=worker)
+    for path, subscription in targets:
+        fees = [str(r[0]) for r in sqlite3.connect(path).execute("SELECT fee FROM permits ORDER BY permit_id")]
+        assert fees == [f"{100 + i + 3}.5" for i in range(1, 51)]
+        done = list(Run.objects.filter(subscription=subscription, status=RunStatus.SUCCEEDED,
+                                       seq_from__isnull=False).order_by("seq_from"))
+        assert done and all(r.trigger == "change" for r in done)
+        assert done[-1].seq_to == top
+        assert all(b.seq_from == (a.seq_to or 0) + 1 for a, b in zip(done, done[1:], strict=False))
