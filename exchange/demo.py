@@ -175,9 +175,11 @@ def _seed_source(dataset: Dataset, kind: str, n: int, schedule: str, stdout: Tex
             connection = services.connection_create(
                 actor=steward, department=dataset.department, name=f"{dataset.department.code} operational database"
                 f" ({table})", kind=ConnectionKind.SQLITE, secret=str(path))
+            # Watched as well: a change in the department's database starts a run within half a
+            # minute, besides the schedule.
             source = services.source_set(actor=steward, dataset=dataset, connection=connection, table=table,
                                          mapping=mapping, watermark_column=stamps[0] if stamps else "",
-                                         schedule=schedule)
+                                         schedule=schedule, watch_seconds=30)
         runs.run_enqueue(source=source, user=steward)
     stdout.write(f"  demo data: {n} rows for {dataset.slug} ({kind}), ingest queued, schedule {schedule}\n")
     return 1

@@ -236,6 +236,10 @@ class SourceOutput(serializers.Serializer):
     watermark_column = serializers.CharField()
     watermark_value = serializers.CharField()
     schedule = serializers.CharField()
+    watch_seconds = serializers.IntegerField(allow_null=True, help_text="Checked for changes this often; null: not "
+                                                                         "watched.")
+    watch_checked_at = serializers.DateTimeField(allow_null=True)
+    watch_error = serializers.CharField(help_text="Why the last check could not tell whether the source changed.")
     updated_at = serializers.DateTimeField()
 
     def get_has_upload(self, source: Any) -> bool:
@@ -254,6 +258,11 @@ class SourceApi(APIView):
         watermark_column = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
         schedule = serializers.CharField(required=False, allow_blank=True, default="", max_length=120,
                                          help_text="Cron expression: minute hour day month weekday.")
+        watch_seconds = serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=1, max_value=10**6,
+            help_text="Check the source for changes this often (5 to 86400) and run when it changed: the watermark "
+                      "column's maximum for a database, the file for SQLite without one, ETag / Last-Modified for "
+                      "a URL. Uploaded files are not watched.")
 
     @extend_schema(responses=SourceOutput)
     def get(self, request: Request, dataset_id: int) -> Response:

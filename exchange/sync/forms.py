@@ -188,6 +188,13 @@ class ScheduleForm(forms.Form):
 ON_CHANGE_LABEL = "Also deliver as soon as new changes are ingested"
 
 
+class SourceScheduleForm(ScheduleForm):
+    watch_seconds = forms.IntegerField(
+        required=False, min_value=1, label="Also watch for changes every … seconds (optional)", widget=_text(),
+        help_text="A quick check (the watermark column's maximum, the SQLite file, or the URL's ETag / "
+                  "Last-Modified) starts a run as soon as the source changed.")
+
+
 class SubscriptionScheduleForm(ScheduleForm):
     deliver_on_change = forms.BooleanField(required=False, label=ON_CHANGE_LABEL)
 

@@ -73,6 +73,14 @@ class Source(models.Model):
     schedule = models.CharField(max_length=120, blank=True, help_text="Cron expression (m h dom mon dow).")
     periodic_task = models.OneToOneField("django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True,
                                          blank=True, related_name="+")
+    # Watching: every watch_seconds a cheap check (exchange.sync.readers.source_signature) and,
+    # when its answer moved, a run (exchange.sync.services.source_watch_check).
+    watch_seconds = models.PositiveIntegerField(null=True, blank=True,
+                                                help_text="Check the source for changes this often; empty: not "
+                                                          "watched.")
+    watch_state = models.CharField(max_length=300, blank=True, help_text="What the last check found.")
+    watch_checked_at = models.DateTimeField(null=True, blank=True)
+    watch_error = models.TextField(blank=True, help_text="Why the last check could not tell.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -177,6 +185,7 @@ class RunTrigger(models.TextChoices):
     REAPER = "reaper", "Re-run of an orphaned run"
     RETRY = "retry", "Retry"
     CHANGE = "change", "Changes ingested"
+    WATCH = "watch", "Change found at the source"
 
 
 class Run(models.Model):

@@ -693,3 +693,83 @@ def test_connection(connection: Connection) -> str:
         raise SourceError(f"The URL answered {exc.code} {exc.reason}.") from exc
     except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
+
+
+def source_signature(source: Source) -> str:
+    """A short answer that moves when the source's data does, found without reading the data:
+    the watermark column's maximum for a database source that has one (read from its index, as
+    a rule), the file's size and modification time for a SQLite file without one, the
+    validators (ETag, Last-Modified, length) of a URL. Raises SourceError when the source cannot
+    be watched so, or cannot be reached (TransientSourceError)."""
+    connection: Connection | None = source.connection
+    if connection is None:
+        raise SourceError("An uploaded file is not watched: each upload is ingested when it arrives.")
+    secret = secrets.decrypt(connection.secret_encrypted)
+    if connection.kind == ConnectionKind.POSTGRESQL:
+        return _pg_signature(source, secret)
+    if connection.kind == ConnectionKind.SQLITE:
+        return _sqlite_signature(source, secret)
+    return _url_signature(secret)
+
+
+def _pg_signature(source: Source, dsn: str) -> str:
+    import psycopg
+    from psycopg import sql
+
+    if not source.watermark_column:
+        raise SourceError("A PostgreSQL source is watched through its watermark column; set one.")
+    relation, _ = _pg_relation(source)
+    conn = pg_connect(dsn, read_only=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(sql.Identifier(source.watermark_column),
+                                                                     relation))
+            row = cur.fetchone()
+    except psycopg.errors.QueryCanceled as exc:
+        raise _timed_out(exc) from exc
+    except psycopg.OperationalError as exc:
+        raise TransientSourceError(f"The source went away: {_first_line(exc)}") from exc
+    except psycopg.Error as exc:
+        raise SourceError(f"The source cannot be read: {_first_line(exc)}") from exc
+    finally:
+        conn.close()
+    return f"max:{row[0] if row else None}"
+
+
+def _sqlite_signature(source: Source, secret: str) -> str:
+    path = sqlite_path(secret)
+    if not path.exists():
+        raise SourceError(f"The SQLite file {path.name} does not exist.")
+    if not source.watermark_column:
+        # Any write changes the file (and the write-ahead log beside it, until a checkpoint).
+        parts = [path, path.with_name(path.name + "-wal")]
+        return "file:" + ";".join(f"{p.stat().st_size}@{p.stat().st_mtime_ns}" for p in parts if p.exists())
+    q = lambda name: '"' + name.replace('"', '""') + '"'  # noqa: E731 - SQLite's own quoting
+    relation = f"({check_read_only_query(source.query)})" if source.query else ".".join(
+        q(p) for p in source.table.split(".", 1))
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(f"SELECT max({q(source.watermark_column)}) FROM {relation}").fetchone()  # noqa: S608
+    except sqlite3.Error as exc:
+        raise SourceError(f"The source cannot be read: {exc}") from exc
+    finally:
+        conn.close()
+    return f"max:{row[0] if row else None}"
+
+
+def _url_signature(url: str) -> str:
+    from exchange.sync import urlguard
+
+    try:
+        with urlguard.urlopen(url, method="HEAD", timeout=settings.SYNC_HTTP_TIMEOUT) as response:
+            headers = response.headers
+    except urllib.error.HTTPError as exc:
+        error = f"The URL answered {exc.code} {exc.reason}."
+        raise (TransientSourceError(error) if exc.code >= 500 or exc.code == 429 else SourceError(error)) from exc
+    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+        raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
+    etag, modified = headers.get("ETag"), headers.get("Last-Modified")
+    if not etag and not modified:
+        raise SourceError("The URL's server sends neither ETag nor Last-Modified, so a change cannot be seen "
+                          "without downloading it; use a schedule instead.")
+    return f"http:{etag or ''}|{modified or ''}|{headers.get('Content-Length', '')}"

@@ -186,9 +186,10 @@ def _check_mapping(dataset: Dataset, mapping: dict[str, str]) -> None:
 @transaction.atomic
 def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, table: str = "", query: str = "",
                mapping: dict[str, str], file_format: str = FileFormat.CSV, encoding: str = "utf-8",
-               watermark_column: str = "", schedule: str = "") -> Source:
+               watermark_column: str = "", schedule: str = "", watch_seconds: int | None = None) -> Source:
     """Create or replace the dataset's source. Precondition: the actor is a steward of the
-    dataset's department, and of the connection's."""
+    dataset's department, and of the connection's. ``watch_seconds``: check the source for
+    changes this often (``source_watch_check``); None: not watched."""
     if dataset.current_schema_id is None:
         raise ApplicationError("Only a published dataset can have a source.")
     if connection is not None and connection.department_id != dataset.department_id:
@@ -211,6 +212,7 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
             except readers.SourceError as exc:
                 raise ApplicationError(str(exc), fields={"table": [str(exc)]}) from exc
     _check_mapping(dataset, mapping)
+    _check_watch(connection, watermark_column, watch_seconds)
     if not any(f for f in mapping):
         raise ApplicationError("Map at least the key field.", fields={"mapping": ["Empty."]})
     source = Source.objects.filter(dataset=dataset).select_related("periodic_task").first() or Source(
@@ -219,14 +221,77 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
         source.watermark_value = ""
     source.connection, source.table, source.query, source.mapping = connection, table, query, mapping
     source.file_format, source.encoding, source.watermark_column = file_format, encoding or "utf-8", watermark_column
+    if source.watch_seconds != watch_seconds or not watch_seconds:
+        source.watch_state, source.watch_error, source.watch_checked_at = "", "", None
+    source.watch_seconds = watch_seconds
     source.save()
     _set_schedule(source, schedule, task="exchange.tasks.ingest_scheduled", name=f"ingest dataset {dataset.pk}")
     source.save()
     audit_record(actor=actor, action="source.set", obj=source, dataset_id=dataset.pk,
                  department_id=dataset.department_id,
                  details={"connection": connection.pk if connection else None, "table": table, "query": query,
-                          "mapping": mapping, "watermark_column": watermark_column, "schedule": source.schedule})
+                          "mapping": mapping, "watermark_column": watermark_column, "schedule": source.schedule,
+                          "watch_seconds": watch_seconds})
     return source
+
+
+WATCH_SECONDS_MIN, WATCH_SECONDS_MAX = 5, 86_400
+
+
+def _check_watch(connection: Connection | None, watermark_column: str, watch_seconds: int | None) -> None:
+    if watch_seconds is None:
+        return
+    error = None
+    if not WATCH_SECONDS_MIN <= watch_seconds <= WATCH_SECONDS_MAX:
+        error = f"Check between every {WATCH_SECONDS_MIN} s and once a day ({WATCH_SECONDS_MAX} s)."
+    elif connection is None:
+        error = "An uploaded file is not watched: each upload is ingested when it arrives."
+    elif connection.kind == ConnectionKind.POSTGRESQL and not watermark_column:
+        error = "A PostgreSQL source is watched through its watermark column; set one."
+    if error:
+        raise ApplicationError(error, fields={"watch_seconds": [error]})
+
+
+def sources_watch_due(*, now: datetime | None = None) -> list[int]:
+    """The watched sources whose next check is due, each claimed by a conditional update of
+    its ``watch_checked_at`` (two beats, or a slow tick, never check one twice at once); the
+    caller sends a check job for each."""
+    now = now or timezone.now()
+    claimed = []
+    candidates = Source.objects.filter(watch_seconds__isnull=False).values_list("pk", "watch_seconds",
+                                                                              "watch_checked_at")
+    for pk, seconds, checked in candidates:
+        if checked is not None and checked > now - timedelta(seconds=seconds or 0):
+            continue
+        if Source.objects.filter(pk=pk, watch_checked_at=checked).update(watch_checked_at=now):
+            claimed.append(pk)
+    return claimed
+
+
+def source_watch_check(*, source_id: int) -> Run | None:
+    """Check a watched source and queue a run if what it answers moved since the last check
+    (incremental when it has a watermark column, else full; never a second one behind a queued
+    run). The first check after watching starts only notes the answer. A check that cannot
+    tell keeps its reason (``watch_error``) for the stewards and starts nothing."""
+    source = Source.objects.filter(pk=source_id, watch_seconds__isnull=False).select_related(
+        "connection", "dataset").first()
+    if source is None:
+        return None
+    try:
+        signature = readers.source_signature(source)
+    except readers.SourceError as exc:
+        Source.objects.filter(pk=source.pk).update(watch_error=str(exc)[:2000])
+        return None
+    with transaction.atomic():
+        previous = Source.objects.select_for_update().filter(pk=source.pk).values_list(
+            "watch_state", flat=True).first()
+        if previous is None:
+            return None
+        Source.objects.filter(pk=source.pk).update(watch_state=signature[:300], watch_error="")
+        if not previous or previous == signature[:300]:
+            return None
+        mode = RunMode.INCREMENTAL if source.watermark_column else RunMode.FULL
+        return run_now(actor=None, source=source, mode=mode, trigger=RunTrigger.WATCH)
 
 
 @transaction.atomic
@@ -333,8 +398,8 @@ def run_now(*, actor: User | None, source: Source | None = None, subscription: S
     job: Any = source or subscription
     busy = Run.objects.filter(status=RunStatus.QUEUED, source=source, subscription=subscription).first() \
         if job is not None else None
-    if busy is not None and trigger == RunTrigger.SCHEDULE:
-        return busy  # a schedule never piles up runs behind a queued one
+    if busy is not None and trigger in (RunTrigger.SCHEDULE, RunTrigger.WATCH):
+        return busy  # a schedule or a watch never piles up runs behind a queued one
     if subscription is not None and subscription.status != SubscriptionStatus.ACTIVE:
         raise ApplicationError(f"The subscription is {subscription.status}.")
     if allow_empty and (source is None or mode != RunMode.FULL):

@@ -55,6 +55,25 @@ def housekeeping_reaper() -> int:
     return len(runs.runs_reap())
 
 
+@shared_task(name="exchange.tasks.sources_watch", ignore_result=True)
+def sources_watch() -> int:
+    """Beat's tick: send a check job for each watched source that is due (claimed, so a slow
+    tick or a second beat never checks one twice at once)."""
+    from exchange.sync import services as sync_services
+
+    due = sync_services.sources_watch_due()
+    for source_id in due:
+        source_watch.delay(source_id)
+    return len(due)
+
+
+@shared_task(name="exchange.tasks.source_watch", ignore_result=True, soft_time_limit=60, time_limit=90)
+def source_watch(source_id: int) -> None:
+    from exchange.sync import services as sync_services
+
+    sync_services.source_watch_check(source_id=source_id)
+
+
 @shared_task(name="exchange.tasks.ingest_scheduled", ignore_result=True)
 def ingest_scheduled(source_id: int) -> None:
     """Fired by beat from the source's PeriodicTask row: queue a run (never a second one

@@ -30,6 +30,7 @@ from exchange.sync.forms import (
     ScheduleForm,
     SourceForm,
     SourceKind,
+    SourceScheduleForm,
     SubscriptionEndForm,
     SubscriptionForm,
     SubscriptionScheduleForm,
@@ -170,7 +171,8 @@ def _dataset_sync_context(user: User, dataset: Dataset, source: Source | None,
     return {
         "dataset": dataset, "source": source, "runs": runs, "live": any(r.status in LIVE for r in runs),
         "schedule": selectors.schedule_describe(source.schedule) if source else None,
-        "schedule_form": schedule_form or ScheduleForm(initial={"schedule": source.schedule if source else ""}),
+        "schedule_form": schedule_form or SourceScheduleForm(initial={
+            "schedule": source.schedule if source else "", "watch_seconds": source.watch_seconds if source else None}),
         "subscriptions": list(Subscription.objects.filter(dataset=dataset).select_related("department", "connection")
                               .order_by("department__name")),
     }
@@ -256,7 +258,9 @@ def source_edit(request: HttpRequest, dataset_id: int) -> HttpResponse:
             if form.is_valid():
                 try:
                     sync_services.source_set(actor=user, dataset=dataset, mapping=mapping,
-                                             schedule=source.schedule if source else "", **form.service_arguments())
+                                             schedule=source.schedule if source else "",
+                                             watch_seconds=source.watch_seconds if source else None,
+                                             **form.service_arguments())
                 except ApplicationError as exc:
                     add_service_errors(form, exc)
                 else:
@@ -274,19 +278,21 @@ def dataset_sync_schedule(request: HttpRequest, dataset_id: int) -> HttpResponse
     if isinstance(found, HttpResponse):
         return found
     user, source = found
-    form = ScheduleForm(request.POST)
+    form = SourceScheduleForm(request.POST)
     if form.is_valid():
         try:
             # The schedule is part of the source: the service keeps its beat row in step.
             sync_services.source_set(
                 actor=user, dataset=source.dataset, connection=source.connection, table=source.table,
                 query=source.query, mapping=source.mapping, file_format=source.file_format, encoding=source.encoding,
-                watermark_column=source.watermark_column, schedule=form.cleaned_data["schedule"])
+                watermark_column=source.watermark_column, schedule=form.cleaned_data["schedule"],
+                watch_seconds=form.cleaned_data["watch_seconds"])
         except ApplicationError as exc:
             add_service_errors(form, exc, default="schedule")
         else:
-            messages.success(request, "Schedule saved." if form.cleaned_data["schedule"].strip()
-                             else "Schedule cleared: the source runs on demand.")
+            messages.success(request, "Schedule saved." if form.cleaned_data["schedule"].strip() else
+                             "Schedule cleared: the source runs when a check finds a change."
+                             if form.cleaned_data["watch_seconds"] else "Schedule cleared: the source runs on demand.")
             return redirect("ui-dataset-sync", dataset_id=dataset_id)
     source.refresh_from_db()
     context = _dataset_sync_context(user, source.dataset, source, schedule_form=form)

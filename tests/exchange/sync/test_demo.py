@@ -38,6 +38,7 @@ def test_seed_creates_flowing_sources_and_subscriptions(settings, tmp_path, monk
     assert "no published dataset 'food-inspections', skipped" in out.getvalue()
     assert Source.objects.count() == 2 and Subscription.objects.count() == 2
     assert Source.objects.get(dataset=air).watermark_column == "updated_at"
+    assert Source.objects.get(dataset=air).watch_seconds == 30
     # Tests run Celery eagerly, so the queued runs have run on commit, in the order queued.
     assert set(Run.objects.values_list("status", flat=True)) == {RunStatus.SUCCEEDED}
     assert len(store_rows(air)) == 150 and len(store_rows(permits)) == 150

@@ -100,6 +100,7 @@ class Served:
     slow_requests: int = 0
     fail_first: int = 0  # answer 503 to this many requests first
     requests: int = 0
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. ETag, Last-Modified
 
 
 @dataclass
@@ -133,6 +134,8 @@ def serve_files(port: int = 0) -> FileServer:
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/csv")
+            for name, value in served.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             if head:
                 return
