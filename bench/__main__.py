@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["records", "http", "load", "sync", "audit"]
+BENCHMARKS = ["records", "http", "load", "sync", "freshness", "audit"]
 
 
 def main(argv: list[str]) -> int:

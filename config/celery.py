@@ -51,8 +51,10 @@ app.conf.beat_schedule = {
     "worker-heartbeat": {"task": "exchange.tasks.housekeeping_heartbeat", "schedule": 60.0},
     "purge-expired-tokens": {"task": "exchange.tasks.housekeeping_purge_expired_tokens", "schedule": 3600.0},
     "reap-orphaned-runs": {"task": "exchange.tasks.housekeeping_reaper", "schedule": 60.0},
-    # Watched sources: each has its own interval (Source.watch_seconds); this tick finds those due.
-    "watch-sources": {"task": "exchange.tasks.sources_watch", "schedule": 5.0},
+    # Watched sources: each has its own interval (Source.watch_seconds); this tick finds those due
+    # (one indexed query when none is).
+    "watch-sources": {"task": "exchange.tasks.sources_watch",
+                      "schedule": float(os.environ.get("SYNC_WATCH_TICK_SECONDS", "1"))},
     # Grants end on time even though the policy also checks valid_until: expiry must update
     # guardian permissions, notify and audit, which a read-time check cannot do.
     "expire-grants": {"task": "exchange.tasks.housekeeping_expire_grants", "schedule": 300.0},

@@ -260,7 +260,7 @@ class SourceApi(APIView):
                                          help_text="Cron expression: minute hour day month weekday.")
         watch_seconds = serializers.IntegerField(
             required=False, allow_null=True, default=None, min_value=1, max_value=10**6,
-            help_text="Check the source for changes this often (5 to 86400) and run when it changed: the watermark "
+            help_text="Check the source for changes this often (2 to 86400) and run when it changed: the watermark "
                       "column's maximum for a database, the file for SQLite without one, ETag / Last-Modified for "
                       "a URL. Uploaded files are not watched.")
 

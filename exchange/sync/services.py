@@ -235,7 +235,7 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
     return source
 
 
-WATCH_SECONDS_MIN, WATCH_SECONDS_MAX = 5, 86_400
+WATCH_SECONDS_MIN, WATCH_SECONDS_MAX = 2, 86_400
 
 
 def _check_watch(connection: Connection | None, watermark_column: str, watch_seconds: int | None) -> None:

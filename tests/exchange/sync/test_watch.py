@@ -185,8 +185,8 @@ def test_what_cannot_be_watched_is_refused_with_the_reason(department, people, a
     assert response.status_code == 400 and "watch_seconds" in response.json()["error"]["fields"]
     lite = connection(department=department, kind="sqlite", secret=str(source_db(tmp_path)), name="lite")
     response = api.put(url, {"connection": lite.pk, "table": "permits", "mapping": identity_mapping(),
-                             "watch_seconds": 2}, format="json")
-    assert response.status_code == 400 and "between every 5 s" in response.json()["error"]["message"]
+                             "watch_seconds": 1}, format="json")
+    assert response.status_code == 400 and "between every 2 s" in response.json()["error"]["message"]
     assert not Source.objects.exists()
     response = api.put(url, {"connection": lite.pk, "table": "permits", "mapping": identity_mapping(),
                              "watch_seconds": 15}, format="json")
@@ -206,4 +206,4 @@ def test_the_data_flow_page_sets_the_watch(department, people, client, tmp_path)
     source.refresh_from_db()
     assert source.watch_seconds == 12
     response = client.post(f"/datasets/{dataset.pk}/sync/schedule/", {"schedule": "", "watch_seconds": "1"})
-    assert response.status_code == 400 and b"between every 5 s" in response.content
+    assert response.status_code == 400 and b"between every 2 s" in response.content
