@@ -108,6 +108,7 @@ urlpatterns = [
     path("audit/who-could-see/", oversight_views.audit_who_could_see, name="ui-audit-who-could-see"),
     path("audit/verify/", oversight_views.audit_verify_page, name="ui-audit-verify"),
     path("dashboard/", overview_views.dashboard, name="ui-dashboard"),
+    path("city/", overview_views.city, name="ui-city"),
     path("dashboard/data/requests.json", overview_views.dashboard_requests, name="ui-dashboard-requests"),
     path("dashboard/data/grants.json", overview_views.dashboard_grants, name="ui-dashboard-grants"),
     path("dashboard/data/sync.json", overview_views.dashboard_sync, name="ui-dashboard-sync"),

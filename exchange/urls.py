@@ -3,10 +3,12 @@ from django.urls import path
 from exchange.ops import apis
 from exchange.oversight import apis as audit_apis
 from exchange.oversight import history_apis as grant_history_apis
+from exchange.overview import apis as overview_apis
 from exchange.records import apis as record_apis
 
 urlpatterns = [
     path("health/", apis.HealthApi.as_view(), name="health"),
+    path("city/", overview_apis.CityMapApi.as_view(), name="city-map"),
     path("datasets/<int:dataset_id>/records/", record_apis.RecordListApi.as_view(), name="dataset-records"),
     path("datasets/<int:dataset_id>/export/", record_apis.RecordExportApi.as_view(), name="dataset-export"),
     path("datasets/<int:dataset_id>/preview/", record_apis.RecordPreviewApi.as_view(), name="dataset-preview"),

@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
 from catalog import selectors
 from catalog.models import Dataset
@@ -20,6 +21,7 @@ from exchange.oversight import selectors as audit_selectors
 from exchange.oversight.views import auditor_scope
 from exchange.overview import dashboard as dashboard_selectors
 from exchange.overview import dataset_page
+from exchange.overview.city import city_map
 
 
 def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
@@ -49,6 +51,16 @@ def dataset_detail(request: HttpRequest, dataset_id: int) -> HttpResponse:
     context = dataset_detail_context(request, dataset)
     context.update(_flow_context(request, dataset))
     return render(request, "catalog/dataset_detail.html", context)
+
+
+# --- The city map ---------------------------------------------------------------------------
+
+@login_required
+@require_GET
+def city(request: HttpRequest) -> HttpResponse:
+    """Departments and the flows between them, drawn from ``/api/v1/city/``; the same data in
+    tables on the page (islands, failing flows, requests waiting longest, every flow)."""
+    return render(request, "exchange/city.html", {"map": city_map(user=request.user)})
 
 
 # --- Dashboard ------------------------------------------------------------------------------
