@@ -179,7 +179,7 @@ def _seed_source(dataset: Dataset, kind: str, n: int, schedule: str, stdout: Tex
             # minute, besides the schedule.
             source = services.source_set(actor=steward, dataset=dataset, connection=connection, table=table,
                                          mapping=mapping, watermark_column=stamps[0] if stamps else "",
-                                         schedule=schedule, watch_seconds=30)
+                                         schedule=schedule, watch_seconds=30, freshness_minutes=60)
         runs.run_enqueue(source=source, user=steward)
     stdout.write(f"  demo data: {n} rows for {dataset.slug} ({kind}), ingest queued, schedule {schedule}\n")
     return 1

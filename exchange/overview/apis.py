@@ -37,6 +37,7 @@ class CityMapOutput(serializers.Serializer):
                 allow_null=True, help_text="The last delivery: from its oldest change at the source to the target.")
             up_to_date = serializers.BooleanField(help_text="Holds every change the store has.")
             failing = serializers.BooleanField(help_text="Its last delivery failed.")
+            late = serializers.BooleanField(help_text="Misses the dataset's freshness target.")
             last_error = serializers.CharField()
 
         giver = serializers.CharField(help_text="Code of the owning department.")
@@ -44,7 +45,7 @@ class CityMapOutput(serializers.Serializer):
         dataset_id = serializers.IntegerField()
         dataset = serializers.CharField()
         granted_fields = FieldForm(many=True)
-        state = serializers.ChoiceField(choices=["granted", "fresh", "behind", "failing"])
+        state = serializers.ChoiceField(choices=["granted", "fresh", "behind", "late", "failing"])
         subscriptions = Delivery(many=True)
 
     class WaitingRequest(serializers.Serializer):

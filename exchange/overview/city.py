@@ -55,11 +55,14 @@ class Flow:
 
     @property
     def state(self) -> str:
-        """failing, behind, fresh, or granted (no subscription delivers it)."""
+        """failing, late (misses the dataset's freshness target), behind, fresh, or granted (no
+        subscription delivers it)."""
         if not self.subscriptions:
             return "granted"
         if any(s["failing"] for s in self.subscriptions):
             return "failing"
+        if any(s["late"] for s in self.subscriptions):
+            return "late"
         return "fresh" if all(s["up_to_date"] for s in self.subscriptions) else "behind"
 
 
@@ -132,6 +135,7 @@ def city_map(*, user: User | AnonymousUser, now: dt.datetime | None = None) -> d
             "last_latency_seconds": round(latency, 3) if latency is not None else None,
             "up_to_date": s.last_seq >= (s.store_top or 0),  # type: ignore[attr-defined]
             "failing": s.last_status == RunStatus.FAILED,  # type: ignore[attr-defined]
+            "late": s.freshness_missed_at is not None,
             "last_error": s.last_error if s.last_status == RunStatus.FAILED else "",  # type: ignore[attr-defined]
         })
 

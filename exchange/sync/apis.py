@@ -240,6 +240,8 @@ class SourceOutput(serializers.Serializer):
                                                                          "watched.")
     watch_checked_at = serializers.DateTimeField(allow_null=True)
     watch_error = serializers.CharField(help_text="Why the last check could not tell whether the source changed.")
+    freshness_minutes = serializers.IntegerField(
+        allow_null=True, help_text="Freshness target: the longest a change may take to reach every subscriber.")
     updated_at = serializers.DateTimeField()
 
     def get_has_upload(self, source: Any) -> bool:
@@ -263,6 +265,10 @@ class SourceApi(APIView):
             help_text="Check the source for changes this often (2 to 86400) and run when it changed: the watermark "
                       "column's maximum for a database, the file for SQLite without one, ETag / Last-Modified for "
                       "a URL. Uploaded files are not watched.")
+        freshness_minutes = serializers.IntegerField(
+            required=False, allow_null=True, default=None, min_value=0, max_value=10**6,
+            help_text="Freshness target (1 to 44640 minutes): when a subscriber's oldest undelivered change is "
+                      "older, the stewards of both departments are told.")
 
     @extend_schema(responses=SourceOutput)
     def get(self, request: Request, dataset_id: int) -> Response:
@@ -357,6 +363,8 @@ class SubscriptionOutput(serializers.Serializer):
                                                   "may purge it again.")
     deliver_on_change = serializers.BooleanField(
         help_text="A delivery is queued as soon as an ingest commits changes to the dataset, besides the schedule.")
+    freshness_missed_at = serializers.DateTimeField(
+        allow_null=True, help_text="Since when the copy misses the dataset's freshness target; null: within it.")
 
 
 class SubscriptionDetailOutput(SubscriptionOutput):

@@ -189,6 +189,10 @@ ON_CHANGE_LABEL = "Also deliver as soon as new changes are ingested"
 
 
 class SourceScheduleForm(ScheduleForm):
+    freshness_minutes = forms.IntegerField(
+        required=False, min_value=1, max_value=60 * 24 * 31, widget=_text(),
+        label="Freshness target: subscribers at most … minutes behind (optional)",
+        help_text="When a subscriber's oldest undelivered change is older, the stewards of both departments are told.")
     watch_seconds = forms.IntegerField(
         required=False, min_value=1, label="Also watch for changes every … seconds (optional)", widget=_text(),
         help_text="A quick check (the watermark column's maximum, the SQLite file, or the URL's ETag / "

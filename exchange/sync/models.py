@@ -81,6 +81,11 @@ class Source(models.Model):
     watch_state = models.CharField(max_length=300, blank=True, help_text="What the last check found.")
     watch_checked_at = models.DateTimeField(null=True, blank=True)
     watch_error = models.TextField(blank=True, help_text="Why the last check could not tell.")
+    # The owner's promise to the subscribers: no change waits longer than this to reach them
+    # (exchange.sync.services.subscriptions_check_freshness tells both sides when it does).
+    freshness_minutes = models.PositiveIntegerField(null=True, blank=True,
+                                                    help_text="Freshness target: the longest a change may take to "
+                                                              "reach every subscriber.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                                    related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -138,6 +143,9 @@ class Subscription(models.Model):
     # When the purge job (purge_on_end) was last sent; the reaper sends it again while the copy
     # is still there (exchange.sync.services.purges_resend). Blank for purges done in a request.
     purge_sent_at = models.DateTimeField(null=True, blank=True)
+    # Set when the dataset's freshness target was missed and both sides were told; cleared once
+    # the copy is within the target again.
+    freshness_missed_at = models.DateTimeField(null=True, blank=True)
     purge_error = models.TextField(blank=True, help_text="Why the purge job could not drop the delivered copy "
                                                          "(it is not tried again on its own).")
 

@@ -27,7 +27,7 @@ from config.api.errors import ApplicationError, ConflictError, PayloadTooLargeEr
 from departments.models import Department
 from exchange.access.policy import effective_view
 from exchange.audit.services import audit_record
-from exchange.sync import readers, runs, secrets, sqlguard, urlguard
+from exchange.sync import readers, runs, secrets, selectors, sqlguard, urlguard
 from exchange.sync.models import (
     Connection,
     ConnectionKind,
@@ -186,10 +186,12 @@ def _check_mapping(dataset: Dataset, mapping: dict[str, str]) -> None:
 @transaction.atomic
 def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, table: str = "", query: str = "",
                mapping: dict[str, str], file_format: str = FileFormat.CSV, encoding: str = "utf-8",
-               watermark_column: str = "", schedule: str = "", watch_seconds: int | None = None) -> Source:
+               watermark_column: str = "", schedule: str = "", watch_seconds: int | None = None,
+               freshness_minutes: int | None = None) -> Source:
     """Create or replace the dataset's source. Precondition: the actor is a steward of the
     dataset's department, and of the connection's. ``watch_seconds``: check the source for
-    changes this often (``source_watch_check``); None: not watched."""
+    changes this often (``source_watch_check``); None: not watched. ``freshness_minutes``: the
+    longest a change may take to reach every subscriber (``subscriptions_check_freshness``)."""
     if dataset.current_schema_id is None:
         raise ApplicationError("Only a published dataset can have a source.")
     if connection is not None and connection.department_id != dataset.department_id:
@@ -224,6 +226,10 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
     if source.watch_seconds != watch_seconds or not watch_seconds:
         source.watch_state, source.watch_error, source.watch_checked_at = "", "", None
     source.watch_seconds = watch_seconds
+    if freshness_minutes is not None and not 1 <= freshness_minutes <= 60 * 24 * 31:
+        raise ApplicationError("A freshness target is between 1 minute and 31 days.",
+                               fields={"freshness_minutes": ["Between 1 and 44640 minutes."]})
+    source.freshness_minutes = freshness_minutes
     source.save()
     _set_schedule(source, schedule, task="exchange.tasks.ingest_scheduled", name=f"ingest dataset {dataset.pk}")
     source.save()
@@ -231,8 +237,49 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
                  department_id=dataset.department_id,
                  details={"connection": connection.pk if connection else None, "table": table, "query": query,
                           "mapping": mapping, "watermark_column": watermark_column, "schedule": source.schedule,
-                          "watch_seconds": watch_seconds})
+                          "watch_seconds": watch_seconds, "freshness_minutes": freshness_minutes})
     return source
+
+
+def subscriptions_check_freshness(*, now: datetime | None = None) -> list[Subscription]:
+    """Tell the stewards of both departments when a subscription's oldest undelivered change
+    has waited longer than its dataset's freshness target, once per miss (``freshness_missed_at``,
+    set by a conditional update, so two reapers tell once), audited; cleared once the copy is
+    within the target again. Returns the subscriptions newly late. Run by the reaper every minute."""
+    from departments.notifications import notify
+    from exchange.access.selectors import stewards_of
+
+    now = now or timezone.now()
+    late = []
+    for subscription in Subscription.objects.filter(
+            status=SubscriptionStatus.ACTIVE, dataset__source__freshness_minutes__isnull=False).select_related(
+            "dataset__source", "dataset", "department"):
+        target = timedelta(minutes=subscription.dataset.source.freshness_minutes or 0)
+        since = selectors.subscription_waiting_since(subscription=subscription)
+        missed = since is not None and now - since > target
+        if not missed:
+            if subscription.freshness_missed_at is not None:
+                Subscription.objects.filter(pk=subscription.pk).update(freshness_missed_at=None)
+            continue
+        with transaction.atomic():
+            if not Subscription.objects.filter(pk=subscription.pk, freshness_missed_at__isnull=True).update(
+                    freshness_missed_at=now):
+                continue
+            dataset = subscription.dataset
+            behind = int((now - since).total_seconds() // 60) if since else 0
+            audit_record(actor=None, actor_label="job:freshness", action="subscription.freshness_missed",
+                         obj=subscription, dataset_id=dataset.pk, department_id=subscription.department_id,
+                         details={"target_minutes": dataset.source.freshness_minutes, "behind_minutes": behind,
+                                  "waiting_since": since.isoformat() if since else None})
+            recipients = stewards_of(dataset.department_id) + stewards_of(subscription.department_id)
+            notify(recipients=recipients, kind="subscription.freshness_missed",
+                   subject=f"{dataset.title}: {subscription.department.name}'s copy is {behind} min behind",
+                   body=f"The oldest change not yet delivered into {subscription.target_table} was read from the "
+                        f"source {behind} minutes ago; the freshness target is "
+                        f"{dataset.source.freshness_minutes} minutes.",
+                   link=f"/sync/subscriptions/{subscription.pk}/", obj=subscription)
+            late.append(subscription)
+    return late
 
 
 WATCH_SECONDS_MIN, WATCH_SECONDS_MAX = 2, 86_400

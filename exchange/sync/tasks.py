@@ -52,6 +52,7 @@ def housekeeping_reaper() -> int:
     from exchange.sync import services as sync_services
 
     sync_services.purges_resend()
+    sync_services.subscriptions_check_freshness()
     return len(runs.runs_reap())
 
 

@@ -172,7 +172,8 @@ def _dataset_sync_context(user: User, dataset: Dataset, source: Source | None,
         "dataset": dataset, "source": source, "runs": runs, "live": any(r.status in LIVE for r in runs),
         "schedule": selectors.schedule_describe(source.schedule) if source else None,
         "schedule_form": schedule_form or SourceScheduleForm(initial={
-            "schedule": source.schedule if source else "", "watch_seconds": source.watch_seconds if source else None}),
+            "schedule": source.schedule if source else "", "watch_seconds": source.watch_seconds if source else None,
+            "freshness_minutes": source.freshness_minutes if source else None}),
         "subscriptions": list(Subscription.objects.filter(dataset=dataset).select_related("department", "connection")
                               .order_by("department__name")),
     }
@@ -260,6 +261,7 @@ def source_edit(request: HttpRequest, dataset_id: int) -> HttpResponse:
                     sync_services.source_set(actor=user, dataset=dataset, mapping=mapping,
                                              schedule=source.schedule if source else "",
                                              watch_seconds=source.watch_seconds if source else None,
+                                             freshness_minutes=source.freshness_minutes if source else None,
                                              **form.service_arguments())
                 except ApplicationError as exc:
                     add_service_errors(form, exc)
@@ -286,7 +288,8 @@ def dataset_sync_schedule(request: HttpRequest, dataset_id: int) -> HttpResponse
                 actor=user, dataset=source.dataset, connection=source.connection, table=source.table,
                 query=source.query, mapping=source.mapping, file_format=source.file_format, encoding=source.encoding,
                 watermark_column=source.watermark_column, schedule=form.cleaned_data["schedule"],
-                watch_seconds=form.cleaned_data["watch_seconds"])
+                watch_seconds=form.cleaned_data["watch_seconds"],
+                freshness_minutes=form.cleaned_data["freshness_minutes"])
         except ApplicationError as exc:
             add_service_errors(form, exc, default="schedule")
         else:

@@ -4,7 +4,7 @@
 (function () {
   var canvas = document.getElementById("city-flows");
   if (!canvas) return;
-  var COLOURS = { fresh: "#2e7d32", behind: "#ef6c00", failing: "#c62828", granted: "#90a4ae" };
+  var COLOURS = { fresh: "#2e7d32", behind: "#ef6c00", late: "#ad1457", failing: "#c62828", granted: "#90a4ae" };
   fetch(canvas.dataset.src, { credentials: "same-origin", headers: { Accept: "application/json" } })
     .then(function (r) { return r.json(); })
     .then(function (map) {

@@ -78,13 +78,20 @@ def test_the_whole_city_for_a_city_auditor(as_user, people, city):
     (delivery,) = health["subscriptions"]
     assert (delivery["rows_per_day"], delivery["up_to_date"], delivery["failing"], delivery["deliver_on_change"]) == (
         10.0, True, False, True)
-    assert delivery["last_latency_seconds"] == 3600.0 and health["state"] == "fresh"
+    assert delivery["last_latency_seconds"] == 3600.0 and health["state"] == "fresh" and not delivery["late"]
     parks = flows[("transport", "parks", permits)]
     assert parks["state"] == "failing" and parks["subscriptions"][0]["last_error"] == "The target database went away."
     assert [f["receiver"] for f in body["failing"]] == ["parks"]
     assert flows[("parks", "health", city["trees"].title)]["state"] == "granted"
     (waiting,) = body["waiting_requests"]
     assert (waiting["owner"], waiting["requester"], waiting["status"]) == ("transport", "health", "submitted")
+
+
+def test_a_copy_that_misses_its_freshness_target_is_late(as_user, people, city):
+    Subscription.objects.filter(department__code="health").update(freshness_missed_at=timezone.now())
+    body = as_user(people["city_auditor"]).get("/api/v1/city/").json()
+    health = _flows(body)[("transport", "health", city["permits"].title)]
+    assert health["state"] == "late" and health["subscriptions"][0]["late"] is True
 
 
 def test_a_department_sees_its_own_flows_only(as_user, city):

@@ -202,3 +202,49 @@ def test_deliver_on_change_through_the_api_and_the_page(world, other_department,
     response = client.post(f"/sync/subscriptions/{sub_id}/schedule/", {"schedule": "", "deliver_on_change": "on"})
     assert response.status_code == 302
     assert Subscription.objects.get(pk=sub_id).deliver_on_change is True
+
+
+def test_a_missed_freshness_target_tells_both_sides_once(world, department, other_department, people, tmp_path,
+                                                         as_user):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from departments.models import Notification
+    from exchange.sync import services
+
+    dataset, source = world
+    Source.objects.filter(pk=source.pk).update(freshness_minutes=10)
+    _, sub = subscribe(dataset, other_department, tmp_path, "health", on_change=False)
+    health_steward = MembershipFactory.create(department=other_department, role="steward").user
+    ingest = change(source, fee_bump=4)
+    assert ingest.started_at is not None
+    assert services.subscriptions_check_freshness(now=ingest.started_at + timedelta(minutes=9)) == []
+    later = ingest.started_at + timedelta(minutes=11)
+    assert [s.pk for s in services.subscriptions_check_freshness(now=later)] == [sub.pk]
+    assert services.subscriptions_check_freshness(now=later + timedelta(minutes=1)) == []  # told once
+    told = Notification.objects.filter(kind="subscription.freshness_missed")
+    assert {n.recipient_id for n in told} == {people["steward"].pk, health_steward.pk}
+    assert "11 min behind" in told.first().subject
+    event = AuditEvent.objects.get(action="subscription.freshness_missed")
+    assert event.details["target_minutes"] == 10 and event.details["behind_minutes"] == 11
+    sub.refresh_from_db()
+    assert sub.freshness_missed_at == later
+    assert as_user(health_steward).get(f"/api/v1/sync/subscriptions/{sub.pk}/").json()["freshness_missed_at"]
+    # Delivered: within the target again, and a later miss is told again.
+    delivered = Run.objects.create(kind="delivery", subscription=sub, dataset=dataset)
+    runs.execute(run_id=delivered.pk)
+    assert services.subscriptions_check_freshness(now=timezone.now()) == []
+    sub.refresh_from_db()
+    assert sub.freshness_missed_at is None
+
+
+def test_a_freshness_target_is_between_a_minute_and_a_month(world, people, as_user):
+    dataset, source = world
+    api = as_user(people["steward"])
+    url = f"/api/v1/datasets/{dataset.pk}/source/"
+    body = {"mapping": source.mapping, "freshness_minutes": 0}
+    response = api.put(url, body, format="json")
+    assert response.status_code == 400 and "freshness_minutes" in response.json()["error"]["fields"]
+    response = api.put(url, {**body, "freshness_minutes": 30}, format="json")
+    assert response.status_code == 200 and response.json()["freshness_minutes"] == 30
