@@ -600,17 +600,23 @@ def _lines_within(chunk: bytes, limit: int) -> bool:
     return True
 
 
-@contextmanager
-def _url_reader(source: Source, url: str) -> Iterator[Reader]:
+def _url_open(url: str, *, method: str = "GET") -> Any:
+    """Open ``url`` through the SSRF guard: an HTTP error or an unreachable host is a
+    SourceError (transient for 5xx, 429 and no answer)."""
     from exchange.sync import urlguard
 
     try:
-        response = urlguard.urlopen(url, timeout=settings.SYNC_HTTP_TIMEOUT)
+        return urlguard.urlopen(url, method=method, timeout=settings.SYNC_HTTP_TIMEOUT)
     except urllib.error.HTTPError as exc:
         error = f"The URL answered {exc.code} {exc.reason}."
         raise (TransientSourceError(error) if exc.code >= 500 or exc.code == 429 else SourceError(error)) from exc
     except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
         raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
+
+
+@contextmanager
+def _url_reader(source: Source, url: str) -> Iterator[Reader]:
+    response = _url_open(url)
     with response:
         length = response.headers.get("Content-Length")
         stream = limits.line_limited(io.BufferedReader(_GuardedStream(response)), file_format=source.file_format)
@@ -758,16 +764,8 @@ def _sqlite_signature(source: Source, secret: str) -> str:
 
 
 def _url_signature(url: str) -> str:
-    from exchange.sync import urlguard
-
-    try:
-        with urlguard.urlopen(url, method="HEAD", timeout=settings.SYNC_HTTP_TIMEOUT) as response:
-            headers = response.headers
-    except urllib.error.HTTPError as exc:
-        error = f"The URL answered {exc.code} {exc.reason}."
-        raise (TransientSourceError(error) if exc.code >= 500 or exc.code == 429 else SourceError(error)) from exc
-    except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
-        raise TransientSourceError(f"The URL cannot be reached: {getattr(exc, 'reason', exc)}") from exc
+    with _url_open(url, method="HEAD") as response:
+        headers = response.headers
     etag, modified = headers.get("ETag"), headers.get("Last-Modified")
     if not etag and not modified:
         raise SourceError("The URL's server sends neither ETag nor Last-Modified, so a change cannot be seen "
