@@ -43,6 +43,9 @@ READABLE_STATUSES = (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED)
 # --- Pseudonymisation ------------------------------------------------------------------------
 
 PSEUDONYM_HEX_CHARS = 32
+# The system columns a ``with_system`` select adds after the view's own (deliveries use them):
+# the change number, the tombstone and the ingest run that last changed the record.
+SELECT_SYSTEM = ("_seq", "_deleted", "_last_run")
 
 
 def _hmac_key() -> bytes:
@@ -434,7 +437,7 @@ def build_select(
         inner.append(f"{item.sql} AS {ident(item.alias)}")
         params.extend(item.params)
     if with_system:
-        inner += [f"{ident('_seq')} AS {ident('_seq')}", f"{ident('_deleted')} AS {ident('_deleted')}"]
+        inner += [f"{ident(c)} AS {ident(c)}" for c in SELECT_SYSTEM]
 
     where: list[str] = []
     if not include_deleted:
@@ -463,7 +466,7 @@ def build_select(
         sql += " WHERE " + " AND ".join(where)
     outer_names = [ident(c.name) for c in selected] + [ident(i.alias) for i in order if paginate]
     if with_system:
-        outer_names += [ident("_seq"), ident("_deleted")]
+        outer_names += [ident(c) for c in SELECT_SYSTEM]
     sql = f"SELECT {', '.join(outer_names)} FROM ({sql}) AS {ident('_v')}"
     if paginate and query.cursor:
         sql += " WHERE " + _after_cursor(order, decode_cursor(query.cursor, view, len(order)), params)

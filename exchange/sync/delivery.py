@@ -3,8 +3,9 @@
 What is written is exactly the subscriber's effective view (``exchange.access.policy``), projected
 in SQL by ``exchange.records.build_select``: visible fields only, masked or pseudonymised as
 granted, rows outside the grants' row filters left out. The target table is the exchange's:
-it is created (and rebuilt when the view changes) from the view's columns, and a table found
-changed by hand fails the run rather than being overwritten.
+it is created (and rebuilt when the view changes) from the view's columns, plus ``_changed_at``
+(when each row's change was first seen at the source), and a table found changed by hand fails
+the run rather than being overwritten.
 
 Runs are incremental from the last delivered store change (``_seq``), deletions included,
 upserting by key, when the key is visible unconditionally and in one form and every row is
@@ -48,6 +49,10 @@ SQLITE_TYPES = {"text": "text", "integer": "integer", "decimal": "numeric", "boo
 BATCH = 5000
 
 
+# A column of every target table after the delivered fields (which start with a letter): when
+# the row's change was first seen at the source.
+CHANGED_AT = "_changed_at"
+
 SQLITE_BUSY_SECONDS = 5.0  # how long a SQLite target's write lock is waited for
 
 
@@ -85,9 +90,17 @@ def _key_for(view: EffectiveView, table: StoreTable) -> list[str]:
 
 
 def _bounded(select: Select, names: Sequence[str], *, system: bool) -> str:
-    """The projected rows up to the change number ``top`` (the last placeholder)."""
-    cols = [ident(n) for n in names] + ([ident("_deleted")] if system else [])
-    return f"SELECT {', '.join(cols)} FROM ({select.sql}) AS {ident('_d')} WHERE {ident('_seq')} <= %s"  # noqa: S608
+    """The projected rows up to the change number ``top`` (the last placeholder), each with
+    the time its change was first seen at the source (``CHANGED_AT``: the start of the ingest
+    run that last changed the record, which read it from the source)."""
+    d, r = ident("_d"), ident("_r")
+    # SQLite keeps Django's datetimes as naive UTC text: say so, for whichever target reads it.
+    seen = f"{r}.{ident('started_at')}" + ("" if is_postgres() else " || '+00:00'")
+    cols = [f"{d}.{ident(n)}" for n in names] + [f"{seen} AS {ident(CHANGED_AT)}"]
+    cols += [f"{d}.{ident('_deleted')}"] if system else []
+    return (f"SELECT {', '.join(cols)} FROM ({select.sql}) AS {d} "  # noqa: S608
+            f"LEFT JOIN {ident(Run._meta.db_table)} AS {r} ON {r}.{ident('id')} = {d}.{ident('_last_run')} "
+            f"WHERE {d}.{ident('_seq')} <= %s")
 
 
 # --- Targets --------------------------------------------------------------------------------
@@ -124,11 +137,12 @@ class PgTarget:
         return {r[0]: r[1] for r in rows} or None
 
     @staticmethod
-    def expected(columns: Sequence[Sequence[str]]) -> dict[str, str]:
-        return {name: PG_UDT[PG_TYPES[t]] for name, t in columns}
+    def expected(columns: Sequence[Sequence[str]], *, changed_at: bool = True) -> dict[str, str]:
+        found = {name: PG_UDT[PG_TYPES[t]] for name, t in columns}
+        return {**found, CHANGED_AT: "timestamptz"} if changed_at else found
 
     def create(self, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> None:
-        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns]
+        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns] + [f"{self._q(CHANGED_AT)} timestamptz"]
         if key:
             ddl.append(f"PRIMARY KEY ({', '.join(self._q(k) for k in key)})")
         self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
@@ -149,7 +163,8 @@ class PgTarget:
                 copy.write_row(row)
 
     def stage(self, columns: Sequence[tuple[str, str]]) -> str:
-        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns] + ['"_deleted" boolean']
+        ddl = [f"{self._q(n)} {PG_TYPES[t]}" for n, t in columns] + [f"{self._q(CHANGED_AT)} timestamptz",
+                                                                      '"_deleted" boolean']
         self.conn.execute(f"CREATE TEMP TABLE \"_exchange_stage\" ({', '.join(ddl)}) ON COMMIT DROP")
         return '"_exchange_stage"'
 
@@ -192,11 +207,12 @@ class SqliteTarget:
         return {r[0]: r[1].lower() for r in rows} or None
 
     @staticmethod
-    def expected(columns: Sequence[Sequence[str]]) -> dict[str, str]:
-        return {name: SQLITE_TYPES[t] for name, t in columns}
+    def expected(columns: Sequence[Sequence[str]], *, changed_at: bool = True) -> dict[str, str]:
+        found = {name: SQLITE_TYPES[t] for name, t in columns}
+        return {**found, CHANGED_AT: "text"} if changed_at else found
 
     def create(self, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> None:
-        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns]
+        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns] + [f"{_q(CHANGED_AT)} text"]
         if key:
             ddl.append(f"PRIMARY KEY ({', '.join(_q(k) for k in key)})")
         self.conn.execute(f"CREATE TABLE {self.qualified} ({', '.join(ddl)})")
@@ -218,7 +234,7 @@ class SqliteTarget:
 
     def stage(self, columns: Sequence[tuple[str, str]]) -> str:
         self.conn.execute('DROP TABLE IF EXISTS temp."_exchange_stage"')
-        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns] + ['"_deleted" integer']
+        ddl = [f"{_q(n)} {SQLITE_TYPES[t]}" for n, t in columns] + [f"{_q(CHANGED_AT)} text", '"_deleted" integer']
         self.conn.execute(f"CREATE TEMP TABLE \"_exchange_stage\" ({', '.join(ddl)})")
         return '"_exchange_stage"'
 
@@ -453,7 +469,10 @@ def delivery_execute(*, run: Run) -> None:
                 cur.execute(f"SELECT coalesce(max({ident('_seq')}), 0) FROM {table.qualified}")  # noqa: S608
                 top = cur.fetchone()[0]
         existing = target.existing()
-        if existing is not None and existing != target.expected(subscription.delivered_columns):
+        # A copy written before targets carried CHANGED_AT is rebuilt once, with it.
+        legacy = bool(subscription.delivered_columns) and existing == target.expected(
+            subscription.delivered_columns, changed_at=False)
+        if existing is not None and not legacy and existing != target.expected(subscription.delivered_columns):
             if subscription.delivered_columns:
                 raise TargetError(
                     f"The target table {subscription.target_table} was changed by hand: it has columns "
@@ -464,7 +483,7 @@ def delivery_execute(*, run: Run) -> None:
             raise TargetError(f"A table {subscription.target_table} already exists in the target and was not created "
                               f"by the exchange; choose another table name.")
         # A store table rebuilt by a schema change numbers from 1 again: below the bookmark.
-        rebuild = (existing is None or not key or subscription.last_seq == 0 or top < subscription.last_seq
+        rebuild = (existing is None or legacy or not key or subscription.last_seq == 0 or top < subscription.last_seq
                    or subscription.delivered_columns != [list(c) for c in columns])
         since = None if rebuild else subscription.last_seq
         select = build_select(view, table, since_seq=since, include_deleted=not rebuild, with_system=True,
@@ -472,21 +491,22 @@ def delivery_execute(*, run: Run) -> None:
         sql = _bounded(select, names, system=not rebuild)
         params = [*select.params, top]
         inserted = updated = deleted = 0
+        written = [*names, CHANGED_AT]
         if rebuild:
             target.drop()
             target.create(columns, key)
             if reader is not None and isinstance(target, PgTarget):
-                target.copy_in(target.qualified, names, _copy_chunks(reader, sql, params, progress))
+                target.copy_in(target.qualified, written, _copy_chunks(reader, sql, params, progress))
             else:
-                target.rows_in(target.qualified, names, _row_iter(reader, sql, params, progress))
+                target.rows_in(target.qualified, written, _row_iter(reader, sql, params, progress))
             inserted = progress.done
         else:
             stage = target.stage(columns)
             if reader is not None and isinstance(target, PgTarget):
-                target.copy_in(stage, [*names, "_deleted"], _copy_chunks(reader, sql, params, progress))
+                target.copy_in(stage, [*written, "_deleted"], _copy_chunks(reader, sql, params, progress))
             else:
-                target.rows_in(stage, [*names, "_deleted"], _row_iter(reader, sql, params, progress))
-            inserted, updated, deleted = target.apply(stage, names, key)
+                target.rows_in(stage, [*written, "_deleted"], _row_iter(reader, sql, params, progress))
+            inserted, updated, deleted = target.apply(stage, written, key)
         if reader is not None:
             reader.close()  # done reading: let go of the store's snapshot before waiting on locks
         seen = _changes_seen_at(table, after=subscription.last_seq, upto=int(top))

@@ -79,8 +79,11 @@ def test_exactly_the_granted_fields_in_the_granted_form(setup, other_department,
     run = deliver(sub)
     assert run.status == RunStatus.SUCCEEDED, run.error
     names, rows = read_sqlite(path)
-    assert names == ["permit_id", "address", "fee", "approved"]
+    assert names == ["permit_id", "address", "fee", "approved", "_changed_at"]
     assert len(rows) == 40 and run.rows_inserted == 40
+    # Each row carries when its change was first seen at the source: the ingest run's start.
+    ingest = Run.objects.get(kind="ingest")
+    assert {dt.datetime.fromisoformat(r[4]) for r in rows} == {ingest.started_at}
     assert not any(CANARY in str(v) for row in rows for v in row)
     first = rows[0]
     assert first[0] == 1 and first[3] == 1
@@ -114,8 +117,36 @@ def test_incremental_delivery_carries_updates_and_deletions(setup, other_departm
     assert run.mode == "incremental" and (run.rows_updated, run.rows_deleted, run.rows_inserted) == (1, 10, 0)
     _, delivered = read_sqlite(path)
     assert [r[0] for r in delivered] == list(range(1, 31)) and delivered[0][3] == 0
+    # The changed row carries the second ingest's start, the others still the first's.
+    first, second = Run.objects.filter(kind="ingest").order_by("pk")
+    assert dt.datetime.fromisoformat(delivered[0][4]) == second.started_at > first.started_at
+    assert {dt.datetime.fromisoformat(r[4]) for r in delivered[1:]} == {first.started_at}
     sub.refresh_from_db()
     assert deliver(sub).rows_read == 0  # nothing changed since
+
+
+def test_a_copy_without_the_change_time_is_rebuilt_once_with_it(setup, other_department, tmp_path):
+    dataset, source, _ = setup
+    path, conn = sqlite_target(tmp_path, other_department)
+    sub = Subscription.objects.create(dataset=dataset, department=other_department, connection=conn,
+                                      target_table="permits")
+    deliver(sub)
+    db = sqlite3.connect(path)
+    db.execute('ALTER TABLE "permits" DROP COLUMN "_changed_at"')  # as copies were written before
+    db.commit()
+    db.close()
+    rows = _rows()
+    rows[0][4] = "false"
+    rewrite(source, rows)
+    run_ingest(source)
+    sub.refresh_from_db()
+    run = deliver(sub)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.mode == "full" and run.rows_inserted == 40
+    names, delivered = read_sqlite(path)
+    assert names[-1] == "_changed_at" and all(r[4] for r in delivered)
+    sub.refresh_from_db()
+    assert deliver(sub).mode == "incremental"  # and from then on as before
 
 
 def test_row_filters_are_honoured(department, other_department, people, tmp_path):
@@ -364,7 +395,7 @@ def test_a_grant_narrowed_while_the_run_writes_is_retried_with_the_new_view(setu
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.attempts == 2
     names, rows = read_sqlite(path)
-    assert names == ["permit_id"] and len(rows) == 40
+    assert names == ["permit_id", "_changed_at"] and len(rows) == 40
     (event,) = AuditEvent.objects.filter(action="delivery.run")
     assert event.fields == ["permit_id"]
 
@@ -429,9 +460,11 @@ def test_postgresql_target_through_the_copy_pipe(setup, other_department):
         with psycopg.connect(dsn) as tgt:
             cols = [r[0] for r in tgt.execute("SELECT column_name FROM information_schema.columns WHERE "
                                               "table_name = 'permits' ORDER BY ordinal_position")]
-            assert cols == ["permit_id", "address", "fee", "approved"]
+            assert cols == ["permit_id", "address", "fee", "approved", "_changed_at"]
             dump = str(tgt.execute("SELECT string_agg(p::text, '|') FROM permits p").fetchone())
             assert CANARY not in dump and tgt.execute("SELECT count(*) FROM permits").fetchone() == (40,)
+            first = Run.objects.get(kind="ingest").started_at
+            assert tgt.execute("SELECT DISTINCT _changed_at FROM permits").fetchall() == [(first,)]
         rows = _rows(35, fee_bump=1)
         rewrite(source, rows)
         run_ingest(source)
@@ -440,6 +473,8 @@ def test_postgresql_target_through_the_copy_pipe(setup, other_department):
         assert (run.mode, run.rows_updated, run.rows_deleted) == ("incremental", 35, 5), run.error
         with psycopg.connect(dsn) as tgt:
             assert tgt.execute("SELECT count(*), min(permit_id), max(permit_id) FROM permits").fetchone() == (35, 1, 35)
+            second = Run.objects.filter(kind="ingest").latest("pk").started_at
+            assert tgt.execute("SELECT DISTINCT _changed_at FROM permits").fetchall() == [(second,)]  # all 35 changed
             tgt.execute("ALTER TABLE permits ALTER COLUMN approved TYPE text")
             tgt.commit()
         sub.refresh_from_db()

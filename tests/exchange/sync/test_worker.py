@@ -183,7 +183,7 @@ def test_delivery_through_a_worker(department, other_department, people, env, qu
     wait_for(lambda: finished(run), what="the delivery", worker=worker)
     assert run.status == RunStatus.SUCCEEDED, run.error
     db = sqlite3.connect(target)
-    assert [r[1] for r in db.execute("PRAGMA table_info(permits)")] == ["permit_id", "issued_on"]
+    assert [r[1] for r in db.execute("PRAGMA table_info(permits)")] == ["permit_id", "issued_on", "_changed_at"]
     assert db.execute("SELECT count(*) FROM permits").fetchone() == (50,)
 
 
