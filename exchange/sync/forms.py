@@ -195,8 +195,9 @@ class SourceScheduleForm(ScheduleForm):
         help_text="When a subscriber's oldest undelivered change is older, the stewards of both departments are told.")
     watch_seconds = forms.IntegerField(
         required=False, min_value=1, label="Also watch for changes every … seconds (optional)", widget=_text(),
-        help_text="A quick check (the watermark column's maximum, the SQLite file, or the URL's ETag / "
-                  "Last-Modified) starts a run as soon as the source changed.")
+        help_text="A quick check (the watermark column's maximum; without one, a PostgreSQL table's change "
+                  "counters or a query's row checksum, the SQLite file; a URL's ETag / Last-Modified) starts a "
+                  "run as soon as the source changed.")
 
 
 class SubscriptionScheduleForm(ScheduleForm):

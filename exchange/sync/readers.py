@@ -705,8 +705,12 @@ def source_signature(source: Source) -> str:
     """A short answer that moves when the source's data does, found without reading the data:
     the watermark column's maximum for a database source that has one (read from its index, as
     a rule), the file's size and modification time for a SQLite file without one, the
-    validators (ETag, Last-Modified, length) of a URL. Raises SourceError when the source cannot
-    be watched so, or cannot be reached (TransientSourceError)."""
+    validators (ETag, Last-Modified, length) of a URL. A PostgreSQL table without a watermark is
+    watched through the server's own statistics of the table (rows inserted, updated and deleted,
+    and its storage, which TRUNCATE replaces), a query or a view without one by its row count
+    and a checksum of its rows (which reads them on the source's side, so such a watch suits a
+    small result or a longer interval). Raises SourceError when the source cannot be watched so,
+    or cannot be reached (TransientSourceError)."""
     connection: Connection | None = source.connection
     if connection is None:
         raise SourceError("An uploaded file is not watched: each upload is ingested when it arrives.")
@@ -722,15 +726,37 @@ def _pg_signature(source: Source, dsn: str) -> str:
     import psycopg
     from psycopg import sql
 
-    if not source.watermark_column:
-        raise SourceError("A PostgreSQL source is watched through its watermark column; set one.")
+    from exchange.sync.sqlguard import check_source
+
     relation, _ = _pg_relation(source)
     conn = pg_connect(dsn, read_only=True)
     try:
+        if source.watermark_column:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(sql.Identifier(source.watermark_column),
+                                                                         relation))
+                row = cur.fetchone()
+            return f"max:{row[0] if row else None}"
+        if source.table:
+            with conn.cursor() as cur:
+                # A change counts in these once its transaction ends (within a second, as the
+                # server reports them); a TRUNCATE gives the table new storage.
+                cur.execute(
+                    "SELECT c.relkind, pg_relation_filenode(c.oid), s.n_tup_ins, s.n_tup_upd, s.n_tup_del "
+                    "FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid "
+                    "WHERE c.oid = to_regclass(%s)", [relation.as_string(conn)])
+                stats = cur.fetchone()
+            if stats is None:
+                raise SourceError(f"The table {source.table} does not exist at the source.")
+            if stats[0] == "r" and stats[2] is not None:  # a plain table (a partitioned one counts in its parts)
+                return "stats:" + ",".join(str(v) for v in stats[1:])
+        # A query, or a view: what it returns, counted and summed up on the source's side.
+        check_source(conn, query=check_read_only_query(source.query) if source.query else "", table=source.table)
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT max({})::text FROM {}").format(sql.Identifier(source.watermark_column),
-                                                                     relation))
+            cur.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(r::text, 0)), 0) FROM {} AS r")
+                        .format(relation if source.table else sql.SQL("(SELECT * FROM {})").format(relation)))
             row = cur.fetchone()
+        return f"rows:{row[0]}:{row[1]}" if row else "rows:"
     except psycopg.errors.QueryCanceled as exc:
         raise _timed_out(exc) from exc
     except psycopg.OperationalError as exc:
@@ -739,7 +765,6 @@ def _pg_signature(source: Source, dsn: str) -> str:
         raise SourceError(f"The source cannot be read: {_first_line(exc)}") from exc
     finally:
         conn.close()
-    return f"max:{row[0] if row else None}"
 
 
 def _sqlite_signature(source: Source, secret: str) -> str:

@@ -214,7 +214,7 @@ def source_set(*, actor: User, dataset: Dataset, connection: Connection | None, 
             except readers.SourceError as exc:
                 raise ApplicationError(str(exc), fields={"table": [str(exc)]}) from exc
     _check_mapping(dataset, mapping)
-    _check_watch(connection, watermark_column, watch_seconds)
+    _check_watch(connection, watch_seconds)
     if not any(f for f in mapping):
         raise ApplicationError("Map at least the key field.", fields={"mapping": ["Empty."]})
     source = Source.objects.filter(dataset=dataset).select_related("periodic_task").first() or Source(
@@ -285,7 +285,7 @@ def subscriptions_check_freshness(*, now: datetime | None = None) -> list[Subscr
 WATCH_SECONDS_MIN, WATCH_SECONDS_MAX = 2, 86_400
 
 
-def _check_watch(connection: Connection | None, watermark_column: str, watch_seconds: int | None) -> None:
+def _check_watch(connection: Connection | None, watch_seconds: int | None) -> None:
     if watch_seconds is None:
         return
     error = None
@@ -293,8 +293,6 @@ def _check_watch(connection: Connection | None, watermark_column: str, watch_sec
         error = f"Check between every {WATCH_SECONDS_MIN} s and once a day ({WATCH_SECONDS_MAX} s)."
     elif connection is None:
         error = "An uploaded file is not watched: each upload is ingested when it arrives."
-    elif connection.kind == ConnectionKind.POSTGRESQL and not watermark_column:
-        error = "A PostgreSQL source is watched through its watermark column; set one."
     if error:
         raise ApplicationError(error, fields={"watch_seconds": [error]})
 
