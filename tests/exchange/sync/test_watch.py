@@ -1,6 +1,7 @@
 """Watched sources: every few seconds a cheap check of the source (its watermark's maximum, a
-PostgreSQL table's change counters or a query's row checksum, the SQLite file, a URL's validators) and, when the answer moved, a run; with a subscription that
-delivers on change, a change at the source reaches the subscriber on its own."""
+PostgreSQL table's change counters or a query's row checksum, the SQLite file, a URL's
+validators) and, when the answer moved, a run; with a subscription that delivers on change, a
+change at the source reaches the subscriber on its own."""
 
 from __future__ import annotations
 
