@@ -9,7 +9,9 @@ session. Then the project runs under gunicorn (``DEBUG=0``, production settings,
 and thread counts of the Dockerfile) and each user, in a thread of its own with a keep-alive
 connection, repeats for ``--seconds`` a weighted mix, pausing between two requests as a
 person does (``--think`` seconds on average, uniformly from half to one and a half times it;
-``--think 0`` makes it a stress test of requests back to back):
+``--think 0`` makes it a stress test of requests back to back). Users arrive as people do, each
+at a random moment within the first think time (``--burst`` starts all of them at the same
+instant instead, so that the first requests of every user queue up together):
 
 - catalogue search: ``GET /api/v1/datasets/?search=<word>`` (30 %)
 - dataset page: ``GET /datasets/<id>/``, the server-rendered page with the caller's preview (20 %)
@@ -114,8 +116,10 @@ def _request(conn: http.client.HTTPConnection, path: str, headers: dict[str, str
 
 
 def _user_loop(port: int, user: dict[str, Any], world: dict[str, Any], rows: int, seconds: float, seed: int,
-               tally: Tally, think: float = 0.0) -> None:
+               tally: Tally, think: float = 0.0, arrive: bool = False) -> None:
     rng = random.Random(seed)
+    if arrive and think:
+        time.sleep(rng.uniform(0, think))
     kinds, weights = list(KINDS), list(KINDS.values())
     api = {"Authorization": f"Token {user['token']}", "Accept": "application/json"}
     web = {"Cookie": f"sessionid={user['session']}", "Accept": "text/html"}
@@ -162,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--think", type=float, default=1.0, help="mean pause between a user's requests, seconds")
+    parser.add_argument("--burst", action="store_true", help="start every user at the same instant")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
@@ -191,7 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         _user_loop(port, world["users"][0], world, args.rows, 2, 0, Tally())
         tally = Tally()
         threads = [threading.Thread(target=_user_loop,
-                                    args=(port, user, world, args.rows, args.seconds, i, tally, args.think))
+                                    args=(port, user, world, args.rows, args.seconds, i, tally, args.think,
+                                          not args.burst))
                    for i, user in enumerate(world["users"])]
         started = time.monotonic()
         with bench_http.RssWatch(gunicorn.pid) as watch:
@@ -203,7 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         bench_http._stop(gunicorn)
 
-    print(f"{args.users} users (think time {args.think:.1f} s on average) for {args.seconds:.0f} s against gunicorn "
+    arrival = "all at once" if args.burst or not args.think else f"arriving within {args.think:.1f} s"
+    print(f"{args.users} users ({arrival}, think time {args.think:.1f} s on average) for {args.seconds:.0f} s "
+          "against gunicorn "
           f"{args.workers} workers x {args.threads} "
           f"threads (DEBUG=0), PostgreSQL{' + Redis' if os.environ.get('REDIS_URL') else ''}, on loopback")
     print(f"{'kind':<14} {'requests':>9} {'errors':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
