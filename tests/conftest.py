@@ -23,6 +23,16 @@ def _audit_writer_stopped_before_the_database_goes(django_db_setup: None, django
         audit_writer.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def _request_limit_not_kept_after_the_test() -> Any:
+    """A request leaves its statement timeout on the connection for the next request (see
+    config/api/timeouts.py); in tests the same connection serves fixtures and teardown too."""
+    yield
+    from config.api.timeouts import forget_kept_limit
+
+    forget_kept_limit()
+
+
 @pytest.fixture
 def api() -> APIClient:
     return APIClient()

@@ -188,11 +188,9 @@ def test_a_query_held_up_past_the_deadline_is_a_503_not_a_500(settings, people, 
         holder.close()
     assert response.status_code == 503, response.content
     assert response.json()["error"]["code"] == "query_timeout"
-    # The connection's own setting is back: the next request is not limited by this one's.
-    with connection.cursor() as cursor:
-        cursor.execute("SHOW statement_timeout")
-        assert cursor.fetchone()[0] == "0"
+    # The connection is whole again: the next request is answered, under its own limit.
     assert api.get(path.format(permits=permits.pk)).status_code == 200
+    assert _session_limit() == "500ms"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -221,10 +219,60 @@ def test_an_export_held_up_past_its_own_deadline_ends_early(settings, people, pe
         holder.rollback()
         holder.close()
     assert is_statement_timeout(caught.value)
+    # The export's deadline is not the next request's.
+    assert api.get(f"/api/v1/datasets/{permits.pk}/records/").status_code == 200
+    assert _session_limit() == "1min"
+    assert _read(api.get(f"/api/v1/datasets/{permits.pk}/export/?format=csv")) == 200
+
+
+def _session_limit() -> str:
     with connection.cursor() as cursor:
         cursor.execute("SHOW statement_timeout")
-        assert cursor.fetchone()[0] == "0"
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_request_runs_under_its_own_limit_set_once_per_connection(settings, people, permits, monkeypatch):
+    """Outside a transaction the limit stays on the web connection: a request whose limit the
+    connection holds already costs no round trip; another limit, or a new connection, is set."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the SQLite deadline is a progress handler, set per request")
+    sets: list[str] = []
+    raw_class = type(connection.connection) if connection.connection else psycopg.Connection
+    execute = raw_class.execute
+
+    def counting(self, query, params=None, **kwargs):
+        if "statement_timeout" in str(query):
+            sets.append(str(params[0]) if params else str(query))
+        return execute(self, query, params, **kwargs)
+
+    monkeypatch.setattr(raw_class, "execute", counting)
+    api = APIClient()
+    api.force_authenticate(people["outsider"])
+    url = f"/api/v1/datasets/{permits.pk}/records/"
+    settings.REQUEST_STATEMENT_TIMEOUT_SECONDS = 7
+    assert api.get(url).status_code == 200 and sets == ["7000ms"] and _session_limit() == "7s"
+    assert api.get(url).status_code == 200 and sets == ["7000ms"]  # held already: no round trip
+    settings.REQUEST_STATEMENT_TIMEOUT_SECONDS = 9
+    assert api.get(url).status_code == 200 and sets == ["7000ms", "9000ms"] and _session_limit() == "9s"
+    settings.EXPORT_STATEMENT_TIMEOUT_SECONDS = 11
     assert _read(api.get(f"/api/v1/datasets/{permits.pk}/export/?format=csv")) == 200
+    assert sets[-1] == "11000ms" and _session_limit() == "11s"
+    assert api.get(url).status_code == 200 and sets[-1] == "9000ms" and _session_limit() == "9s"
+    connection.close()  # a new connection knows no limit: it is set again
+    assert api.get(url).status_code == 200 and sets[-1] == "9000ms" and len(sets) == 5
+
+
+def test_inside_a_transaction_the_limit_is_set_and_reset(settings, people, permits):
+    """A rollback would take a limit set inside a transaction back: there, each request sets
+    and resets its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the SQLite deadline is a progress handler, set per request")
+    settings.REQUEST_STATEMENT_TIMEOUT_SECONDS = 7
+    api = APIClient()
+    api.force_authenticate(people["outsider"])
+    assert api.get(f"/api/v1/datasets/{permits.pk}/records/").status_code == 200
+    assert _session_limit() == "0"
 
 
 def _holder() -> psycopg.Connection:
