@@ -17,6 +17,8 @@ from catalog.views import dataset_detail_context
 from config.api.errors import NotFoundError, PermissionDeniedError
 from departments.views import error_404
 from exchange.access.policy import effective_view
+from exchange.objections import selectors as objection_selectors
+from exchange.objections import services as objection_services
 from exchange.oversight import selectors as audit_selectors
 from exchange.oversight.views import auditor_scope
 from exchange.overview import dashboard as dashboard_selectors
@@ -39,6 +41,8 @@ def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
         "lineage_complete": dataset_page.sees_all_receivers(user=user, dataset=dataset),
         "preview_rows": dataset_page.PREVIEW_ROWS,
         "sync": dataset_page.dataset_sync_status(user=user, dataset=dataset),
+        "objections": objection_selectors.open_objections_of(user=user, dataset=dataset),
+        "may_object": user.is_authenticated and objection_services.may_object(user=user, dataset=dataset),
     }
 
 
