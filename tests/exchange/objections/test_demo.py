@@ -16,8 +16,10 @@ pytestmark = pytest.mark.django_db
 
 
 def _fields(*names: str) -> list[dict[str, object]]:
-    return [{"name": names[0], "type": "text", "is_key": True, "nullable": False, "sensitivity": "public"},
-            *({"name": n, "type": "text", "sensitivity": "public"} for n in names[1:])]
+    key: dict[str, object] = {"name": names[0], "type": "text", "is_key": True, "nullable": False,
+                              "sensitivity": "public"}
+    rest: list[dict[str, object]] = [{"name": n, "type": "text", "sensitivity": "public"} for n in names[1:]]
+    return [key, *rest]
 
 
 def test_the_demo_seeds_an_answered_and_an_open_objection_once():
