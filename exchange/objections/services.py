@@ -35,7 +35,7 @@ from config.api.errors import ApplicationError, ConflictError, PermissionDeniedE
 from departments.models import Department, Role
 from departments.notifications import notify
 from departments.selectors import principal_of
-from exchange.access.policy import effective_view
+from exchange.access.policy import EffectiveView, effective_view
 from exchange.audit.services import audit_record
 from exchange.objections import selectors as sel
 from exchange.objections.models import Objection, ObjectionEvent, ObjectionKind, ObjectionStatus
@@ -265,7 +265,8 @@ def objection_escalate_overdue(*, now: dt.datetime | None = None, batch: int = 5
             subject = f"Overdue objection to {objection.dataset.title}"
             body = (f"{objection.department.name} objected on {objection.created_at:%Y-%m-%d}; the owning stewards "
                     f"did not answer by {objection.due_at:%Y-%m-%d}.\n{objection.comment}")
-            notify(recipients=sel.reviewers(), kind="objection.escalated", subject=subject, body=body,
+            notify(recipients=[u for u in sel.reviewers() if u.pk != objection.raised_by_id],
+                   kind="objection.escalated", subject=subject, body=body,
                    link=_link(objection), action_required=True, obj=objection)
             notify(recipients=[objection.raised_by, *sel.stewards_of(objection.dataset.department_id)],
                    kind="objection.escalated", subject=subject,
@@ -289,9 +290,10 @@ def steps_for(*, user: User, objection: Objection) -> set[str]:
     return steps
 
 
-def may_object(*, user: User, dataset: Dataset) -> bool:
-    """Whether the dataset page offers the objection form (the service checks again)."""
+def may_object(*, user: User, dataset: Dataset, view: EffectiveView | None = None) -> bool:
+    """Whether the dataset page offers the objection form (the service checks again). ``view``:
+    the user's effective view on the dataset, when the caller has it already."""
     if not sel.objecting_departments(user=user, dataset=dataset):
         return False
-    view = effective_view(dataset=dataset, user=user)
+    view = view if view is not None else effective_view(dataset=dataset, user=user)
     return view.can_read and not view.is_owner

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -42,7 +43,7 @@ def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
         "preview_rows": dataset_page.PREVIEW_ROWS,
         "sync": dataset_page.dataset_sync_status(user=user, dataset=dataset),
         "objections": objection_selectors.open_objections_of(user=user, dataset=dataset),
-        "may_object": user.is_authenticated and objection_services.may_object(user=user, dataset=dataset),
+        "may_object": isinstance(user, User) and objection_services.may_object(user=user, dataset=dataset, view=view),
     }
 
 
