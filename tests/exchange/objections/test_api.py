@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from exchange.audit.models import AuditEvent
 from exchange.objections import services
 from exchange.objections.models import Objection
 from tests.exchange.objections.conftest import raise_objection
@@ -49,6 +50,8 @@ class TestCreate:
         assert body["records"]["rows"][0][:2] == [2, "+49 30 5550002"]
         assert "NOTE-SECRET-2" in str(body["records"])
         assert body["my_steps"] == ["accept", "reject"]
+        read = AuditEvent.objects.filter(action="objection.records_read").latest("id")
+        assert read.actor_id == cast["steward"].pk and read.row_count == 1 and read.dataset_id == dataset.pk
 
     @pytest.mark.parametrize("name", ["secret_note", "no_such_field"])
     def test_a_field_outside_the_view_is_unknown(self, as_user, cast, dataset, name):

@@ -160,3 +160,10 @@ class TestEscalation:
         Objection.objects.filter(pk=objection.pk).update(due_at=timezone.now() - dt.timedelta(seconds=1))
         assert objection_tasks.housekeeping_escalate_objections.apply().get() == 1
         assert objection_tasks.housekeeping_escalate_objections.apply().get() == 0
+
+
+def test_beat_runs_the_escalation():
+    from config.celery import app
+
+    tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "exchange.tasks.housekeeping_escalate_objections" in tasks
