@@ -145,8 +145,6 @@ def objection_create(*, actor: User, dataset: Dataset, kind: str, comment: str, 
             missing = _keys_not_in_view(actor=actor, dataset=dataset, key=key, keys=keys)
             if missing:
                 errors["record_keys"] = [f"No record with {key} {k} in your view." for k in missing]
-    if kind in (ObjectionKind.WRONG_VALUE, ObjectionKind.DUPLICATE) and not keys and "record_keys" not in errors:
-        errors["record_keys"] = ["Name the records (by their key) that you object to."]
     if errors:
         raise ApplicationError("The objection is not valid.", fields=errors)
 

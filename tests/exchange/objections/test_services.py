@@ -68,11 +68,9 @@ class TestCreate:
             raise_objection(cast[who], dataset)
         assert exc.value.code in ("own_dataset", "no_grant")
 
-    def test_wrong_values_name_their_records(self, cast, dataset):
-        with pytest.raises(ApplicationError) as exc:
-            raise_objection(cast["analyst_h"], dataset, record_keys=[])
-        assert "record_keys" in exc.value.fields
-        assert raise_objection(cast["analyst_h"], dataset, kind="other", record_keys=[]).pk
+    def test_records_and_fields_are_optional(self, cast, dataset):
+        objection = raise_objection(cast["analyst_h"], dataset, record_keys=[], fields=[])
+        assert objection.record_keys == [] and objection.fields == []
 
 
 class TestAnswer:
