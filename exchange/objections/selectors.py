@@ -1,8 +1,9 @@
 """Reads about objections, always scoped to what the asking user may see.
 
 An objection is seen by the person who raised it, the stewards and analysts of the department
-that raised it, every member of the department that owns the dataset, the governance reviewers
-(who answer it once it is overdue) and city auditors. Anyone else gets 404, never 403.
+that raised it (if they may see the dataset), every member of the department that owns the
+dataset, the governance reviewers (who answer it once it is overdue) and city auditors. Anyone
+else gets 404, never 403.
 
 Record values are never stored with an objection: :func:`objection_records` reads the named
 records through the reader's own effective view, so the objector sees masked values masked
@@ -19,6 +20,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from catalog.models import Dataset
+from catalog.selectors import dataset_visible
 from config.api.errors import ApplicationError, NotFoundError, PermissionDeniedError
 from departments.models import CityRole, Department, Role
 from departments.selectors import Principal, principal_of
@@ -41,9 +43,13 @@ def _sees_all(p: Principal) -> bool:
     return p.is_reviewer or p.is_city_auditor
 
 
-def _visible_q(p: Principal, user_id: int) -> Q:
-    return (Q(raised_by_id=user_id) | Q(department_id__in=p.departments_where(*OBJECTING_ROLES))
-            | Q(dataset__department_id__in=p.department_ids))
+def _visible_q(user: User, p: Principal, user_id: int) -> Q:
+    # Colleagues of the objector see it only if they may see the dataset itself: an objection
+    # made under a personal grant must not show a restricted dataset to the rest of the
+    # department. The objector keeps seeing their own, whatever became of their grant.
+    departments = Q(department_id__in=p.departments_where(*OBJECTING_ROLES)) | Q(
+        dataset__department_id__in=p.department_ids)
+    return Q(raised_by_id=user_id) | (departments & Q(dataset_id__in=dataset_visible(user=user).values("pk")))
 
 
 def objection_list(*, user: AnyUser, scope: str = "all", status: str = "", dataset_id: int | None = None,
@@ -56,7 +62,8 @@ def objection_list(*, user: AnyUser, scope: str = "all", status: str = "", datas
         return Objection.objects.none()
     qs = _base()
     if not _sees_all(p):
-        qs = qs.filter(_visible_q(p, user_id))
+        assert isinstance(user, User)
+        qs = qs.filter(_visible_q(user, p, user_id))
     if scope == "raised":
         qs = qs.filter(Q(raised_by_id=user_id) | Q(department_id__in=p.departments_where(*OBJECTING_ROLES)))
     elif scope == "received":

@@ -142,3 +142,20 @@ class TestSteps:
         response = as_user(cast["reviewer"]).post(f"{BASE}{objection.pk}/reject/", {"reason": "Right."},
                                                   format="json")
         assert response.json()["status"] == "rejected"
+
+
+def test_colleagues_do_not_learn_of_a_restricted_dataset_through_a_personal_grant(as_user, cast, department):
+    from tests.access_factories import active_grant
+    from tests.factories import MembershipFactory
+    from tests.records_support import load_rows
+    from tests.records_support import published_dataset as dataset_with_store
+
+    restricted = dataset_with_store(department, slug="inspections", visibility="restricted")
+    load_rows(restricted, [{"permit_id": 7, "district": "East"}])
+    active_grant(cast=cast, dataset=restricted, fields=["permit_id", "district"], grantee="analyst_h")
+    objection = raise_objection(cast["analyst_h"], restricted, record_keys=["7"])
+    colleague = MembershipFactory(department=cast["analyst_h"].memberships.get().department, role="analyst").user
+    assert as_user(cast["analyst_h"]).get(f"{BASE}{objection.pk}/").status_code == 200
+    assert as_user(colleague).get(f"{BASE}{objection.pk}/").status_code == 404
+    assert as_user(colleague).get(BASE).json()["count"] == 0
+    assert as_user(cast["steward"]).get(f"{BASE}{objection.pk}/").status_code == 200

@@ -76,3 +76,13 @@ def test_reviewers_find_escalated_ones_in_their_tab(client, cast, dataset):
     body = client.get("/objections/").content.decode()
     assert f"/objections/{objection.pk}/" in body and "escalated" in body
     assert "Reject" in client.get(f"/objections/{objection.pk}/").content.decode()
+
+
+def test_the_list_page_costs_the_same_for_many(client, cast, dataset, django_assert_max_num_queries):
+    raise_objection(cast["analyst_h"], dataset)
+    client.force_login(cast["steward"])
+    client.get("/objections/")
+    for _ in range(5):
+        raise_objection(cast["analyst_h"], dataset, kind="other", record_keys=[])
+    with django_assert_max_num_queries(8):
+        assert client.get("/objections/").content.decode().count('href="/objections/') >= 6
