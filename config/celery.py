@@ -60,6 +60,8 @@ app.conf.beat_schedule = {
     "expire-grants": {"task": "exchange.tasks.housekeeping_expire_grants", "schedule": 300.0},
     "grant-reminders": {"task": "exchange.tasks.housekeeping_grant_reminders", "schedule": 3600.0},
     "grant-recertification": {"task": "exchange.tasks.housekeeping_recertification", "schedule": 6 * 3600.0},
+    # Objections the owning stewards left unanswered past their due date go to the reviewers.
+    "escalate-objections": {"task": "exchange.tasks.housekeeping_escalate_objections", "schedule": 900.0},
     # Truncating the audit trail's tail is detected back to the latest checkpoint.
     "audit-checkpoint": {"task": "exchange.tasks.housekeeping_audit_checkpoint", "schedule": 600.0},
 }

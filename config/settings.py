@@ -286,6 +286,8 @@ SPECTACULAR_SETTINGS = {
         "GrantStatusEnum": "exchange.access.models.GrantStatus",
         "AccessFormEnum": "exchange.access.models.AccessForm",
         "DataRequestStatusEnum": "exchange.demand.models.DataRequestStatus",
+        "ObjectionStatusEnum": "exchange.objections.models.ObjectionStatus",
+        "ObjectionKindEnum": "exchange.objections.models.ObjectionKind",
     },
 }
 
@@ -351,6 +353,9 @@ def _positive_days(name: str, default: int) -> int:
 ACCESS_REQUEST_MAX_DAYS = _positive_days("ACCESS_REQUEST_MAX_DAYS", 365)
 GRANT_REMINDER_DAYS = _positive_days("GRANT_REMINDER_DAYS", 14)
 GRANT_RECERTIFY_DAYS = _positive_days("GRANT_RECERTIFY_DAYS", 90)
+# How many days the owning stewards have to answer an objection before it goes to the
+# governance reviewers.
+OBJECTION_ANSWER_DAYS = _positive_days("OBJECTION_ANSWER_DAYS", 10)
 
 # Key of the HMAC that signs audit checkpoints (see exchange/audit.py). Kept out of the
 # database so that whoever can rewrite the audit tables cannot forge a checkpoint. The default

@@ -7,6 +7,7 @@ from catalog import views as catalog_views
 from departments import views as department_views
 from exchange.access import views as access_views
 from exchange.demand import views as demand_views
+from exchange.objections import views as objection_views
 from exchange.ops.apis import HealthApi
 from exchange.oversight import views as oversight_views
 from exchange.overview import views as overview_views
@@ -103,6 +104,10 @@ urlpatterns = [
          name="ui-data-request-access"),
     path("requested-data/<int:data_request_id>/<slug:step>/", demand_views.data_request_step,
          name="ui-data-request-step"),
+    path("objections/", objection_views.objections, name="ui-objections"),
+    path("objections/<int:objection_id>/", objection_views.objection_detail, name="ui-objection"),
+    path("objections/<int:objection_id>/<slug:step>/", objection_views.objection_step, name="ui-objection-step"),
+    path("datasets/<int:dataset_id>/object/", objection_views.objection_create, name="ui-objection-create"),
     path("audit/", oversight_views.audit_explorer, name="ui-audit"),
     path("audit/datasets/<int:dataset_id>/timeline/", oversight_views.audit_timeline, name="ui-audit-timeline"),
     path("audit/who-could-see/", oversight_views.audit_who_could_see, name="ui-audit-who-could-see"),

@@ -28,6 +28,8 @@ from exchange.access import services as access_services
 from exchange.access.policy import effective_view
 from exchange.demand import services as demand_services
 from exchange.demand.models import DataRequest
+from exchange.objections import services as objection_services
+from exchange.objections.models import Objection
 from exchange.sync import runs, services
 from exchange.sync.models import Connection, ConnectionKind, FileFormat, Source, Subscription
 
@@ -243,6 +245,7 @@ def seed(*, stdout: TextIO) -> int:
         if slug in datasets and department is not None and Source.objects.filter(dataset=datasets[slug]).exists():
             created += _seed_subscription(datasets[slug], department, table, schedule, on_change, stdout)
     created += _seed_data_requests(stdout)
+    created += _seed_objections(stdout)
     return created
 
 
@@ -320,4 +323,44 @@ def _seed_data_requests(stdout: TextIO) -> int:
                                                                    dataset=fulfilled_by)
         created += 1
         stdout.write(f"  requested data: {data_request.title} ({data_request.status})\n")
+    return created
+
+
+# Objections, each by an analyst of a department that receives the dataset through its
+# subscription (above): (objector, dataset, kind, fields, comment, the answer if any).
+OBJECTIONS: list[dict[str, Any]] = [
+    {"by": "hugo.analyst", "dataset": "air-quality", "kind": "missing_record", "fields": ["no2_ugm3"],
+     "comment": "No NO2 values for station AQ-03 on the night of 2 March between 01:00 and 04:00.",
+     "answer": ("accept", "emil.steward", "The analyser was in maintenance; the hours are now filled from the "
+                                          "mobile unit and marked as not validated.")},
+    {"by": "tom.analyst", "dataset": "building-permits", "kind": "other", "fields": ["status", "decided_on"],
+     "comment": "Several permits are approved but have no decision date."},
+]
+
+
+@transaction.atomic
+def _seed_objections(stdout: TextIO) -> int:
+    """Idempotent: an objection whose comment exists is left alone; one whose objector does not
+    read the dataset (its subscription was not seeded) is skipped."""
+    users = {u.username: u for u in User.objects.filter(is_active=True)}
+    created = 0
+    for spec in OBJECTIONS:
+        dataset = Dataset.objects.filter(slug=spec["dataset"], status=DatasetStatus.PUBLISHED).first()
+        objector = users.get(spec["by"])
+        answer = spec.get("answer")
+        if (dataset is None or objector is None or Objection.objects.filter(comment=spec["comment"]).exists()
+                or (answer and answer[1] not in users)
+                or not objection_services.may_object(user=objector, dataset=dataset)):
+            continue
+        objection = objection_services.objection_create(actor=objector, dataset=dataset, kind=spec["kind"],
+                                                        comment=spec["comment"], fields=spec["fields"])
+        if answer:
+            step, username, text = answer
+            if step == "accept":
+                objection = objection_services.objection_accept(actor=users[username], objection=objection, note=text)
+            else:
+                objection = objection_services.objection_reject(actor=users[username], objection=objection,
+                                                                reason=text)
+        created += 1
+        stdout.write(f"  objection: {spec['by']} on {dataset.slug} ({objection.status})\n")
     return created

@@ -11,6 +11,7 @@ from exchange.access.models import (
 )
 from exchange.audit.models import AuditCheckpoint, AuditEvent
 from exchange.demand.models import DataRequest, DataRequestEvent, DataRequestStatus, DataRequestSupporter
+from exchange.objections.models import Objection, ObjectionEvent, ObjectionKind, ObjectionStatus
 from exchange.ops.models import WorkerHeartbeat
 from exchange.sync.models import (
     Connection,
@@ -30,7 +31,8 @@ from exchange.sync.models import (
 __all__ = [
     "AccessForm", "AccessRequest", "AuditCheckpoint", "AuditEvent", "DataRequest", "DataRequestEvent",
     "DataRequestStatus", "DataRequestSupporter", "FieldDecision", "Grant", "GrantField",
-    "GrantStatus", "PrincipalKind", "RequestEvent", "RequestStatus", "WorkerHeartbeat",
+    "GrantStatus", "Objection", "ObjectionEvent", "ObjectionKind", "ObjectionStatus", "PrincipalKind",
+    "RequestEvent", "RequestStatus", "WorkerHeartbeat",
     "Connection", "ConnectionKind", "FileFormat", "QuarantinedRow", "Run", "RunKind", "RunMode", "RunStatus",
     "RunTrigger", "Source", "Subscription", "SubscriptionStatus",
 ]

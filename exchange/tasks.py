@@ -6,7 +6,8 @@ rows: it stays when code moves."""
 
 from exchange.access import tasks as access_tasks
 from exchange.audit import tasks as audit_tasks
+from exchange.objections import tasks as objection_tasks
 from exchange.ops import tasks as ops_tasks
 from exchange.sync import tasks as sync_tasks
 
-__all__ = ["access_tasks", "audit_tasks", "ops_tasks", "sync_tasks"]
+__all__ = ["access_tasks", "audit_tasks", "objection_tasks", "ops_tasks", "sync_tasks"]

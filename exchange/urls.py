@@ -101,3 +101,16 @@ urlpatterns += [
     path("data-requests/<int:data_request_id>/leave/", demand_apis.DataRequestLeaveApi.as_view(),
          name="data-request-leave"),
 ]
+
+from exchange.objections import apis as objection_apis  # noqa: E402
+
+urlpatterns += [
+    path("objections/", objection_apis.ObjectionListApi.as_view(), name="objection-list"),
+    path("objections/<int:objection_id>/", objection_apis.ObjectionDetailApi.as_view(), name="objection-detail"),
+    path("objections/<int:objection_id>/accept/", objection_apis.ObjectionAcceptApi.as_view(),
+         name="objection-accept"),
+    path("objections/<int:objection_id>/reject/", objection_apis.ObjectionRejectApi.as_view(),
+         name="objection-reject"),
+    path("objections/<int:objection_id>/withdraw/", objection_apis.ObjectionWithdrawApi.as_view(),
+         name="objection-withdraw"),
+]

@@ -70,6 +70,7 @@ def path_values(world: World) -> dict[str, Any]:
         "membership_id": world.membership.pk, "assignment_id": world.city_role.pk,
         "token_key": world.token_key, "username": world.people["owner_steward"].username, "slug": "transport",
         "action": "revoke", "fmt": "jsonld", "data_request_id": world.data_request.pk, "step": "join",
+        "objection_id": world.objection.pk,
     }
 
 

@@ -32,6 +32,8 @@ from departments.models import CityRoleAssignment, Department, Membership
 from exchange.access.models import AccessRequest, Grant
 from exchange.demand import services as demand_services
 from exchange.demand.models import DataRequest
+from exchange.objections import services as objection_services
+from exchange.objections.models import Objection
 from exchange.sync import secrets
 from exchange.sync.models import Connection, QuarantinedRow, Run, RunStatus, Source, Subscription
 from tests.access_factories import decide, submit
@@ -78,6 +80,8 @@ class World:
     delivery_run: Run
     data_request: DataRequest  # health's partial analyst's, routed to transport
     hidden_data_request: DataRequest  # parks' steward's, withdrawn: unknown to everyone else
+    objection: Objection  # health's partial analyst's, open, naming permit 1 (phone masked for them)
+    hidden_objection: Objection  # parks' steward's: unknown to health
     membership: Membership  # transport's steward's
     city_role: CityRoleAssignment  # the city auditor's
     token_key: str  # transport's steward's API token
@@ -162,6 +166,12 @@ def build_world() -> World:
         purpose="Planting plan.", fields=wish[:1])
     hidden_data_request = demand_services.data_request_withdraw(actor=people["subscriber_steward"],
                                                                 data_request=hidden_data_request)
+    objection = objection_services.objection_create(
+        actor=people["analyst_partial"], dataset=dataset, kind="wrong_value", comment="The phone looks wrong.",
+        fields=["phone", "applicant_name"], record_keys=["1"])
+    hidden_objection = objection_services.objection_create(
+        actor=people["subscriber_steward"], dataset=dataset, kind="duplicate", comment="Permit 2 twice.",
+        fields=["fee_eur"], record_keys=["2"])
     token, _ = AuthToken.objects.create(user=people["owner_steward"])
     # A cursor of the owner's view ordered by the hidden field: replayed by anyone else, it must
     # be refused (cursors are signed per view).
@@ -175,6 +185,7 @@ def build_world() -> World:
         pending_request=dept_request, grant=grant, department_grant=department_grant, connection=connection,
         target=target, source=source, ingest_run=ingest_run, subscription=subscription,
         delivery_run=delivery_run, data_request=data_request, hidden_data_request=hidden_data_request,
+        objection=objection, hidden_objection=hidden_objection,
         membership=membership, city_role=city_role, token_key=token.token_key,
         ids={"owner_cursor": owner_cursor},
     )

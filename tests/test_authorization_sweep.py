@@ -75,6 +75,7 @@ OTHER_OBJECTS: dict[str, Variant] = {
     "grant_id": Variant("parks' grant", values=lambda w: {"grant_id": w.department_grant.pk}),
     "data_request_id": Variant("parks' withdrawn data request",
                                values=lambda w: {"data_request_id": w.hidden_data_request.pk}),
+    "objection_id": Variant("parks' objection", values=lambda w: {"objection_id": w.hidden_objection.pk}),
 }
 
 
@@ -84,6 +85,7 @@ def _step(step: str) -> Variant:
 VARIANTS: dict[str, list[Variant]] = {
     "ui-data-request-step": [_step(s) for s in ("route", "duplicate", "accept", "decline", "fulfil", "withdraw",
                                                   "leave", "no-such-step")],
+    "ui-objection-step": [_step(s) for s in ("accept", "reject", "withdraw", "no-such-step")],
     "dataset-records": [
         probe("filter on a hidden field", "?secret_note__contains=NOTE-7f"),
         probe("search", "?q=NOTE-7f"),
@@ -717,6 +719,27 @@ EXPECT: dict[str, dict[str, str]] = {
         "get": "401 405 405 405 405 405 405 405 405",
         "post": "401 404 404 404 404 404 404 409   -",
     },
+    "objection-list": {"get": "401 200 200 200 200 200 200 200 200", "post": "401 400 400 400 400 400 400 400   -"},
+    "objection-detail": {"get": "401 404 200 200 200 200 200 404 200"},
+    "objection-detail [parks' objection]": {"get": "401 404 404 404 404 200 200 200 200"},
+    "objection-accept": {"get": "401 405 405 405 405 405 405 405 405", "post": "401 404 400 400 400 400 400 404   -"},
+    "objection-accept [parks' objection]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 400 400 400   -",
+    },
+    "objection-reject": {"get": "401 405 405 405 405 405 405 405 405", "post": "401 404 400 400 400 400 400 404   -"},
+    "objection-reject [parks' objection]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 400 400 400   -",
+    },
+    "objection-withdraw": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 403 200 403 403 403 404   -",
+    },
+    "objection-withdraw [parks' objection]": {
+        "get": "401 405 405 405 405 405 405 405 405",
+        "post": "401 404 404 404 404 403 403 200   -",
+    },
     "ui-data-requests": {"get": "  L 200 200 200 200 200 200 200 200", "post": "  L 200 200 200 200 200 200 200   -"},
     "ui-data-request-create": {
         "get": "  L 200 200 200 200 200 200 200 200",
@@ -751,6 +774,29 @@ EXPECT: dict[str, dict[str, str]] = {
     "ui-data-request-step [withdraw]": {"post": "  L 403 403 302 403 403 403 403   -"},
     "ui-data-request-step [leave]": {"post": "  L 409 409 409 409 409 409 409   -"},
     "ui-data-request-step [no-such-step]": {"post": "  L 404 404 404 404 404 404 404   -"},
+    "ui-objections": {"get": "  L 200 200 200 200 200 200 200 200", "post": "  L 200 200 200 200 200 200 200   -"},
+    "ui-objection": {"get": "  L 404 200 200 200 200 200 404 200", "post": "  L 404 200 200 200 200 200 404   -"},
+    "ui-objection [parks' objection]": {
+        "get": "  L 404 404 404 404 200 200 200 200",
+        "post": "  L 404 404 404 404 200 200 200   -",
+    },
+    "ui-objection-step": {"get": "  L 405 405 405 405 405 405 405 405", "post": "  L 404 404 404 404 404 404 404   -"},
+    "ui-objection-step [parks' objection]": {
+        "get": "  L 405 405 405 405 405 405 405 405",
+        "post": "  L 404 404 404 404 404 404 404   -",
+    },
+    "ui-objection-step [accept]": {"post": "  L 404 403 403 403 403 403 404   -"},
+    "ui-objection-step [reject]": {"post": "  L 404 403 403 403 403 403 404   -"},
+    "ui-objection-step [withdraw]": {"post": "  L 404 403 302 403 403 403 404   -"},
+    "ui-objection-step [no-such-step]": {"post": "  L 404 404 404 404 404 404 404   -"},
+    "ui-objection-create": {
+        "get": "  L 403 403 200 403 403 403 200 403",
+        "post": "  L 403 403 200 403 403 403 200   -",
+    },
+    "ui-objection-create [restricted dataset]": {
+        "get": "  L 404 404 404 404 403 403 404 403",
+        "post": "  L 404 404 404 404 403 403 404   -",
+    },
 }
 
 

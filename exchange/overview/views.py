@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -17,6 +18,8 @@ from catalog.views import dataset_detail_context
 from config.api.errors import NotFoundError, PermissionDeniedError
 from departments.views import error_404
 from exchange.access.policy import effective_view
+from exchange.objections import selectors as objection_selectors
+from exchange.objections import services as objection_services
 from exchange.oversight import selectors as audit_selectors
 from exchange.oversight.views import auditor_scope
 from exchange.overview import dashboard as dashboard_selectors
@@ -39,6 +42,8 @@ def _flow_context(request: HttpRequest, dataset: Dataset) -> dict[str, Any]:
         "lineage_complete": dataset_page.sees_all_receivers(user=user, dataset=dataset),
         "preview_rows": dataset_page.PREVIEW_ROWS,
         "sync": dataset_page.dataset_sync_status(user=user, dataset=dataset),
+        "objections": objection_selectors.open_objections_of(user=user, dataset=dataset),
+        "may_object": isinstance(user, User) and objection_services.may_object(user=user, dataset=dataset, view=view),
     }
 
 
