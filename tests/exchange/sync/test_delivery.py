@@ -119,6 +119,7 @@ def test_incremental_delivery_carries_updates_and_deletions(setup, other_departm
     assert [r[0] for r in delivered] == list(range(1, 31)) and delivered[0][3] == 0
     # The changed row carries the second ingest's start, the others still the first's.
     first, second = Run.objects.filter(kind="ingest").order_by("pk")
+    assert first.started_at is not None and second.started_at is not None
     assert dt.datetime.fromisoformat(delivered[0][4]) == second.started_at > first.started_at
     assert {dt.datetime.fromisoformat(r[4]) for r in delivered[1:]} == {first.started_at}
     sub.refresh_from_db()
