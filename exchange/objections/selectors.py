@@ -2,8 +2,8 @@
 
 An objection is seen by the person who raised it, the stewards and analysts of the department
 that raised it (if they may see the dataset), every member of the department that owns the
-dataset, the governance reviewers (who answer it once it is overdue) and city auditors. Anyone
-else gets 404, never 403.
+dataset, the governance reviewers (those about datasets they may see, and every escalated one,
+which they answer) and city auditors. Anyone else gets 404, never 403.
 
 Record values are never stored with an objection: :func:`objection_records` reads the named
 records through the reader's own effective view, so the objector sees masked values masked
@@ -40,16 +40,22 @@ def _base() -> QuerySet[Objection]:
 
 
 def _sees_all(p: Principal) -> bool:
-    return p.is_reviewer or p.is_city_auditor
+    return p.is_city_auditor
 
 
 def _visible_q(user: User, p: Principal, user_id: int) -> Q:
     # Colleagues of the objector see it only if they may see the dataset itself: an objection
     # made under a personal grant must not show a restricted dataset to the rest of the
     # department. The objector keeps seeing their own, whatever became of their grant.
+    visible_dataset = Q(dataset_id__in=dataset_visible(user=user).values("pk"))
     departments = Q(department_id__in=p.departments_where(*OBJECTING_ROLES)) | Q(
         dataset__department_id__in=p.department_ids)
-    return Q(raised_by_id=user_id) | (departments & Q(dataset_id__in=dataset_visible(user=user).values("pk")))
+    q = Q(raised_by_id=user_id) | (departments & visible_dataset)
+    if p.is_reviewer:
+        # Reviewers oversee the objections to every dataset they may see, and answer the
+        # overdue ones, whichever dataset they concern (a restricted one's title included).
+        q |= visible_dataset | Q(escalated_at__isnull=False)
+    return q
 
 
 def objection_list(*, user: AnyUser, scope: str = "all", status: str = "", dataset_id: int | None = None,

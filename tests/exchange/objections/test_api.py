@@ -159,3 +159,23 @@ def test_colleagues_do_not_learn_of_a_restricted_dataset_through_a_personal_gran
     assert as_user(colleague).get(f"{BASE}{objection.pk}/").status_code == 404
     assert as_user(colleague).get(BASE).json()["count"] == 0
     assert as_user(cast["steward"]).get(f"{BASE}{objection.pk}/").status_code == 200
+
+
+def test_reviewers_learn_of_a_restricted_dataset_only_when_its_objection_is_escalated(as_user, cast, department):
+    """Reviewers oversee the objections to what they may see; an objection to a restricted
+    dataset reaches them when it is overdue, since they must answer it then."""
+    from tests.access_factories import active_grant
+    from tests.records_support import load_rows
+    from tests.records_support import published_dataset as dataset_with_store
+
+    restricted = dataset_with_store(department, slug="inspections", visibility="restricted")
+    load_rows(restricted, [{"permit_id": 7, "district": "East"}])
+    active_grant(cast=cast, dataset=restricted, fields=["permit_id", "district"], grantee="analyst_h")
+    objection = raise_objection(cast["analyst_h"], restricted, record_keys=["7"])
+    reviewer = as_user(cast["reviewer"])
+    assert reviewer.get(f"{BASE}{objection.pk}/").status_code == 404
+    assert reviewer.get(BASE).json()["count"] == 0
+    services.objection_escalate_overdue(now=objection.due_at + dt.timedelta(seconds=1))
+    body = reviewer.get(f"{BASE}{objection.pk}/").json()
+    assert body["escalated"] and body["my_steps"] == ["accept", "reject"]
+    assert reviewer.get(BASE).json()["count"] == 1
