@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -76,10 +76,13 @@ class SchemaVersionOutput(serializers.ModelSerializer):
     status = serializers.CharField(help_text="draft, in_review, changes_requested, published or superseded.")
     change_kind = serializers.CharField(help_text="initial, none, additive or breaking.")
     fields = FieldOutput(many=True)  # type: ignore[assignment]
+    rules = serializers.ListField(child=serializers.DictField(),
+                                 help_text="Quality rules of this version (see the API docs: Quality rules).")
 
     class Meta:
         model = SchemaVersion
-        fields = ["number", "status", "change_kind", "changes", "note", "created_at", "published_at", "fields"]
+        fields = ["number", "status", "change_kind", "changes", "note", "created_at", "published_at", "fields",
+                  "rules"]
 
 
 class PendingSchemaOutput(serializers.Serializer):
@@ -88,8 +91,18 @@ class PendingSchemaOutput(serializers.Serializer):
     change_kind = serializers.CharField()
 
 
+class QualityOutput(serializers.Serializer):
+    score = serializers.FloatField(allow_null=True, help_text="0-100: the share of rule checks the last run passed.")
+    checked_at = serializers.DateTimeField(allow_null=True)
+    run = serializers.IntegerField(allow_null=True, source="run_id")
+    results = serializers.ListField(child=serializers.DictField(),
+                                    help_text="Each rule's result in that run: checked and failed records.")
+    trend = serializers.ListField(child=serializers.DictField(), help_text="The last scores, oldest first.")
+
+
 class DatasetDetailOutput(DatasetSummaryOutput):
     contact = PersonRefOutput(allow_null=True)
+    quality = serializers.SerializerMethodField()
     pending_schema = PendingSchemaOutput(allow_null=True)
     allowed_actions = serializers.ListField(
         child=serializers.CharField(), help_text="The workflow actions you may take now.")
@@ -101,7 +114,12 @@ class DatasetDetailOutput(DatasetSummaryOutput):
 
     class Meta(DatasetSummaryOutput.Meta):
         fields = [*DatasetSummaryOutput.Meta.fields, "temporal_start", "temporal_end", "spatial", "contact",
-                  "created_at", "pending_schema", "allowed_actions", "links"]
+                  "created_at", "pending_schema", "allowed_actions", "links", "quality"]
+
+    @extend_schema_field(QualityOutput(allow_null=True))
+    def get_quality(self, dataset: Dataset) -> dict[str, Any] | None:
+        quality = selectors.dataset_quality(dataset)
+        return dict(QualityOutput(quality).data) if quality is not None else None
 
 
 def detail_data(*, user: Any, dataset: Dataset) -> dict[str, Any]:
@@ -260,6 +278,7 @@ class DatasetSchemaApi(APIView):
     class InputSerializer(serializers.Serializer):
         fields = serializers.ListField(child=serializers.DictField(), allow_empty=True)  # type: ignore[assignment]
         note = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+        rules = serializers.ListField(child=serializers.DictField(), required=False, max_length=50)
 
     @extend_schema(responses={200: SchemaVersionOutput, 204: None})
     def get(self, request: Request, dataset_id: int) -> Response:
@@ -273,6 +292,11 @@ class DatasetSchemaApi(APIView):
         request=inline_serializer("DatasetSchemaPut", fields={
             "fields": FieldInputSerializer(many=True),
             "note": serializers.CharField(required=False, allow_blank=True),
+            "rules": serializers.ListField(
+                child=serializers.DictField(), required=False,
+                help_text="Quality rules (left out: kept as they are). Per field: not_null, unique, range "
+                          "(min/max), allowed (values), pattern, max_length, reference (dataset); per dataset: "
+                          "row_count (min/max), freshness (field, max_age_hours); severity blocking or warning."),
         }),
         responses=SchemaVersionOutput,
     )
@@ -292,7 +316,8 @@ class DatasetSchemaApi(APIView):
         if errors:
             raise ApplicationError("The schema is not valid.", fields=errors)
         version = services.dataset_schema_set(actor=request.user, dataset=dataset, fields=specs,
-                                              note=data.validated_data.get("note", ""))
+                                              note=data.validated_data.get("note", ""),
+                                              rules=data.validated_data.get("rules"))
         version = SchemaVersion.objects.prefetch_related("fields").get(pk=version.pk)
         return Response(SchemaVersionOutput(version).data)
 

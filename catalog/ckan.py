@@ -140,6 +140,10 @@ def package_dict(dataset: Dataset) -> dict[str, Any]:
         {"key": "schema_version", "value": str(dataset.version)},
         {"key": "dcat_turtle", "value": f"{site}/datasets/{dataset.pk}.ttl"},
     ]
+    quality = selectors.dataset_quality(dataset)
+    if quality is not None and quality.score is not None:
+        extras += [{"key": "quality_score", "value": f"{quality.score:g}"},
+                   {"key": "quality_checked", "value": _iso(quality.checked_at) or ""}]
     return {
         "id": str(dataset.pk), "name": dataset.slug, "title": dataset.title, "notes": dataset.description,
         "type": "dataset", "state": "active", "private": dataset.visibility == Visibility.RESTRICTED,

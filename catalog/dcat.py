@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from rdflib import BNode, Graph, Literal, Namespace, URIRef
 from rdflib.namespace import DCAT, DCTERMS, FOAF, RDF, SKOS, XSD
 
 from catalog.models import Dataset, DatasetStatus, Field, FieldType, Licence, Sensitivity, Theme, UpdateFrequency
+from catalog.selectors import dataset_quality
 from departments.models import Department
 
 VCARD = Namespace("http://www.w3.org/2006/vcard/ns#")
 CSVW = Namespace("http://www.w3.org/ns/csvw#")
 ADMS = Namespace("http://www.w3.org/ns/adms#")
+DQV = Namespace("http://www.w3.org/ns/dqv#")
+PROV = Namespace("http://www.w3.org/ns/prov#")
 EU = "http://publications.europa.eu/resource/authority/"
 # A DCAT 3 term that rdflib's closed DCAT namespace does not list yet.
 DCAT_VERSION = URIRef(f"{DCAT}version")
@@ -48,7 +52,8 @@ XSD_TYPES = {
 }
 CONTEXT = {
     "dcat": str(DCAT), "dct": str(DCTERMS), "foaf": str(FOAF), "vcard": str(VCARD), "skos": str(SKOS),
-    "csvw": str(CSVW), "adms": str(ADMS), "xsd": str(XSD), "exchange": f"{settings.SITE_URL}/ns#",
+    "csvw": str(CSVW), "adms": str(ADMS), "xsd": str(XSD), "dqv": str(DQV), "prov": str(PROV),
+    "exchange": f"{settings.SITE_URL}/ns#",
 }
 FORMATS = {"ttl": ("turtle", "text/turtle; charset=utf-8"), "jsonld": ("json-ld", "application/ld+json")}
 
@@ -207,7 +212,28 @@ class CatalogGraph:
         public = dataset.licence != Licence.CITY_INTERNAL and all(f.sensitivity == Sensitivity.PUBLIC for f in fields)
         g.add((uri, DCTERMS.accessRights, self.rights("public" if public else "restricted")))
         g.add((uri, DCAT.distribution, self._distribution(dataset, fields)))
+        quality = dataset_quality(dataset)
+        if quality is not None and quality.score is not None and quality.checked_at is not None:
+            measurement = BNode()
+            g.add((uri, DQV.hasQualityMeasurement, measurement))
+            g.add((measurement, RDF.type, DQV.QualityMeasurement))
+            g.add((measurement, DQV.computedOn, uri))
+            g.add((measurement, DQV.isMeasurementOf, self._quality_metric()))
+            g.add((measurement, DQV.value, Literal(Decimal(f"{quality.score:g}"), datatype=XSD.decimal)))
+            g.add((measurement, PROV.generatedAtTime, _when(quality.checked_at)))
         return uri
+
+    def _quality_metric(self) -> URIRef:
+        """The exchange's one quality metric: the share of rule checks passed (0-100)."""
+        metric = self.ns.qualityScore
+        if self._once(metric):
+            self.g.add((metric, RDF.type, DQV.Metric))
+            self.g.add((metric, SKOS.prefLabel, _en("Quality score")))
+            self.g.add((metric, SKOS.definition, _en(
+                "The share of its quality rules' checks that the dataset's last ingest passed, from 0 to 100 "
+                "(each rule weighs the same: a record rule by the share of records that pass it).")))
+            self.g.add((metric, DQV.expectedDataType, XSD.decimal))
+        return metric
 
     def _identifier(self, dataset: Dataset) -> BNode:
         node = BNode()

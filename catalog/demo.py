@@ -26,7 +26,8 @@ def f(name: str, type_: str, sensitivity: str, description: str, unit: str = "",
 
 
 # Each: department, slug, title, description, themes, keywords, licence, frequency, spatial,
-# (temporal start, end), visibility, final state, fields. "schema_v2" adds a second version.
+# (temporal start, end), visibility, final state, fields, quality rules. "schema_v2" adds a
+# second version.
 DATASETS: list[dict[str, Any]] = [
     {"dept": "planning", "slug": "building-permits", "title": "Building permits",
      "description": "Applications for building permits and the decisions taken on them, one row per permit.",
@@ -39,7 +40,13 @@ DATASETS: list[dict[str, Any]] = [
                 f("status", "text", "public", "submitted, under_review, approved, refused or withdrawn."),
                 f("submitted_on", "date", "public", "Date the application was filed."),
                 f("decided_on", "date", "public", "Date of the decision, empty while pending."),
-                f("fee_eur", "decimal", "internal", "Permit fee charged.", "EUR")]},
+                f("fee_eur", "decimal", "internal", "Permit fee charged.", "EUR")],
+     "rules": [{"check": "pattern", "field": "permit_id", "pattern": "^[A-Z]{3}-[0-9]{6}$", "severity": "blocking"},
+               {"check": "allowed", "field": "status", "severity": "warning",
+                "values": ["submitted", "under_review", "approved", "refused", "withdrawn"]},
+               {"check": "range", "field": "fee_eur", "min": 0, "max": 20000, "severity": "warning"},
+               {"check": "not_null", "field": "applicant_name", "severity": "warning"},
+               {"check": "row_count", "min": 100, "severity": "blocking"}]},
     {"dept": "planning", "slug": "zoning-plan-areas", "title": "Zoning plan areas",
      "description": "Areas of the binding land-use plan with their zoning category and permitted density.",
      "themes": ["REGI"], "keywords": ["zoning", "land use"], "licence": "CC0-1.0", "frequency": "IRREG",
@@ -161,7 +168,10 @@ DATASETS: list[dict[str, Any]] = [
                 f("no2_ugm3", "decimal", "public", "Nitrogen dioxide.", "µg/m³"),
                 f("pm10_ugm3", "decimal", "public", "Particulate matter < 10 µm.", "µg/m³"),
                 f("pm25_ugm3", "decimal", "public", "Particulate matter < 2.5 µm.", "µg/m³"),
-                f("validated", "boolean", "public", "Whether the value passed validation.")]},
+                f("validated", "boolean", "public", "Whether the value passed validation.")],
+     "rules": [{"check": "range", "field": "no2_ugm3", "min": 0, "max": 400, "severity": "blocking"},
+               {"check": "not_null", "field": "pm10_ugm3", "severity": "warning"},
+               {"check": "freshness", "field": "measured_at", "max_age_hours": 24, "severity": "warning"}]},
     {"dept": "environment", "slug": "noise-complaints", "title": "Noise complaints",
      "description": "Complaints about noise received by the environment hotline and how they were handled.",
      "themes": ["ENVI", "JUST"], "keywords": ["noise", "complaints"], "licence": "city-internal",
@@ -296,7 +306,8 @@ def _seed_one(spec: dict[str, Any], steward: User, reviewer: User | None, depart
         licence=spec["licence"], update_frequency=spec["frequency"], temporal_start=start, temporal_end=end,
         spatial=spec["spatial"], visibility=spec.get("visibility", "city"),
     )
-    services.dataset_schema_set(actor=steward, dataset=dataset, fields=_fields(spec["fields"]))
+    services.dataset_schema_set(actor=steward, dataset=dataset, fields=_fields(spec["fields"]),
+                                rules=spec.get("rules", []))
     for action in WALK[spec["state"]]:
         actor = reviewer if action in ("approve", "request_changes") else steward
         dataset = services.dataset_transition(actor=actor, dataset=dataset, action=action,

@@ -144,6 +144,8 @@ def attach_row_errors(rows: list[FieldRow], exc: ApplicationError) -> list[str]:
             index = int(key[len("fields["):key.index("]")])
             if index < len(rows):
                 rows[index].errors.setdefault("name", []).extend(messages)
+        elif key.startswith("rules[") and key[len("rules["):-1].isdigit():
+            general.extend(f"Quality rule {int(key[len('rules['):-1]) + 1}: {m}" for m in messages)
         else:
             general.extend(messages)
     if not general and not exc.fields:

@@ -172,6 +172,8 @@ class SchemaVersion(models.Model):
     change_kind = models.CharField(max_length=16, choices=ChangeKind.choices, default=ChangeKind.INITIAL)
     # [{"change": "added|removed|renamed|retyped|sensitivity|…", "field": "…", …}]
     changes = models.JSONField(default=list, blank=True)
+    # Quality rules of this version, reviewed with it (catalog/quality.py says their shape).
+    rules = models.JSONField(default=list, blank=True)
     note = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
                                    related_name="+")
@@ -248,3 +250,21 @@ class DatasetTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset_id} {self.action}: {self.from_status} -> {self.to_status}"
+
+
+class DatasetQuality(models.Model):
+    """The dataset's quality as its ingest runs last measured it (``exchange.sync.quality``):
+    the score of the last run that evaluated rules, and the scores before it. Kept apart from
+    the dataset so that recording a run does not count as a change of the dataset."""
+
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="quality")
+    score = models.FloatField(null=True, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    run_id = models.BigIntegerField(null=True, blank=True)
+    # The rules' results of that run: [{"rule", "check", "field", "severity", "checked", "failed", …}]
+    results = models.JSONField(default=list, blank=True)
+    # The last scores, oldest first: [{"at": iso, "score": n, "run": id}]
+    trend = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"quality of {self.dataset_id}: {self.score}"

@@ -45,6 +45,7 @@ from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from catalog.models import (
     Dataset,
+    DatasetQuality,
     DatasetStatus,
     DatasetTransition,
     Field,
@@ -308,8 +309,8 @@ def review_queue(*, user: UserLike) -> QuerySet[Dataset]:
 
 def dataset_published_list(*, user: UserLike, filters: DatasetFilters | None = None) -> QuerySet[Dataset]:
     """What the DCAT and CKAN exports show: published or deprecated datasets the user may see,
-    with their current schema's fields."""
-    return dataset_list_with_schema(user=user, filters=filters).filter(status__in=LISTED)
+    with their current schema's fields and their measured quality."""
+    return dataset_list_with_schema(user=user, filters=filters).filter(status__in=LISTED).select_related("quality")
 
 
 def dataset_published_get(*, user: UserLike, dataset_id: int) -> Dataset:
@@ -317,3 +318,13 @@ def dataset_published_get(*, user: UserLike, dataset_id: int) -> Dataset:
     if dataset is None:
         raise NotFoundError("No such dataset.")
     return dataset
+
+
+def dataset_quality(dataset: Dataset) -> DatasetQuality | None:
+    """The dataset's measured quality (its last ingest run that evaluated rules), if any (no
+    query when the dataset was read with it, as ``dataset_published_list`` reads them). The
+    caller has checked that the user may see the dataset."""
+    try:
+        return dataset.quality  # type: ignore[no-any-return]
+    except DatasetQuality.DoesNotExist:
+        return None

@@ -42,6 +42,7 @@ from catalog.models import (
     Visibility,
     field_name_validator,
 )
+from catalog.quality import validate_rules
 from catalog.selectors import is_owner_steward
 from config.api.errors import ApplicationError, ConflictError, PermissionDeniedError
 from departments.models import CityRole, Department, Membership, Role
@@ -482,13 +483,16 @@ def dataset_delete(*, actor: Actor, dataset: Dataset) -> None:
 
 @transaction.atomic
 def dataset_schema_set(
-    *, actor: Actor, dataset: Dataset, fields: Sequence[dict[str, Any]], note: str = ""
+    *, actor: Actor, dataset: Dataset, fields: Sequence[dict[str, Any]], note: str = "",
+    rules: Sequence[dict[str, Any]] | None = None,
 ) -> SchemaVersion:
-    """Replace the fields of the dataset's working schema.
+    """Replace the fields (and with ``rules``, the quality rules) of the dataset's working schema.
 
     A draft dataset edits its first version in place. A published (or deprecated) dataset
     gets a new version, a draft that goes through review on its own; a draft version that
     already exists is edited in place. The change is classified against the current schema.
+    Without ``rules`` the version keeps the rules it had (a new version, those of the current
+    one), which must still fit its fields.
     """
     _require_steward(actor, dataset)
     dataset = _locked(dataset)
@@ -512,18 +516,25 @@ def dataset_schema_set(
     new_fields, errors = validate_fields(list(fields), previous=previous)
     if errors:
         raise ApplicationError("The schema is not valid.", fields=errors)
+    if rules is None:
+        kept = version if version is not None else dataset.current_schema
+        rules = list(kept.rules) if kept is not None else []
+    cleaned_rules, rule_errors = validate_rules(rules, new_fields,
+                                                find_dataset=lambda slug: _referable(actor, dataset, slug))
+    if rule_errors:
+        raise ApplicationError("The quality rules are not valid.", fields=rule_errors)
     change_kind, changes = classify_changes(previous, new_fields)
     if version is None:
         number = (SchemaVersion.objects.filter(dataset=dataset).aggregate(n=Max("number"))["n"] or 0) + 1
         version = SchemaVersion.objects.create(
             dataset=dataset, number=number, status=SchemaStatus.DRAFT, created_by=_user(actor),
-            change_kind=change_kind, changes=changes, note=note,
+            change_kind=change_kind, changes=changes, note=note, rules=cleaned_rules,
         )
     else:
         version.fields.all().delete()
-        version.change_kind, version.changes = change_kind, changes
+        version.change_kind, version.changes, version.rules = change_kind, changes, cleaned_rules
         version.note = note or version.note
-        version.save(update_fields=["change_kind", "changes", "note"])
+        version.save(update_fields=["change_kind", "changes", "note", "rules"])
     for field in new_fields:
         field.schema = version
     Field.objects.bulk_create(new_fields)
@@ -534,9 +545,25 @@ def dataset_schema_set(
         actor=actor, action="dataset.schema_update", obj=version, department_id=dataset.department_id,
         dataset_id=dataset.pk,
         details={"version": version.number, "change_kind": change_kind, "changes": changes,
-                 "fields": [f.name for f in new_fields]},
+                 "fields": [f.name for f in new_fields], "rules": cleaned_rules},
     )
     return version
+
+
+def _referable(actor: Actor, dataset: Dataset, slug: str) -> tuple[Dataset, list[Field]] | None:
+    """A published dataset other than ``dataset`` that the actor may know, with its key fields:
+    what a reference rule may point at (whether the owner may read it is checked at each run)."""
+    from catalog.selectors import dataset_visible
+
+    user = _user(actor)
+    if user is None:
+        return None
+    other = dataset_visible(user=user).filter(slug=slug, status__in=(DatasetStatus.PUBLISHED,
+                                                                     DatasetStatus.DEPRECATED)).exclude(
+        pk=dataset.pk).first()
+    if other is None or other.current_schema_id is None:
+        return None
+    return other, list(Field.objects.filter(schema_id=other.current_schema_id, is_key=True).order_by("position"))
 
 
 # --- The workflow ------------------------------------------------------------------------------

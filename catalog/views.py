@@ -7,6 +7,7 @@ POST/redirect/GET, so a reload never sends a form twice."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import messages
@@ -37,6 +38,7 @@ from catalog.models import (
     Sensitivity,
     Theme,
 )
+from catalog.quality import rule_label
 from config.api.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError
 from config.web import add_service_errors
 from departments.models import Department, Role
@@ -119,7 +121,14 @@ def dataset_detail_context(request: HttpRequest, dataset: Dataset) -> dict[str, 
         "actions": [(a, ACTION_LABELS.get(a, a)) for a in actions],
         "is_steward": selectors.is_owner_steward(user=user, dataset=dataset),
         "theme_labels": [dict(Theme.choices).get(t, t) for t in dataset.themes],
+        **_quality_context(dataset, schema),
     }
+
+
+def _quality_context(dataset: Dataset, schema: Any) -> dict[str, Any]:
+    quality = selectors.dataset_quality(dataset)
+    return {"quality": quality, "quality_trend": quality.trend[-10:] if quality else [],
+            "rule_labels": [rule_label(r) for r in schema.rules] if schema is not None else []}
 
 
 def _timeline(dataset: Dataset) -> list[Any]:
@@ -266,16 +275,22 @@ def dataset_schema(request: HttpRequest, dataset_id: int) -> HttpResponse:
     general: list[str] = []
     note = ""
     status = 200
+    shown = schema if schema is not None else dataset.current_schema
+    rules_text = json.dumps(shown.rules if shown is not None else [], indent=1, ensure_ascii=False)
     if request.method == "POST":
         rows = rows_from_post(request.POST)
         note = request.POST.get("note", "")[:2000]
+        rules_text = request.POST.get("rules", "")[:100_000]
         op = request.POST.get("op", "")
         if op:
             rows = apply_row_operation(rows, op)
         else:
             try:
+                rules = json.loads(rules_text) if rules_text.strip() else []
                 services.dataset_schema_set(actor=request.user, dataset=dataset,
-                                            fields=[r.spec() for r in rows], note=note)
+                                            fields=[r.spec() for r in rows], note=note, rules=rules)
+            except json.JSONDecodeError as exc:  # before anything was saved
+                general, status = [f"The quality rules are not valid JSON: {exc}."], 400
             except ApplicationError as exc:
                 general = attach_row_errors(rows, exc)
                 if isinstance(exc, ConflictError):
@@ -288,6 +303,7 @@ def dataset_schema(request: HttpRequest, dataset_id: int) -> HttpResponse:
         rows = _rows_of(schema)
     return render(request, "catalog/schema_form.html", {
         "dataset": dataset, "schema": schema, "rows": rows, "general_errors": general, "note": note,
+        "rules_text": rules_text, "rules_open": bool(general),
         "type_choices": TYPE_CHOICES, "sensitivity_choices": SENSITIVITY_CHOICES,
         "renames": dataset.current_schema_id is not None,
         "previous_names": [f.name for f in dataset.current_schema.fields.all()] if dataset.current_schema else [],

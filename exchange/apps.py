@@ -18,8 +18,10 @@ class ExchangeConfig(AppConfig):
         from exchange.records import receivers as records_receivers
         from exchange.records.selectors import register_sqlite_functions
         from exchange.sync import receivers as sync_receivers
+        from exchange.sync.quality import register_sqlite_functions as register_quality_functions
 
         connection_created.connect(register_sqlite_functions, dispatch_uid="exchange.sqlite_functions")
+        connection_created.connect(register_quality_functions, dispatch_uid="exchange.sqlite_quality_functions")
         ckan_datastore.register()
         schema_version_published.connect(records_receivers.on_schema_version_published_store,
                                          dispatch_uid="exchange.store_evolve")

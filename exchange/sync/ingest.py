@@ -25,6 +25,7 @@ from django.utils import timezone
 from catalog.models import Dataset, DatasetStatus, Field
 from exchange.audit.services import audit_record
 from exchange.records.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
+from exchange.sync import quality
 from exchange.sync.convert import (
     CONVERTERS,
     FALSE_TEXT,
@@ -72,6 +73,8 @@ class Plan:
     # field name -> source column (None: not mapped, stays empty)
     columns: dict[str, str | None]
     key_fields: list[str]
+    # The published schema's quality rules (exchange/sync/quality.py evaluates them).
+    rules: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Counts:
     staged: int = 0
     watermark: Any = None
     quarantine_buffer: list[QuarantinedRow] = field(default_factory=list)
+    quality: list[dict[str, Any]] = field(default_factory=list)  # each rule's result
 
 
 def plan_for(dataset: Dataset, mapping: dict[str, str]) -> Plan:
@@ -98,7 +102,8 @@ def plan_for(dataset: Dataset, mapping: dict[str, str]) -> Plan:
     if unmapped_required:
         raise SchemaMismatch(f"Key or required fields are not mapped to a source column: "
                              f"{', '.join(unmapped_required)}.")
-    return Plan(table=table, fields=fields, columns=columns, key_fields=[f.name for f in fields if f.is_key])
+    return Plan(table=table, fields=fields, columns=columns, key_fields=[f.name for f in fields if f.is_key],
+                rules=quality.rules_of(dataset))
 
 
 def check_source_shape(plan: Plan, reader: Reader) -> None:
@@ -559,7 +564,8 @@ def ingest_execute(*, run: Run) -> None:
     with open_source(source, since=since) as reader:
         _check_reader(plan, reader, source.watermark_column)
         run.rows_total_estimate = reader.estimate
-        if first_load_eligible(plan, reader, source.watermark_column):
+        # A first load skips the staging table; quality rules are evaluated on it.
+        if first_load_eligible(plan, reader, source.watermark_column) and not plan.rules:
             try:
                 result = first_load(run, plan, reader, Counts(), watermark_column=source.watermark_column)
             except FirstLoadRefused:
@@ -599,7 +605,7 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
             if watermark_column:
                 counts.watermark = _bulk_watermark(plan, reader, stage, watermark_column)
         elif csv_copy:
-            loadable = store_takes_a_load(run, plan)
+            loadable = not plan.rules and store_takes_a_load(run, plan)
             csv_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None,
                            logged=loadable)
             if loadable:
@@ -610,9 +616,12 @@ def ingest_staged(run: Run, plan: Plan, reader: Reader, counts: Counts, *, water
         else:
             read_into_stage(run, plan, reader, stage, counts, watermark_column=watermark_column or None)
         quarantine_duplicates(run, plan, stage, counts, known_unique=bulk and source_key_unique(plan, reader))
+        counts.quality = quality.check_staged(run, plan, stage, counts, incremental=incremental,
+                                              keep=QUARANTINE_KEEP)
         with transaction.atomic():
             _recheck_claim(run)
             result = merge(run, plan, stage, counts, detect_deletes=not incremental)
+            counts.quality += quality.check_store(run, plan)
             finish_ingest(run, plan, counts, result)
     return result
 
@@ -1297,6 +1306,7 @@ def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult, *, 
         seq_to=result.seq_to, target=plan.table.name, error="",
         schema_version=source.dataset.version,
     )
+    fields.update(quality.record(run, counts.quality))
     Run.objects.filter(pk=run.pk).update(**fields)
     for k, v in fields.items():
         setattr(run, k, v)
@@ -1309,5 +1319,8 @@ def finish_ingest(run: Run, plan: Plan, counts: Counts, result: MergeResult, *, 
         fields=[f.name for f in plan.fields],
         details={"run": run.pk, "mode": run.mode, "read": counts.read, "inserted": result.inserted,
                  "updated": result.updated, "deleted": result.deleted, "unchanged": result.unchanged,
-                 "quarantined": counts.quarantined, "seq_from": result.seq_from, "seq_to": result.seq_to},
+                 "quarantined": counts.quarantined, "seq_from": result.seq_from, "seq_to": result.seq_to,
+                 **({"quality_score": fields["quality_score"],
+                     "quality_failed": {r["rule"]: r["failed"] for r in counts.quality if r["failed"]}}
+                    if counts.quality else {})},
     )

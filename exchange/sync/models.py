@@ -242,6 +242,9 @@ class Run(models.Model):
     # Delivery: when the oldest change it carried was read from the source (the start of the
     # ingest run that brought it); finished_at minus this is the change's time to the target.
     changes_seen_at = models.DateTimeField(null=True, blank=True)
+    # Ingest: each quality rule's result (see exchange/sync/quality.py) and the score, 0-100.
+    quality = models.JSONField(default=list, blank=True)
+    quality_score = models.FloatField(null=True, blank=True)
 
     class Meta:
         ordering = ["-queued_at", "-id"]

@@ -56,9 +56,15 @@ def uri(dataset: Dataset) -> str:
 def test_demo_catalogue_conforms_to_dcat_ap_3(demo, client):
     import pyshacl
 
+    from exchange.sync import runs
+    from exchange.sync.models import Run
+
+    for run in Run.objects.filter(kind="ingest", status="queued"):  # quality measured, as dqv: below
+        runs.execute(run_id=run.pk)
     client.force_login(Dataset.objects.get(slug="building-permits").department.memberships.first().user)
     data = graph_of(client.get("/catalog.ttl"), "turtle")
     assert len(datasets_in(data)) >= 15
+    assert len(list(data.subjects(ns.RDF.type, URIRef("http://www.w3.org/ns/dqv#QualityMeasurement")))) >= 2
     shapes = load_shapes()
     conforms, _, report = pyshacl.validate(data, shacl_graph=shapes, inference="none", allow_warnings=True)
     violations = [line for line in report.splitlines() if "Severity: sh:Violation" in line]
@@ -91,6 +97,22 @@ def test_dataset_has_schema_publisher_contact_licence_theme_and_distribution(dem
     columns = {str(g.value(c, URIRef("http://www.w3.org/ns/csvw#name")))
                for c in g.objects(schema, URIRef("http://www.w3.org/ns/csvw#column"))}
     assert {"permit_id", "applicant_name", "fee_eur"} <= columns
+    assert g.value(subject, URIRef("http://www.w3.org/ns/dqv#hasQualityMeasurement")) is None  # nothing measured yet
+    # The quality its first ingest measured (the demo queued it; this test's transaction never
+    # commits, so it runs here), as a DQV measurement of the exchange's metric.
+    from exchange.sync import runs
+    from exchange.sync.models import Run
+
+    (queued,) = Run.objects.filter(dataset=dataset, kind="ingest", status="queued")
+    runs.execute(run_id=queued.pk)
+    g = graph_of(api.get(f"/datasets/{dataset.pk}.ttl"), "turtle")
+    dqv = "http://www.w3.org/ns/dqv#"
+    measurement = g.value(subject, URIRef(dqv + "hasQualityMeasurement"))
+    metric = g.value(measurement, URIRef(dqv + "isMeasurementOf"))
+    assert (metric, ns.RDF.type, URIRef(dqv + "Metric")) in g
+    assert 0 < float(g.value(measurement, URIRef(dqv + "value"))) < 100  # the demo's statuses break a rule
+    dataset.refresh_from_db()
+    assert float(g.value(measurement, URIRef(dqv + "value"))) == dataset.quality.score
 
 
 def test_only_visible_datasets_are_exported(demo, api, client):
