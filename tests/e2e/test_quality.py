@@ -5,10 +5,11 @@ rule quarantines a row, naming itself), and the dataset page shows the score and
 from __future__ import annotations
 
 import json
+from typing import cast
 
 import pytest
 
-from catalog.models import SchemaVersion
+from catalog.models import Dataset, SchemaVersion
 from tests.factories import PERMIT_FIELDS, DatasetFactory
 from tests.sync_factories import csv_bytes, upload_source
 
@@ -21,7 +22,7 @@ def _rows(n: int) -> list[list[str]]:
 
 
 def test_rules_check_an_upload_and_the_dataset_page_shows_the_score(page, login, screenshot, people, department):
-    dataset = DatasetFactory(status="published", department=department, steward=people["steward"])
+    dataset = cast(Dataset, DatasetFactory(status="published", department=department, steward=people["steward"]))
     current = dataset.current_schema
     current.rules = [{"check": "range", "field": "fee_eur", "min": "0", "max": "120.5", "severity": "blocking"},
                      {"check": "pattern", "field": "parcel_id", "pattern": "^P-[0-9]+$", "severity": "warning"}]
