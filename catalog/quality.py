@@ -24,11 +24,14 @@ ingest, one set-based statement per rule.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from django.db import DatabaseError, connection, transaction
 
 from catalog.models import Field, FieldType
 
@@ -118,6 +121,9 @@ def validate_rules(rules: Any, fields: Sequence[Field], *,
         if not isinstance(rule, dict):
             err("A rule is an object with a check.")
             continue
+        if "\\u0000" in json.dumps(rule, default=str):  # JSON writes NUL so; PostgreSQL's jsonb refuses it
+            err("A rule may not contain the NUL character.")
+            continue
         check = rule.get("check")
         if check not in FIELD_CHECKS + DATASET_CHECKS:
             err(f"Unknown check {check!r}; one of {', '.join(FIELD_CHECKS + DATASET_CHECKS)}.")
@@ -179,6 +185,10 @@ def validate_rules(rules: Any, fields: Sequence[Field], *,
                     err(f"pattern: a regular expression of 1 to {MAX_PATTERN} characters.")
                     continue
                 re.compile(pattern)
+                if not _database_reads(pattern):
+                    err("PostgreSQL cannot read this regular expression; use classes, alternatives, "
+                        "quantifiers and anchors.")
+                    continue
                 if re.search(r"\\[pPXRK]|\(\?[<P=!#]|\\[0-9]", pattern):
                     err("Use the regular expressions that PostgreSQL and SQLite read alike: classes, "
                         "alternatives, quantifiers, anchors; no back-references, look-behind or named groups.")
@@ -234,6 +244,19 @@ def validate_rules(rules: Any, fields: Sequence[Field], *,
                 errors.setdefault(f"rules[{i}]", []).append("The same rule is given twice.")
             seen.add(label)
     return cleaned, errors
+
+
+def _database_reads(pattern: str) -> bool:
+    """Whether the database's own regular expressions take ``pattern`` (PostgreSQL's differ
+    from Python's in places; SQLite's are Python's, registered by ``exchange.sync.quality``)."""
+    if connection.vendor != "postgresql":
+        return True
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT '' ~ %s", [pattern])
+    except DatabaseError:
+        return False
+    return True
 
 
 def score(results: Sequence[dict[str, Any]]) -> float | None:

@@ -33,6 +33,7 @@ from catalog.models import Dataset, DatasetQuality, DatasetStatus, Field, FieldT
 from catalog.quality import rule_label, score
 from exchange.access.models import AccessForm
 from exchange.access.policy import effective_view
+from exchange.audit.services import audit_record
 from exchange.records.store import ident, is_postgres, store_exists, store_table
 from exchange.sync.errors import SourceError
 from exchange.sync.models import QuarantinedRow, Run
@@ -98,8 +99,10 @@ def _bound_sql(field_type: str) -> str:
     return _cast(field_type)
 
 
-def _reference_table(dataset: Dataset, rule: dict[str, Any]) -> tuple[str, str] | str:
-    """(the referenced store table, its key column), or why the rule cannot be evaluated."""
+def _reference_table(run: Run, dataset: Dataset, rule: dict[str, Any]) -> tuple[str, str] | str:
+    """(the referenced store table, its key column), or why the rule cannot be evaluated. The
+    check reads the other dataset's keys, so it is audited as a read of that dataset's key field
+    on the owning department's behalf (in the other department's trail)."""
     other = Dataset.objects.filter(slug=rule["dataset"]).select_related("department").first()
     if other is None or other.status not in (DatasetStatus.PUBLISHED, DatasetStatus.DEPRECATED) \
             or other.current_schema_id is None:
@@ -116,10 +119,15 @@ def _reference_table(dataset: Dataset, rule: dict[str, Any]) -> tuple[str, str] 
             return f"{dataset.department.name} may not read every key of {rule['dataset']} in clear"
     if not store_exists(other):
         return f"nothing has been ingested into {rule['dataset']} yet"
+    audit_record(actor=None, actor_label="job:ingest", action="quality.reference_read", obj=other,
+                 dataset_id=other.pk, department_id=other.department_id, fields=[key],
+                 purpose=f"quality rule of {dataset.slug}" if other.department_id != dataset.department_id else "owner",
+                 details={"run": run.pk, "for_dataset": dataset.pk, "for_department": dataset.department_id,
+                          "rule": rule_label(rule)})
     return store_table(other).qualified, key
 
 
-def _condition(rule: dict[str, Any], plan: Any, stage: str, fields: dict[str, Field], *,
+def _condition(run: Run, rule: dict[str, Any], plan: Any, stage: str, fields: dict[str, Field], *,
                incremental: bool, dataset: Dataset, made: list[str]) -> tuple[str, list[Any]] | str:
     """SQL true for a staged row (alias ``s``) that breaks the field rule, with its parameters;
     or why the rule cannot be evaluated."""
@@ -149,7 +157,7 @@ def _condition(rule: dict[str, Any], plan: Any, stage: str, fields: dict[str, Fi
     if check == "unique":
         return _repeated_values(plan, stage, field, incremental=incremental, made=made)
     if check == "reference":
-        found = _reference_table(dataset, rule)
+        found = _reference_table(run, dataset, rule)
         if isinstance(found, str):
             return found
         table, key = found
@@ -234,7 +242,8 @@ def _check(run: Run, plan: Any, stage: str, counts: Any, rules: list[dict[str, A
         if rule["field"] not in fields:  # the rule outlived its field (a later schema): nothing to check
             results[i] = _result(rule, scope="field", checked=0, failed=0, skipped="no such field")
             continue
-        condition = _condition(rule, plan, stage, fields, incremental=incremental, dataset=dataset, made=made)
+        condition = _condition(run, rule, plan, stage, fields, incremental=incremental, dataset=dataset,
+                               made=made)
         if isinstance(condition, str):
             results[i] = _result(rule, scope="field", checked=0, failed=0, skipped=condition)
             continue

@@ -65,6 +65,7 @@ def test_rules_are_set_with_the_schema_and_kept_as_stored(as_user, cast, make_da
     ({"check": "reference", "field": "permit_id", "dataset": "no-such-thing"}, "Unknown dataset"),
     ({"check": "freshness", "field": "permit_id", "max_age_hours": 1}, "date or timestamp"),
     ({"check": "row_count", "min": -1}, "does not fit"),
+    ({"check": "allowed", "field": "permit_id", "values": ["a\x00b"]}, "NUL character"),
 ])
 def test_bad_rules_are_a_400_naming_the_rule_and_nothing_changes(as_user, cast, make_dataset, rule, why):
     dataset = make_dataset()
@@ -143,3 +144,14 @@ def test_the_schema_page_edits_the_rules_and_the_dataset_page_shows_the_quality(
                                   trend=[{"at": "x", "score": 75.0, "run": 2}, {"at": "y", "score": 50.0, "run": 3}])
     page = client.get(f"/datasets/{dataset.pk}/").content.decode()
     assert "score 50.0 of 100" in page and "75.0</span> → <span" in page and "<strong>2</strong>" in page
+
+
+def test_a_pattern_the_database_cannot_read_is_refused(as_user, cast, make_dataset):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite reads patterns with Python's own regular expressions")
+    dataset = make_dataset()
+    error = assert_error(put(as_user(cast["steward"]), dataset, [
+        {"check": "pattern", "field": "permit_id", "pattern": "a++"}]), 400)  # Python's possessive: not PostgreSQL's
+    assert "PostgreSQL cannot read this regular expression" in error["fields"]["rules[0]"][0]

@@ -159,6 +159,10 @@ def test_a_reference_needs_a_key_the_owner_may_read(department, other_department
     run = run_ingest(source)
     ref = result(run, "reference")
     assert "skipped" not in ref and ref["failed"] == 2  # permits 4 and 5 are no stop
+    # Reading the other dataset's keys is on its department's record, as a read of that field.
+    (read,) = AuditEvent.objects.filter(action="quality.reference_read")
+    assert (read.dataset_id, read.department_id, read.fields) == (stops.pk, other_department.pk, ["permit_id"])
+    assert read.details["run"] == run.pk and read.details["for_dataset"] == dataset.pk
     quality = DatasetQuality.objects.get(dataset=dataset)
     assert [t["run"] for t in quality.trend][-1] == run.pk and len(quality.trend) == 2
     assert quality.checked_at is not None and quality.checked_at <= timezone.now()
