@@ -22,6 +22,7 @@ from config.api.auth import request_user
 from config.api.errors import ApplicationError, NotFoundError
 from config.api.fields import IdField
 from config.api.pagination import PageNumberPagination
+from departments.selectors import principal_of
 from exchange.access.apis import DatasetRefOutput
 from exchange.objections import selectors as sel
 from exchange.objections import services
@@ -42,14 +43,23 @@ class ObjectionOutput(serializers.ModelSerializer):
     answered_by: serializers.SlugRelatedField = serializers.SlugRelatedField(slug_field="username", read_only=True,
                                                                              allow_null=True)
     fields = serializers.ListField(child=serializers.CharField())  # type: ignore[assignment]
-    record_keys = serializers.ListField(child=serializers.CharField())
+    record_keys = serializers.SerializerMethodField(
+        help_text="The named records' keys; empty for a reader of none of the dataset's values (reviewers, "
+                  "auditors), who see record_count only.")
+    record_count = serializers.SerializerMethodField()
     escalated = serializers.BooleanField()
 
     class Meta:
         model = Objection
-        fields = ["id", "dataset", "department", "raised_by", "kind", "record_keys", "fields", "comment", "status",
-                  "due_at", "escalated", "escalated_at", "answered_by", "answered_at", "answer", "closed_at",
-                  "created_at"]
+        fields = ["id", "dataset", "department", "raised_by", "kind", "record_keys", "record_count", "fields",
+                  "comment", "status", "due_at", "escalated", "escalated_at", "answered_by", "answered_at", "answer",
+                  "closed_at", "created_at"]
+
+    def get_record_keys(self, objection: Objection) -> list[str]:
+        return list(objection.record_keys) if sel.keys_shown(self.context["principal"], objection) else []
+
+    def get_record_count(self, objection: Objection) -> int:
+        return len(objection.record_keys)
 
 
 class QuotedRecordsOutput(serializers.Serializer):
@@ -73,7 +83,7 @@ def detail_data(user: User, objection_id: int) -> dict[str, Any]:
     objection = sel.objection_get(user=user, objection_id=objection_id)
     objection.my_steps = sorted(services.steps_for(user=user, objection=objection))  # type: ignore[attr-defined]
     objection.records = sel.objection_records(user=user, objection=objection)  # type: ignore[attr-defined]
-    return ObjectionDetailOutput(objection).data
+    return ObjectionDetailOutput(objection, context={"principal": principal_of(user)}).data
 
 
 def _get(request: Request, objection_id: int) -> tuple[User, Objection]:
@@ -116,7 +126,8 @@ class ObjectionListApi(APIView):
                                 dataset_id=v.get("dataset"), kind=v.get("kind", ""), escalated=v.get("escalated"))
         paginator = PageNumberPagination()
         page: list[Any] | None = paginator.paginate_queryset(qs, request, view=self)
-        return paginator.get_paginated_response(ObjectionOutput(page, many=True).data)
+        return paginator.get_paginated_response(
+            ObjectionOutput(page, many=True, context={"principal": principal_of(request.user)}).data)
 
     @extend_schema(request=InputSerializer, responses={201: ObjectionDetailOutput})
     def post(self, request: Request) -> Response:

@@ -94,6 +94,15 @@ def objection_get(*, user: AnyUser, objection_id: int) -> Objection:
     return objection
 
 
+def keys_shown(p: Principal, objection: Objection) -> bool:
+    """Whether the objection's record keys (values of the dataset's key field) are shown to
+    this principal: to those who read the dataset's records (the objector, the stewards and
+    analysts of the objecting department, the owning department), not to reviewers and auditors
+    who see the objection but none of the dataset's values; they see how many were named."""
+    return (objection.raised_by_id == p.user_id or objection.dataset.department_id in p.department_ids
+            or objection.department_id in p.departments_where(*OBJECTING_ROLES))
+
+
 def open_objections_of(*, user: AnyUser, dataset: Dataset) -> list[Objection]:
     """For the dataset page: the open objections to it that the user may see."""
     return list(objection_list(user=user, dataset_id=dataset.pk, status=ObjectionStatus.OPEN))

@@ -179,3 +179,9 @@ def test_reviewers_learn_of_a_restricted_dataset_only_when_its_objection_is_esca
     body = reviewer.get(f"{BASE}{objection.pk}/").json()
     assert body["escalated"] and body["my_steps"] == ["accept", "reject"]
     assert reviewer.get(BASE).json()["count"] == 1
+    # They read none of its values: the named keys are counted, not shown.
+    assert (body["record_keys"], body["record_count"], body["records"]) == ([], 1, None)
+    assert reviewer.get(BASE).json()["results"][0]["record_keys"] == []
+    owner_view = as_user(cast["steward"]).get(f"{BASE}{objection.pk}/").json()
+    assert owner_view["record_keys"] == ["7"] and owner_view["record_count"] == 1
+    assert as_user(cast["analyst_h"]).get(BASE).json()["results"][0]["record_keys"] == ["7"]
