@@ -79,7 +79,7 @@ def _catalogue_filters(request: HttpRequest) -> selectors.DatasetFilters:
 def catalogue(request: HttpRequest) -> HttpResponse:
     filters = _catalogue_filters(request)
     qs = selectors.dataset_list(user=request.user, filters=filters)
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = Paginator(qs.select_related("quality"), PAGE_SIZE).get_page(request.GET.get("page"))
     facets = selectors.dataset_facets(qs)
     labels = {"theme": dict(Theme.choices), "status": dict(DatasetStatus.choices),
               "licence": dict(Licence.choices), "sensitivity": dict(Sensitivity.choices)}

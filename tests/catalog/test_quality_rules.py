@@ -155,3 +155,17 @@ def test_a_pattern_the_database_cannot_read_is_refused(as_user, cast, make_datas
     error = assert_error(put(as_user(cast["steward"]), dataset, [
         {"check": "pattern", "field": "permit_id", "pattern": "a++"}]), 400)  # Python's possessive: not PostgreSQL's
     assert "PostgreSQL cannot read this regular expression" in error["fields"]["rules[0]"][0]
+
+
+def test_the_catalogue_lists_each_dataset_with_its_score(client, cast, make_dataset, django_assert_max_num_queries):
+    measured = make_dataset(status="published", slug="measured", title="Measured permits")
+    make_dataset(status="published", slug="unmeasured", title="Unmeasured permits")
+    DatasetQuality.objects.create(dataset=measured, score=92.5, run_id=1, checked_at="2026-12-02T00:00:00+00:00")
+    client.force_login(cast["analyst"])
+    client.get("/catalogue/")  # the principal and the versions cached, as for any later page
+    with django_assert_max_num_queries(12):
+        page = client.get("/catalogue/").content.decode()
+    measured_entry = page[page.index("Measured permits"):page.index("Measured permits") + 800]
+    assert "quality 92.5 of 100" in measured_entry
+    unmeasured_entry = page[page.index("Unmeasured permits"):page.index("Unmeasured permits") + 800]
+    assert "quality" not in unmeasured_entry.split("</article>")[0]
