@@ -43,7 +43,7 @@ from catalog.models import (
     field_name_validator,
 )
 from catalog.quality import validate_rules
-from catalog.selectors import is_owner_steward
+from catalog.selectors import dataset_visible, is_owner_steward
 from config.api.errors import ApplicationError, ConflictError, PermissionDeniedError
 from departments.models import CityRole, Department, Membership, Role
 from departments.notifications import notify
@@ -553,8 +553,6 @@ def dataset_schema_set(
 def _referable(actor: Actor, dataset: Dataset, slug: str) -> tuple[Dataset, list[Field]] | None:
     """A published dataset other than ``dataset`` that the actor may know, with its key fields:
     what a reference rule may point at (whether the owner may read it is checked at each run)."""
-    from catalog.selectors import dataset_visible
-
     user = _user(actor)
     if user is None:
         return None
