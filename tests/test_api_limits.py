@@ -13,6 +13,7 @@ from django.db import DatabaseError, connection
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from config.api.throttling import RateThrottle
 from config.api.timeouts import is_statement_timeout, statement_timeout
 from tests.records_support import grant, load_rows, published_dataset
 
@@ -121,6 +122,95 @@ def test_audit_exports_are_throttled_too(settings, own_counters, people):
     api.force_authenticate(people["auditor"])
     assert _read(api.get("/api/v1/audit/events/export/?format=ndjson")) == 200
     _throttled(api.get("/api/v1/audit/events/export/?format=ndjson"))
+
+
+
+def _at(monkeypatch, moment: float) -> None:
+    monkeypatch.setattr(RateThrottle, "timer", staticmethod(lambda: moment))
+
+
+def test_a_burst_at_the_end_of_a_window_still_counts_in_the_next(settings, own_counters, monkeypatch, as_user,
+                                                                   people):
+    """Counted in windows of one period, weighted: the window's edge does not reset the count."""
+    _rates(settings, user="4/min")
+    api = as_user(people["steward"])
+    _at(monkeypatch, 6_000_000 * 60 + 50)  # 50 s into a window
+    assert [api.get("/api/v1/me/").status_code for _ in range(4)] == [200] * 4
+    _at(monkeypatch, 6_000_001 * 60 + 5)  # 5 s into the next: 4 × 55/60 of the last window still count
+    _throttled(api.get("/api/v1/me/"))
+    _at(monkeypatch, 6_000_001 * 60 + 16)  # 4 × 44/60 ≈ 2.9: one more fits
+    assert api.get("/api/v1/me/").status_code == 200
+    _throttled(api.get("/api/v1/me/"))
+
+
+def test_retry_after_says_when_the_next_request_fits(settings, own_counters, monkeypatch, as_user, people):
+    _rates(settings, user="2/min")
+    api = as_user(people["steward"])
+    _at(monkeypatch, 7_000_000 * 60 + 10)
+    assert [api.get("/api/v1/me/").status_code for _ in range(2)] == [200, 200]
+    refused = api.get("/api/v1/me/")
+    _throttled(refused)
+    wait = int(refused["Retry-After"])
+    # The window ends in 50 s; then the two requests decay until one of them is left: 30 s more.
+    assert wait == 80
+    _at(monkeypatch, 7_000_000 * 60 + 10 + wait - 2)
+    _throttled(api.get("/api/v1/me/"))
+    _at(monkeypatch, 7_000_000 * 60 + 10 + wait)
+    assert api.get("/api/v1/me/").status_code == 200
+
+
+def test_a_refused_request_does_not_use_up_allowance(settings, own_counters, monkeypatch, as_user, people):
+    _rates(settings, user="2/min")
+    api = as_user(people["steward"])
+    _at(monkeypatch, 8_000_000 * 60 + 1)
+    assert [api.get("/api/v1/me/").status_code for _ in range(2)] == [200, 200]
+    for _ in range(5):
+        _throttled(api.get("/api/v1/me/"))
+    # Two windows on, the two counted requests are forgotten; the five refused ones never counted.
+    _at(monkeypatch, 8_000_002 * 60 + 1)
+    assert [api.get("/api/v1/me/").status_code for _ in range(2)] == [200, 200]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_counters_are_shared_across_threads_without_lost_counts(settings, own_counters, people):
+    """Each request adds to a counter atomically (INCR on Redis), so callers in parallel,
+    as web processes are, never overwrite each other's counts."""
+    _rates(settings, user="30/min")
+    token = _token(people["steward"])
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        client = _with_token(token)
+        for _ in range(10):
+            status = client.get("/api/v1/me/").status_code
+            with lock:
+                statuses.append(status)
+        connection.close()
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200] * 30 + [429] * 10
+
+
+def test_user_and_token_are_counted_in_one_round_trip_to_redis(settings, own_counters, people):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    if not isinstance(caches["default"], RedisCache):
+        pytest.skip("the embedded default counts in the process's memory")
+    _rates(settings, user="100/min", token="50/min")
+    client = _with_token(_token(people["steward"]))
+    client.get("/api/v1/me/")  # connections made
+    redis = caches["default"]._cache.get_client(write=True)
+    before = redis.info("stats")["total_commands_processed"]
+    assert client.get("/api/v1/me/").status_code == 200
+    after = redis.info("stats")["total_commands_processed"]
+    # INCR, EXPIRE and GET per scope, pipelined; and the INFO that read the figure.
+    assert after - before == 2 * 3 + 1
 
 
 # --- Page sizes -------------------------------------------------------------------------------
