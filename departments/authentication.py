@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import functools
 from hmac import compare_digest
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.db.models.expressions import RawSQL
+from django.db import connection
+from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
@@ -32,19 +34,59 @@ class ExpiringTokenAuthentication(TokenAuthentication):
         if not text.isalnum() or not CONSTANTS.TOKEN_KEY_LENGTH <= len(text) <= 128:
             raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token")
         digest = hash_token(text)
-        candidates = get_token_model().objects.filter(token_key=text[: CONSTANTS.TOKEN_KEY_LENGTH])
-        candidates = candidates.select_related("user").annotate(
-            access_version=RawSQL(VERSION_SQL, ()))  # noqa: S611 - a fixed statement without input
-        for auth_token in candidates:
+        for auth_token, version in _tokens_with_version(text[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if not compare_digest(digest, auth_token.digest):
                 continue
             if auth_token.expiry is not None and auth_token.expiry < timezone.now():
                 raise exceptions.AuthenticationFailed(
                     "This token has expired; sign in again to get a new one.", code="token_expired"
                 )
-            setattr(auth_token.user, VERSION_ATTR, auth_token.access_version)
+            setattr(auth_token.user, VERSION_ATTR, version)
             return self.validate_user(auth_token)
         raise exceptions.AuthenticationFailed("Invalid token.", code="invalid_token")
+
+
+def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
+    """The tokens of that key prefix, each with its user, and the access version: one
+    statement, written once per process rather than compiled by the ORM on every request
+    (authentication runs before every API request, and compiling the query cost more than
+    its round trip). The instances are made the way the ORM makes them: values through the
+    fields' database converters (SQLite's timestamps, for one), then ``Model.from_db``."""
+    token_model, user_model = get_token_model(), get_user_model()
+    sql, token_columns, user_columns = _token_statement(connection.vendor, token_model, user_model)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [token_key])
+        rows = cursor.fetchall()
+    found = []
+    for row in rows:
+        values = [_converted(value, column) for value, column in zip(row, token_columns + user_columns, strict=False)]
+        auth_token = token_model.from_db(connection.alias, [c.target.attname for c in token_columns],
+                                         values[: len(token_columns)])
+        auth_token.user = user_model.from_db(connection.alias, [c.target.attname for c in user_columns],
+                                             values[len(token_columns): len(token_columns) + len(user_columns)])
+        found.append((auth_token, int(row[-1])))
+    return found
+
+
+def _converted(value: Any, column: Col) -> Any:
+    for convert in [*connection.ops.get_db_converters(column), *column.target.get_db_converters(connection)]:
+        value = convert(value, column, connection)
+    return value
+
+
+@functools.cache
+def _token_statement(vendor: str, token_model: Any, user_model: Any) -> tuple[str, list[Col], list[Col]]:
+    """The statement (per database vendor, for its quoting) and its columns, token's then user's."""
+    qn = connection.ops.quote_name
+    token_columns = [Col("t", f) for f in token_model._meta.concrete_fields]
+    user_columns = [Col("u", f) for f in user_model._meta.concrete_fields]
+    columns = [f"{c.alias}.{qn(str(c.target.column))}" for c in token_columns + user_columns]
+    token_table, user_table = qn(token_model._meta.db_table), qn(user_model._meta.db_table)
+    user_fk, key = token_model._meta.get_field("user"), token_model._meta.get_field("token_key")
+    sql = (f"SELECT {', '.join(columns)}, ({VERSION_SQL}) FROM {token_table} t "  # noqa: S608 - names from the models
+           f"JOIN {user_table} u ON u.{qn(str(user_fk.target_field.column))} = t.{qn(user_fk.column)} "
+           f"WHERE t.{qn(key.column)} = %s")
+    return sql, token_columns, user_columns
 
 
 class CkanTokenAuthentication(ExpiringTokenAuthentication):

@@ -49,6 +49,33 @@ def test_expired_token_is_refused_with_a_clear_message(api, user):
     assert "expired" in error["message"]
 
 
+def test_a_token_brings_its_user_whole_in_one_statement(api, user):
+    """Token authentication reads the token, its user and the access version in one statement
+    (departments/authentication.py), and the user it gives is the stored one, field by field."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from departments.authentication import ExpiringTokenAuthentication
+
+    token = login(api).json()["token"]
+    stored = AuthToken.objects.select_related("user").get(user=user)
+    with CaptureQueriesContext(connection) as statements:
+        found, auth_token = ExpiringTokenAuthentication().authenticate_credentials(token.encode())
+    assert len(statements) == 1
+    assert auth_token.pk == stored.pk and auth_token.digest == stored.digest and auth_token.expiry == stored.expiry
+    assert auth_token.expiry.tzinfo is not None  # as the ORM gives it, on SQLite too
+    for field in user._meta.concrete_fields:
+        assert getattr(found, field.attname) == getattr(stored.user, field.attname), field.name
+
+
+def test_a_deactivated_users_token_is_refused(api, user):
+    token = login(api).json()["token"]
+    user.is_active = False
+    user.save()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert_error(api.get("/api/v1/me/"), 401)
+
+
 @pytest.mark.parametrize(
     "header",
     ["Token", "Token a b", "Token ünïcode-token", "Token ;DROP TABLE", "Token " + "a" * 300, "Token short"],
