@@ -628,10 +628,11 @@ def fetch_page(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Pa
 
 def _iso_timestamp(expr: str, utc_suffix: str) -> str:
     """A timestamptz as Python's ``isoformat()`` of it in UTC writes it (microseconds only when
-    there are any), with ``utc_suffix`` for the offset."""
+    there are any), with ``utc_suffix`` for the offset: one ``to_char`` whose format the
+    fraction decides (PostgreSQL's own JSON would trim the fraction's trailing zeros)."""
     utc = f"({expr} AT TIME ZONE 'UTC')"
-    return (f"(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN extract(second FROM {utc}) "
-            f"<> floor(extract(second FROM {utc})) THEN to_char({utc}, '.US') ELSE '' END || '{utc_suffix}')")
+    whole, fraction = (f"'YYYY-MM-DD\"T\"HH24:MI:SS{part}\"{utc_suffix}\"'" for part in ("", ".US"))
+    return f"to_char({utc}, CASE WHEN date_trunc('second', {utc}) = {utc} THEN {whole} ELSE {fraction} END)"
 
 
 def _json_value(expr: str, field_type: str) -> str:
