@@ -34,7 +34,16 @@ from exchange.access.policy import EffectiveView, FieldAccess, RowFilter, effect
 from exchange.audit.models import AuditOutcome
 from exchange.audit.services import audit_record, current_request_context, reset_request_context, set_request_context
 from exchange.audit.writer import append_read
-from exchange.records.store import StoreTable, ident, is_postgres, store_exists, store_table
+from exchange.records.store import (
+    StoreTable,
+    has_stored_mask,
+    ident,
+    is_postgres,
+    mask_column,
+    mask_sql,
+    store_exists,
+    store_table,
+)
 
 EXPORT_CHUNK_BYTES = 256 * 1024
 # Grantees read published and deprecated datasets; the owner reads whatever is in the store.
@@ -114,10 +123,7 @@ def _as_text(col: str, field_type: str) -> str:
 def _masked(col: str, field_type: str) -> str:
     t = _as_text(col, field_type)
     if is_postgres():
-        # The last four characters of a value longer than four, padded on the left with "*" to
-        # the value's length. length() reads the whole value, so it is called once; the test
-        # for "longer than four" reads five characters at most.
-        return f"lpad(CASE WHEN substr({t}, 5, 1) <> '' THEN right({t}, 4) ELSE '' END, length({t}), '*')"
+        return mask_sql(t)
     return (f"(CASE WHEN length({t}) <= 4 THEN replace(hex(zeroblob(length({t}))), '00', '*') "
             f"ELSE replace(hex(zeroblob(length({t}) - 4)), '00', '*') || substr({t}, -4) END)")
 
@@ -238,6 +244,9 @@ def project(access: FieldAccess, view: EffectiveView) -> Column:
         if form == AccessForm.CLEAR:
             return _as_text(col, access.type) if mixed else col
         if form == AccessForm.MASKED:
+            schema_field = view.schema_fields.get(access.name)
+            if schema_field is not None and has_stored_mask(schema_field.type, schema_field.sensitivity):
+                return ident(mask_column(access.name))  # computed when the row was written
             return _masked(col, access.type)
         return _pseudonymised(col, access.type, params)
 

@@ -24,7 +24,15 @@ from django.utils import timezone
 
 from catalog.models import Dataset, DatasetStatus, Field
 from exchange.audit.services import audit_record
-from exchange.records.store import StoreTable, column_type, ident, is_postgres, quoted_list, store_ensure_table
+from exchange.records.store import (
+    StoreTable,
+    column_type,
+    ident,
+    is_postgres,
+    quoted_list,
+    store_ensure_table,
+    stored_mask_ddl,
+)
 from exchange.sync import quality
 from exchange.sync.convert import (
     CONVERTERS,
@@ -1118,6 +1126,7 @@ def load_table(run: Run, plan: Plan) -> Iterator[tuple[str, str]]:
         f"{ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
         f"{ident('_first_run')} bigint DEFAULT {int(run.pk)}",
         f"{ident('_last_run')} bigint DEFAULT {int(run.pk)}",
+        *stored_mask_ddl(plan.fields),  # computed by the COPY, row by row, as the store's are
     ]
     replaced = False
     with connection.cursor() as cursor:
@@ -1246,6 +1255,8 @@ def csv_first_load(run: Run, plan: Plan, stage: str, counts: Counts) -> MergeRes
         f"ADD COLUMN {ident('_last_seen')} timestamptz NOT NULL DEFAULT {now}",
         f"ADD COLUMN {ident('_first_run')} bigint DEFAULT {int(run.pk)}",
         f"ADD COLUMN {ident('_last_run')} bigint DEFAULT {int(run.pk)}",
+        # Stored masks, as the store has them (their values make this statement rewrite the table).
+        *(f"ADD COLUMN {ddl}" for ddl in stored_mask_ddl(plan.fields)),
     ] + [f"ALTER COLUMN {ident(c)} SET NOT NULL" for c in [*required, "_seq", "_hash"]]
     try:
         with transaction.atomic():
