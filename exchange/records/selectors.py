@@ -328,7 +328,6 @@ def parse_query(view: EffectiveView, params: dict[str, Any], *, default_page_siz
     or ``fee_eur__gte=100`` (operators: eq, ne, lt, lte, gt, gte, in (comma-separated),
     contains, is_null)."""
     visible = view.fields
-    columns = {name: project(access, view) for name, access in visible.items()}
 
     requested = [f for f in str(params.get("fields", "") or "").split(",") if f]
     if requested:
@@ -347,14 +346,14 @@ def parse_query(view: EffectiveView, params: dict[str, Any], *, default_page_siz
         op = op or "eq"
         if name not in visible:
             raise _not_visible([name], key)
-        allowed = operators_for(columns[name].field_type)
+        allowed = operators_for(visible[name].output_type)
         if op not in allowed:
             raise ApplicationError(
                 f"Operator {op!r} does not apply to field {name!r}.",
                 fields={key: [f"Use one of: {', '.join(sorted(allowed))}."]}, code="invalid_operator",
             )
         if op not in {"in", "contains", "is_null"}:
-            convert_value(value, columns[name].field_type)  # 400 now rather than at query time
+            convert_value(value, visible[name].output_type)  # 400 now rather than at query time
         conditions.append(Condition(name, op, value))
 
     order = []
