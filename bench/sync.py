@@ -15,7 +15,8 @@ databases next to it for the source and the target (created and dropped by the r
 (i) a full ingest of that file, uploaded as a CSV source
 
 Each phase runs in a forked child process, so its peak resident memory (ru_maxrss) is that
-of a worker doing only that job. ``--rows`` makes it small for a quick look.
+of a worker doing only that job. ``--rows`` makes it small for a quick look;
+``--only-incremental`` runs only (a), (b) and (d), for the incremental ingest's share.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="Keep the scratch databases and the store table.")
     parser.add_argument("--only-incremental", action="store_true",
-                        help="Only (b) and (d), the two phases of the incremental ingest's share: a quick look.")
+                        help="Only (a), (b) and (d): the incremental ingest's share of the full one, quickly.")
     args = parser.parse_args(argv)
     if connection.vendor != "postgresql":
         sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
