@@ -190,14 +190,15 @@ def _create(table: StoreTable, cursor: object) -> None:
     )
 
 
-def store_ensure_table(dataset: Dataset) -> StoreTable:
-    """Create or evolve the dataset's store table to match its current published schema.
+def store_ensure_table(dataset: Dataset, fields: Sequence[Field] | None = None) -> StoreTable:
+    """Create or evolve the dataset's store table to match its current published schema
+    (whose ``fields`` a caller that has them read already may pass).
 
     Added fields become new (empty) columns, removed fields are dropped, retyped fields are
     converted where the database can cast and emptied otherwise, and a changed key rebuilds the
     table (its records come back with the next full ingest). Idempotent.
     """
-    table = store_table(dataset)
+    table = store_table(dataset, fields)
     with transaction.atomic(), connection.cursor() as cursor:
         existing = _existing_columns(table)
         if existing is None:

@@ -90,8 +90,8 @@ class Counts:
 def plan_for(dataset: Dataset, mapping: dict[str, str]) -> Plan:
     if dataset.status != DatasetStatus.PUBLISHED or dataset.current_schema_id is None:
         raise SourceError("The dataset has no published schema to load into.")
-    table = store_ensure_table(dataset)
     fields = list(Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position"))
+    table = store_ensure_table(dataset, fields)  # the fields read once
     names = {f.name for f in fields}
     unknown = sorted(set(mapping.values()) - names)
     if unknown:
