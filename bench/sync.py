@@ -15,7 +15,8 @@ databases next to it for the source and the target (created and dropped by the r
 (i) a full ingest of that file, uploaded as a CSV source
 
 Each phase runs in a forked child process, so its peak resident memory (ru_maxrss) is that
-of a worker doing only that job. ``--rows`` makes it small for a quick look.
+of a worker doing only that job. ``--rows`` makes it small for a quick look;
+``--only-incremental`` runs only (a), (b) and (d), for the incremental ingest's share.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="Keep the scratch databases and the store table.")
+    parser.add_argument("--only-incremental", action="store_true",
+                        help="Only (a), (b) and (d): the incremental ingest's share of the full one, quickly.")
     args = parser.parse_args(argv)
     if connection.vendor != "postgresql":
         sys.exit("The benchmark needs PostgreSQL: set DATABASE_URL.")
@@ -244,16 +247,23 @@ def main(argv: list[str] | None = None) -> int:
         return rows
 
     results: list[tuple[str, int, float, int, float]] = []  # (label, rows, seconds, peak RSS, baseline seconds)
+    only = args.only_incremental
     _, raw_seconds, rss = in_child(raw_pipe("bench_source", "raw_copy"))
     results.append(("(a) raw COPY pipe", rows, raw_seconds, rss, raw_seconds))
     counts, full_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
     results.append(("(b) full ingest", counts["inserted"], full_seconds, rss, raw_seconds))
-    counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
-    results.append((f"(c) full delivery, {len(GRANTED)} fields", counts["inserted"], seconds, rss, raw_seconds))
+    if not only:
+        counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
+        results.append((f"(c) full delivery, {len(GRANTED)} fields", counts["inserted"], seconds, rss, raw_seconds))
     with psycopg.connect(dsn_of(src), autocommit=True) as conn:
         conn.execute("UPDATE bench_source SET amount = amount + 1, updated_at = now() WHERE id % 100 = 0")
     counts, incremental_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="incremental"))
     results.append(("(d) incremental ingest, 1% changed", counts["updated"], incremental_seconds, rss, raw_seconds))
+    if only:
+        report(results, rows)
+        print(f"incremental ingest (d) took {incremental_seconds / full_seconds:.1%} of the full ingest's time")
+        clean_up(args.keep, media, [source.dataset_id, float_source.dataset_id, csv_source.dataset_id], [src, tgt])
+        return 0
     counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
     results.append(("(e) incremental delivery after (d)", counts["updated"], seconds, rss, raw_seconds))
     # The same full run over the loaded store (nothing changed), without and with 10 quality rules.
@@ -273,21 +283,30 @@ def main(argv: list[str] | None = None) -> int:
     counts, seconds, rss = in_child(run_job(kind="ingest", source=csv_source, mode="full"))
     results.append(("(i) full ingest, CSV upload", counts["inserted"], seconds, rss, csv_raw))
 
-    print(f"\n{'phase':<38} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'vs raw':>7} {'peak RSS':>9}")
-    for label, n, seconds, rss, baseline in results:
-        print(f"{label:<38} {n:>10,} {seconds:>9.2f} {n / seconds:>11,.0f} "
-              f"{baseline / seconds * (n / rows):>6.0%} {rss / 1024:>7.0f} MB")
+    report(results, rows)
     print("\n(b), (c), (d), (e) against (a); (g) against (f); (i) against (h)")
     print(f"incremental ingest (d) took {incremental_seconds / full_seconds:.1%} of the full ingest's time")
     print(f"{len(QUALITY_RULES)} quality rules (k) added {ruled_seconds / plain_seconds - 1:.1%} to the full "
           f"re-ingest (j) (aim < 20 %)")
-    if not args.keep:
-        shutil.rmtree(media, ignore_errors=True)
-        for dataset_id in (source.dataset_id, float_source.dataset_id, csv_source.dataset_id):
-            store_drop_table(dataset_id)
-        for db in (src, tgt):
-            admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    clean_up(args.keep, media, [source.dataset_id, float_source.dataset_id, csv_source.dataset_id], [src, tgt])
     return 0
+
+
+def report(results: list[tuple[str, int, float, int, float]], rows: int) -> None:
+    print(f"\n{'phase':<38} {'rows':>10} {'seconds':>9} {'rows/s':>11} {'vs raw':>7} {'peak RSS':>9}")
+    for label, n, seconds, rss, baseline in results:
+        print(f"{label:<38} {n:>10,} {seconds:>9.2f} {n / seconds:>11,.0f} "
+              f"{baseline / seconds * (n / rows):>6.0%} {rss / 1024:>7.0f} MB")
+
+
+def clean_up(keep: bool, media: Path, dataset_ids: list[int], databases: list[str]) -> None:
+    if keep:
+        return
+    shutil.rmtree(media, ignore_errors=True)
+    for dataset_id in dataset_ids:
+        store_drop_table(dataset_id)
+    for db in databases:
+        admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

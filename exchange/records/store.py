@@ -196,10 +196,13 @@ def _existing_columns(table: StoreTable) -> dict[str, str] | None:
     """Column name -> database type of the table as it exists, or None if it does not."""
     with connection.cursor() as cursor:
         if is_postgres():
+            # The catalogue itself rather than information_schema.columns, a view of many joins
+            # that costs more than the rest of an incremental run's bookkeeping; the type names
+            # are those udt_name gives (the store has no domain columns).
             cursor.execute(
-                "SELECT column_name, udt_name FROM information_schema.columns "
-                "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
-                [table.schema, table.name],
+                "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                [table.qualified],
             )
         else:
             cursor.execute("SELECT name, type FROM pragma_table_info(%s)", [table.name])
@@ -237,20 +240,21 @@ def _create(table: StoreTable, cursor: object) -> None:
     )
 
 
-def store_ensure_table(dataset: Dataset) -> StoreTable:
-    """Create or evolve the dataset's store table to match its current published schema.
+def store_ensure_table(dataset: Dataset, fields: Sequence[Field] | None = None) -> StoreTable:
+    """Create or evolve the dataset's store table to match its current published schema
+    (whose ``fields`` a caller that has them read already may pass).
 
     Added fields become new (empty) columns, removed fields are dropped, retyped fields are
     converted where the database can cast and emptied otherwise, and a changed key rebuilds the
     table (its records come back with the next full ingest). Stored masks follow their fields.
     Idempotent: a table that matches is not touched.
     """
-    table = store_table(dataset)
+    table = store_table(dataset, fields)
     with transaction.atomic(), connection.cursor() as cursor:
-        if is_postgres():
-            cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(PG_SCHEMA)}")
         existing = _existing_columns(table)
         if existing is None:
+            if is_postgres():
+                cursor.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(PG_SCHEMA)}")
             _create(table, cursor)
             return table
         if _key_changed(table, existing):

@@ -98,8 +98,8 @@ class Counts:
 def plan_for(dataset: Dataset, mapping: dict[str, str]) -> Plan:
     if dataset.status != DatasetStatus.PUBLISHED or dataset.current_schema_id is None:
         raise SourceError("The dataset has no published schema to load into.")
-    table = store_ensure_table(dataset)
     fields = list(Field.objects.filter(schema_id=dataset.current_schema_id).order_by("position"))
+    table = store_ensure_table(dataset, fields)  # the fields read once
     names = {f.name for f in fields}
     unknown = sorted(set(mapping.values()) - names)
     if unknown:
@@ -480,11 +480,18 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT coalesce(max({seq}), 0) FROM {store}")  # noqa: S608
         base = int(cursor.fetchone()[0])
-        cursor.execute(f"SELECT coalesce(max({rn}), 0) FROM {stage}")  # noqa: S608
-        last_rn = int(cursor.fetchone()[0])
-        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {store} WHERE NOT {dele})")  # noqa: S608
-        had_live_records = bool(cursor.fetchone()[0])
-        if detect_deletes and had_live_records and not run.allow_empty:
+        # One scan of the staging table: its last record number (deletions are numbered after
+        # it), and how many rows are good and the number of the last good one (see below).
+        cursor.execute(f"SELECT coalesce(max({rn}), 0), count(*) FILTER (WHERE NOT {bad}), "  # noqa: S608
+                       f"max({rn}) FILTER (WHERE NOT {bad}) FROM {stage}")
+        last_rn, good, last_good_rn = cursor.fetchone()
+        last_rn, good = int(last_rn), int(good)
+        # Only a full run's deletions need to know; an incremental run does not ask the store.
+        had_live_records = False
+        if detect_deletes:
+            cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {store} WHERE NOT {dele})")  # noqa: S608
+            had_live_records = bool(cursor.fetchone()[0])
+        if had_live_records and not run.allow_empty:
             refuse_empty_full_run(run, stage, counts)
         sets = ", ".join(f"{ident(n)} = st.{ident(n)}" for n in names)
         cursor.execute(
@@ -499,12 +506,10 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         system = ", ".join(ident(c) for c in ("_seq", "_hash", "_deleted", "_first_seen", "_last_seen",
                                                "_first_run", "_last_run"))
         inserted = 0
-        # When every staged row updated a record (an incremental run of changed rows, as a rule),
-        # no key is new: the insert pass, a lookup per staged row, would find nothing.
-        every_row_updated = False
-        if updated and updated == counts.staged:
-            cursor.execute(f"SELECT count(*) FROM {stage} WHERE NOT {bad}")  # noqa: S608
-            every_row_updated = int(cursor.fetchone()[0]) == updated
+        # When every good staged row updated a record (an incremental run of changed rows, as a
+        # rule), no key is new: the insert pass, a lookup per staged row, would find nothing.
+        # (No two good rows share a key: quarantine_duplicates has seen to that.)
+        every_row_updated = updated == good
         if not every_row_updated:
             cursor.execute(
                 f"INSERT INTO {store} ({cols}, {system}) SELECT {st_cols}, %s + st.{rn}, {st_hash}, false, "  # noqa: S608
@@ -516,8 +521,12 @@ def merge(run: Run, plan: Plan, stage: str, counts: Counts, *, detect_deletes: b
         deleted = 0
         if detect_deletes and had_live_records:
             deleted = merge_deletes(plan, stage, seq=base + last_rn + 1, run_id=run.pk)
-        cursor.execute(f"SELECT max({seq}) FROM {store} WHERE {seq} > %s", [base])  # noqa: S608
-        top = cursor.fetchone()[0]
+        if every_row_updated and not deleted:
+            # Each good row was numbered base + its record number: the last good one is the top.
+            top = base + int(last_good_rn) if updated else None
+        else:
+            cursor.execute(f"SELECT max({seq}) FROM {store} WHERE {seq} > %s", [base])  # noqa: S608
+            top = cursor.fetchone()[0]
     changed = inserted + updated + deleted
     return MergeResult(
         inserted=inserted, updated=updated, deleted=deleted, unchanged=counts.staged - inserted - updated,

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from departments.models import Role
 from departments.notifications import notify
+from exchange.sync import delivery, ingest
 from exchange.sync.dispatch import run_enqueue
 from exchange.sync.dispatch import send as _send
 from exchange.sync.errors import SourceError, TransientSourceError
@@ -156,9 +157,10 @@ def when_database_answers(record: Callable[[], T]) -> T:
 
 
 def execute(*, run_id: int) -> Outcome:
-    """Claim and execute one run; every way it can end is recorded on the run."""
-    from exchange.sync import delivery, ingest
-
+    """Claim and execute one run; every way it can end is recorded on the run. The ingest and
+    the delivery are imported with this module, which a worker imports before it forks its pool
+    (``exchange.sync.tasks``): a pool process would otherwise import them at its first run, and
+    compile them too, since the image writes no bytecode (PYTHONDONTWRITEBYTECODE)."""
     try:
         run = run_claim(run_id=run_id)
     except Exception as exc:

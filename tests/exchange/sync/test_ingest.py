@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 
 from exchange.audit.models import AuditEvent
+from exchange.records.store import ident, store_table
 from exchange.sync import ingest
 from exchange.sync.models import QuarantinedRow, RunMode, RunStatus
 from tests.exchange.sync.helpers import run_ingest, store_rows
@@ -186,6 +187,43 @@ def test_incremental_by_hash_does_not_delete(dataset):
     run = run_ingest(source, mode=RunMode.INCREMENTAL)
     assert (run.rows_updated, run.rows_deleted) == (2, 0)
     assert len(store_rows(dataset)) == 10
+
+
+def _top_seq(dataset) -> int:  # type: ignore[no-untyped-def]
+    return max(r["_seq"] for r in store_rows(dataset, include_deleted=True))
+
+
+def test_an_incremental_run_numbers_its_changes_after_the_store_top(dataset):
+    """The merge works out the run's last change number without asking the store when every
+    good row updated a record; with an unchanged row or a quarantined one last, it is still the
+    store's top."""
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.test.utils import CaptureQueriesContext
+
+    source = upload_source(dataset=dataset, content=csv_bytes(HEADER, permit_rows(10)))
+    run_ingest(source)
+    path = Path(settings.MEDIA_ROOT) / source.upload
+    # Two changed rows, then a quarantined one (a fee that is no number).
+    bad = [11, "11 Main Street", "Applicant 11", "lots", "true", "2024-01-12", "2024-02-01T10:11:00+00:00"]
+    path.write_bytes(csv_bytes(HEADER, [*permit_rows(2, fee_bump=1), bad]))
+    with CaptureQueriesContext(connection) as queries:
+        run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_updated, run.rows_inserted, run.rows_quarantined) == (2, 0, 1), run.error
+    assert (run.seq_from, run.seq_to) == (11, 12) and _top_seq(dataset) == 12
+    store = store_table(dataset).qualified
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert any(s.startswith(f"UPDATE {store} ") for s in sql)
+    # No insert pass, no search for live records (an incremental run deletes nothing), no search
+    # for the top afterwards.
+    for asked in (f"INSERT INTO {store} ", f"FROM {store} WHERE NOT ", f"FROM {store} WHERE {ident('_seq')} >"):
+        assert not any(asked in s for s in sql), asked
+    # An unchanged row last: the insert pass runs (it finds nothing), and the top is asked for.
+    path.write_bytes(csv_bytes(HEADER, [*permit_rows(1, fee_bump=2), *permit_rows(1, start=2, fee_bump=1)]))
+    run = run_ingest(source, mode=RunMode.INCREMENTAL)
+    assert (run.rows_updated, run.rows_unchanged, run.rows_inserted) == (1, 1, 0), run.error
+    assert (run.seq_from, run.seq_to) == (13, 13) and _top_seq(dataset) == 13
 
 
 def test_sqlite_source_with_watermark(dataset, settings, tmp_path):
