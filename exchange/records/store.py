@@ -267,7 +267,9 @@ def store_ensure_table(dataset: Dataset, fields: Sequence[Field] | None = None) 
             existing.pop(name)
         renames = {old: new for old, new in _renames(dataset).items()
                    if old in existing and new not in existing and new in wanted}
-        retyped = {c.name for c in table.columns if c.name in existing and _retyped(c, existing[c.name])}
+        was = {new: old for old, new in renames.items()}  # a renamed field's column, as it exists
+        retyped = {c.name for c in table.columns
+                   if was.get(c.name, c.name) in existing and _retyped(c, existing[was.get(c.name, c.name)])}
         # A column cannot be renamed, retyped or dropped under the generated column that reads
         # it: its stored mask goes first, and comes back (under its new name) at the end.
         unchanged = {c.name for c in table.columns if has_stored_mask(c.type, c.sensitivity)} - retyped - set(

@@ -102,6 +102,7 @@ FIELDS: list[dict[str, Any]] = [
     {"name": "note", "type": "text", "sensitivity": "internal"},
     {"name": "code", "type": "text", "sensitivity": "confidential"},
     {"name": "spot", "type": "geopoint", "sensitivity": "confidential"},
+    {"name": "size", "type": "text", "sensitivity": "confidential"},
 ]
 
 
@@ -128,23 +129,30 @@ def test_stored_masks_follow_their_fields_through_schema_versions(people, depart
     dataset = catalog.dataset_create(actor=steward, department=department, title="Permits", slug="permits",
                                      description="Building permits.", themes=["REGI"], contact=steward)
     _publish(dataset, steward, reviewer, django_capture_on_commit_callbacks, FIELDS)
-    assert _masks(dataset) == {"_mask_phone", "_mask_code", "_mask_spot"}
+    assert _masks(dataset) == {"_mask_phone", "_mask_code", "_mask_spot", "_mask_size"}
     load_rows(dataset, [{"permit_id": 1, "phone": "5551234", "note": "hello there", "code": "AB-12345",
-                         "spot": "48.1,11.5"}])
+                         "spot": "48.1,11.5", "size": "12"}])
     assert _stored(dataset, "_mask_phone") == ["***1234"]
 
     # v2: phone renamed to mobile (value and mask kept in step), note made confidential (a mask
-    # appears), code retyped to integer (its mask goes), spot removed (with its mask).
+    # appears), code retyped to integer (its mask goes), spot removed (with its mask), size
+    # renamed and retyped at once (the column is converted, its mask goes).
     _publish(dataset, steward, reviewer, django_capture_on_commit_callbacks, [
         FIELDS[0], {**FIELDS[1], "name": "mobile", "renamed_from": "phone"},
         {**FIELDS[2], "sensitivity": "confidential"}, {**FIELDS[3], "type": "integer"},
+        {**FIELDS[5], "name": "size_m2", "renamed_from": "size", "type": "integer"},
     ])
     assert _masks(dataset) == {"_mask_mobile", "_mask_note"}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT atttypid::regtype::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                       "AND attname = 'size_m2'", [store_table(dataset).qualified])
+        assert cursor.fetchone()[0] == "bigint"
     assert _stored(dataset, "mobile") == ["5551234"] and _stored(dataset, "_mask_mobile") == ["***1234"]
     assert _stored(dataset, "_mask_note") == ["*******here"]
 
     # v3: note back to internal: its mask goes; an unchanged schema leaves the table alone.
-    v3 = [FIELDS[0], {**FIELDS[1], "name": "mobile"}, FIELDS[2], {**FIELDS[3], "type": "integer"}]
+    v3 = [FIELDS[0], {**FIELDS[1], "name": "mobile"}, FIELDS[2], {**FIELDS[3], "type": "integer"},
+          {**FIELDS[5], "name": "size_m2", "type": "integer"}]
     _publish(dataset, steward, reviewer, django_capture_on_commit_callbacks, v3)
     assert _masks(dataset) == {"_mask_mobile"}
     from exchange.records.store import store_ensure_table
