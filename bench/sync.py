@@ -9,6 +9,7 @@ databases next to it for the source and the target (created and dropped by the r
 (d) an incremental ingest (watermark) after 1% of the source rows changed
 (e) the incremental delivery of those changes
 (j) a full re-ingest of the same rows (nothing changed) and (k) the same with 10 quality rules
+    (each twice, alternating; the best of each)
 (f) the raw pipe again, for the same table with its three decimal columns as ``double precision``
 (g) a full ingest of that table, as a plain *table* source (the bulk path takes floats)
 (h) the raw limit of a file: ``COPY … FROM STDIN (FORMAT csv)`` of the same rows, as a CSV file
@@ -266,12 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts, seconds, rss = in_child(run_job(kind="delivery", subscription=subscription))
     results.append(("(e) incremental delivery after (d)", counts["updated"], seconds, rss, raw_seconds))
-    # The same full run over the loaded store (nothing changed), without and with 10 quality rules.
-    counts, plain_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
-    results.append(("(j) full re-ingest, no rules", counts["unchanged"], plain_seconds, rss, raw_seconds))
-    SchemaVersion.objects.filter(dataset=source.dataset, status="published").update(rules=QUALITY_RULES)
-    counts, ruled_seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
-    results.append((f"(k) full re-ingest, {len(QUALITY_RULES)} rules", counts["unchanged"], ruled_seconds, rss,
+    # The same full run over the loaded store (nothing changed), without and with 10 quality rules,
+    # twice each, alternating, the best of each: a full re-ingest leaves a million dead row
+    # versions behind for the next one (and autovacuum), so whichever ran second paid more.
+    published = SchemaVersion.objects.filter(dataset=source.dataset, status="published")
+    timings: dict[bool, list[tuple[float, int, int]]] = {False: [], True: []}
+    for ruled in (False, True, False, True):
+        published.update(rules=QUALITY_RULES if ruled else [])
+        counts, seconds, rss = in_child(run_job(kind="ingest", source=source, mode="full"))
+        timings[ruled].append((seconds, counts["unchanged"], rss))
+    (plain_seconds, unchanged, rss), (ruled_seconds, ruled_unchanged, ruled_rss) = (
+        min(timings[False]), min(timings[True]))
+    results.append(("(j) full re-ingest, no rules", unchanged, plain_seconds, rss, raw_seconds))
+    results.append((f"(k) full re-ingest, {len(QUALITY_RULES)} rules", ruled_unchanged, ruled_seconds, ruled_rss,
                     raw_seconds))
 
     _, float_raw, rss = in_child(raw_pipe("bench_float", "raw_float"))
