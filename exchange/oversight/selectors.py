@@ -66,7 +66,9 @@ class DateOrDateTimeField(forms.Field):
             return None
         text = str(value).strip()
         try:
-            parsed: date | datetime | None = parse_datetime(text) or parse_date(text)
+            # The date first: parse_datetime reads "2026-01-31" as its midnight, which would make
+            # `until` end where the day begins instead of where it ends.
+            parsed: date | datetime | None = parse_date(text) or parse_datetime(text)
         except ValueError:  # well-formed but impossible, e.g. 2026-02-30
             parsed = None
         if parsed is None:

@@ -135,6 +135,34 @@ def test_filters(as_user, people, trail, department, other_department):
     assert ids(since=(datetime.now(UTC) + timedelta(hours=1)).isoformat()) == set()
 
 
+def test_a_date_means_the_whole_local_day_whatever_the_hour(as_user, people):
+    """`until=<date>` runs to the end of that day and `since=<date>` from its start, in the
+    city's time zone, at any hour of the clock (a date read as that day's midnight made
+    `until` end where the day begins)."""
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone as tz
+
+    from exchange.audit.services import AuditEntry, audit_record_many
+
+    local = ZoneInfo(str(tz.get_current_timezone()))
+    audit_record_many([
+        AuditEntry(action="dataset.update", actor_label=label, occurred_at=at) for label, at in (
+            ("late", datetime(2026, 1, 31, 23, 30, tzinfo=local)), ("early", datetime(2026, 2, 1, 0, 30, tzinfo=local)))
+    ])
+    client = as_user(people["city_auditor"])
+
+    def labels(**params) -> set[str]:
+        response = client.get(EVENTS, {**params, "action": "dataset.update", "page_size": 500})
+        assert response.status_code == 200, response.json()
+        return {row["actor_label"] for row in response.json()["results"]}
+
+    assert labels(until="2026-01-31") == {"late"}
+    assert labels(since="2026-02-01") == {"early"}
+    assert labels(since="2026-01-31", until="2026-01-31") == {"late"}
+    assert labels(until="2026-01-31T23:00:00") == set()  # a date-time is that moment, local time
+
+
 def test_request_id_filter(as_user, people, trail):
     token = set_request_context(RequestContext(client_ip="10.0.0.9", request_id="req-42"))
     try:
