@@ -59,7 +59,8 @@ def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
         rows = cursor.fetchall()
     found = []
     for row in rows:
-        values = [_converted(value, column) for value, column in zip(row, token_columns + user_columns, strict=False)]
+        values = [_converted(value, column) for value, column in zip(row[:-1], token_columns + user_columns,
+                                                                     strict=True)]
         auth_token = token_model.from_db(connection.alias, [c.target.attname for c in token_columns],
                                          values[: len(token_columns)])
         auth_token.user = user_model.from_db(connection.alias, [c.target.attname for c in user_columns],

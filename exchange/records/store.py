@@ -19,7 +19,7 @@ System columns, next to the dataset's own fields:
 ``_first_seen``, ``_last_seen``, ``_first_run``, ``_last_run``: when and by which run a
                 record was first and last seen
 
-On PostgreSQL, a text field classed personal or confidential also has its **masked form
+On PostgreSQL, a text or point field classed personal or confidential also has its **masked form
 stored** beside it: ``_mask_<field>``, a generated column (``GENERATED ALWAYS AS … STORED``)
 that the database computes when a row is written and keeps in step on every insert, update
 and ``COPY``. A masked field is read far more often than it is written (every page and
