@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from hmac import compare_digest
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
-from django.db import connection
+from django.db import connection, connections
 from django.db.models.expressions import Col, RawSQL
 from django.utils import timezone
 from knox.auth import TokenAuthentication
@@ -16,6 +17,7 @@ from knox.settings import CONSTANTS
 from rest_framework import HTTP_HEADER_ENCODING, exceptions
 from rest_framework.authentication import get_authorization_header
 
+from config.postgresql.base import prepared_cursor
 from departments.access_version import VERSION_ATTR, VERSION_SQL
 
 
@@ -54,13 +56,16 @@ def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
     fields' database converters (SQLite's timestamps, for one), then ``Model.from_db``."""
     token_model, user_model = get_token_model(), get_user_model()
     sql, token_columns, user_columns = _token_statement(connection.vendor, token_model, user_model)
-    with connection.cursor() as cursor:
+    # PostgreSQL: prepared once per connection (config/postgresql), the text never changing.
+    with prepared_cursor(connection) as cursor:
         cursor.execute(sql, [token_key])
         rows = cursor.fetchall()
     found = []
+    converters = _token_converters(token_columns + user_columns)
     for row in rows:
-        values = [_converted(value, column) for value, column in zip(row[:-1], token_columns + user_columns,
-                                                                     strict=True)]
+        values = list(row[:-1])
+        for i, column, convert in converters:
+            values[i] = convert(values[i], column, connection)
         auth_token = token_model.from_db(connection.alias, [c.target.attname for c in token_columns],
                                          values[: len(token_columns)])
         auth_token.user = user_model.from_db(connection.alias, [c.target.attname for c in user_columns],
@@ -69,10 +74,20 @@ def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
     return found
 
 
-def _converted(value: Any, column: Col) -> Any:
-    for convert in [*connection.ops.get_db_converters(column), *column.target.get_db_converters(connection)]:
-        value = convert(value, column, connection)
-    return value
+_converters_of: weakref.WeakKeyDictionary[Any, list[tuple[int, Col, Any]]] = weakref.WeakKeyDictionary()
+
+
+def _token_converters(columns: list[Col]) -> list[tuple[int, Col, Any]]:
+    """The database converters of the token statement's columns, in order (position, column,
+    converter), as the ORM applies them; found once per connection, not per value."""
+    wrapper = connections[connection.alias]
+    found = _converters_of.get(wrapper)
+    if found is None:
+        found = _converters_of[wrapper] = [
+            (i, column, convert) for i, column in enumerate(columns)
+            for convert in [*wrapper.ops.get_db_converters(column), *column.target.get_db_converters(wrapper)]
+        ]
+    return found
 
 
 @functools.cache

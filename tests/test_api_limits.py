@@ -196,7 +196,7 @@ def test_counters_are_shared_across_threads_without_lost_counts(settings, own_co
     assert sorted(statuses) == [200] * 30 + [429] * 10
 
 
-def test_user_and_token_are_counted_in_one_round_trip_to_redis(settings, own_counters, people):
+def test_user_and_token_are_counted_in_one_round_trip_to_redis(settings, own_counters, people, monkeypatch):
     from django.core.cache import caches
     from django.core.cache.backends.redis import RedisCache
 
@@ -211,6 +211,13 @@ def test_user_and_token_are_counted_in_one_round_trip_to_redis(settings, own_cou
     after = redis.info("stats")["total_commands_processed"]
     # INCR, EXPIRE and GET per scope, pipelined; and the INFO that read the figure.
     assert after - before == 2 * 3 + 1
+
+    # On a client made once per connection pool, not on a new one per request.
+    def no_new_client(**kwargs: object) -> None:
+        raise AssertionError("a Redis client was made for one request")
+
+    monkeypatch.setattr(caches["default"]._cache, "_client", no_new_client)
+    assert client.get("/api/v1/me/").status_code == 200
 
 
 # --- Page sizes -------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -104,9 +105,24 @@ class _Counter:
             except ValueError:  # expired meanwhile: nothing left to take back
                 pass
 
-    @staticmethod
-    def _count_redis(backend: RedisCache, windows: list[Window], keys: list[tuple[str, str]]) -> list[tuple[int, int]]:
-        client = backend._cache.get_client(write=True)
+    # One client per connection pool. Django's cache builds a new ``redis.Redis`` for every call,
+    # and building one (its table of reply parsers) cost more than the round trip; a client is
+    # safe to share between threads, taking a connection from the pool for each command.
+    _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def _client(cls, backend: RedisCache) -> Any:
+        cache_client: Any = backend._cache
+        pool = cache_client._get_connection_pool(write=True)
+        client = cls._clients.get(pool)
+        if client is None:
+            client = cls._clients[pool] = cache_client._client(connection_pool=pool)
+        return client
+
+    @classmethod
+    def _count_redis(cls, backend: RedisCache, windows: list[Window],
+                     keys: list[tuple[str, str]]) -> list[tuple[int, int]]:
+        client = cls._client(backend)
         pipe = client.pipeline(transaction=False)
         for window, (current, previous) in zip(windows, keys, strict=True):
             current_key = backend.make_and_validate_key(current)

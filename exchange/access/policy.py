@@ -109,6 +109,10 @@ class EffectiveView:
     grants: tuple[GrantSummary, ...]
     hidden: dict[str, str] = field(default_factory=dict)  # field -> why it is not visible
     schema_fields: dict[str, Field] = field(default_factory=dict)
+    # What other modules work out from this view alone (the records' SQL projections of its
+    # fields), remembered with it; the copies ``dataclasses.replace`` makes (the read cache's,
+    # one per request) share it. Nothing in it may depend on ``at``.
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def can_read(self) -> bool:

@@ -32,11 +32,12 @@ on SQLite, and for other types, the mask is computed when read, as before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from catalog.models import Dataset, Field, FieldType, Sensitivity
@@ -67,8 +68,15 @@ _SQLITE_TYPES = {
 }
 
 
+@functools.cache
+def _default_is_postgres() -> bool:
+    # The default connection's backend comes from the settings and never changes in a process;
+    # asking the connection proxy costs a thread-local lookup, dozens of times per records page.
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
+
+
 def is_postgres(conn: BaseDatabaseWrapper | None = None) -> bool:
-    return (conn or connection).vendor == "postgresql"
+    return _default_is_postgres() if conn is None else conn.vendor == "postgresql"
 
 
 _PG_IDENTS: dict[tuple[str, ...], str] = {}
@@ -77,8 +85,8 @@ _PG_IDENTS_MAX = 8192
 
 def ident(*parts: str, conn: BaseDatabaseWrapper | None = None) -> str:
     """A quoted (optionally schema-qualified) identifier, safe to place in SQL text."""
-    conn = conn or connection
     if is_postgres(conn):
+        conn = conn or connection
         # Quoting goes through libpq on a live connection, which costs a records page more than
         # a hundred round trips into psycopg; the answer depends only on the name (the
         # connections are all UTF-8), so it is remembered.
@@ -91,7 +99,7 @@ def ident(*parts: str, conn: BaseDatabaseWrapper | None = None) -> str:
             if len(_PG_IDENTS) < _PG_IDENTS_MAX:
                 _PG_IDENTS[parts] = quoted
         return quoted
-    return ".".join(conn.ops.quote_name(p) for p in parts)
+    return ".".join((conn or connection).ops.quote_name(p) for p in parts)
 
 
 def column_type(field_type: str, conn: BaseDatabaseWrapper | None = None) -> str:

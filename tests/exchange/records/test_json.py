@@ -39,13 +39,15 @@ def _rows() -> list[dict[str, Any]]:
     for i in range(1, 24):
         out.append({
             "id": i,
-            "label": None if i % 7 == 0 else f'Ünïcode "quoted" \\ line\nbreak {i}',
+            # Control characters too: the database's rows reach Python joined by one (\x01).
+            "label": None if i % 7 == 0 else (f'Ünïcode "quoted" \\ line\nbreak {i}'
+                                              + ("\x01\x02\t" if i % 3 == 2 else "")),
             "amount": None if i % 5 == 0 else Decimal(f"{i * 3}.{i:02d}") * (-1 if i % 4 == 0 else 1),
             "flag": None if i % 6 == 0 else i % 2 == 0,
             "day": dt.date(2026, 1, 1) + dt.timedelta(days=i),
             "at": dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC) + dt.timedelta(minutes=i,
                                                                                 microseconds=1500 * (i % 3)),
-            "doc": json.dumps({"n": i, "tags": ["a", "b"], "nested": {"ok": True}}) if i % 3 else None,
+            "doc": json.dumps({"n": i, "tags": ["a", "\x01b"], "nested": {"ok": True}}) if i % 3 else None,
             "place": "52.52,13.40",
             "phone": f"+49 30 {i:07d}" if i % 8 else "123",
         })
@@ -115,8 +117,20 @@ def test_values_are_written_as_the_api_always_wrote_them(people, dataset):
     if connection.vendor == "postgresql":  # SQLite hands back the stored text as it is
         assert rows[1]["at"] == "2026-03-01T12:02:00.003000Z" and rows[2]["at"] == "2026-03-01T12:03:00Z"
     assert rows[0]["amount"] == 3.01 and rows[0]["flag"] is False and rows[0]["day"] == "2026-01-02"
-    assert rows[0]["doc"] == {"n": 1, "tags": ["a", "b"], "nested": {"ok": True}}
+    assert rows[0]["doc"] == {"n": 1, "tags": ["a", "\x01b"], "nested": {"ok": True}}
+    assert rows[1]["label"] == 'Ünïcode "quoted" \\ line\nbreak 2\x01\x02\t'
     assert rows[0]["label"] == 'Ünïcode "quoted" \\ line\nbreak 1'
+
+
+def test_a_page_without_rows_and_the_last_page_either_way(people, dataset):
+    steward = people["steward"]
+    for params in ({"page_size": "5", "id__gt": "100"}, {"page_size": "23"}, {"page_size": "22"}):
+        assert walk(steward, dataset, params, as_json=True) == walk(steward, dataset, params, as_json=False)
+    _, _, page = records.read_page(user=steward, dataset=dataset, params={"page_size": "5", "id__gt": "100"},
+                                   as_json=True)
+    assert page.row_count == 0 and page.next_cursor is None
+    _, _, page = records.read_page(user=steward, dataset=dataset, params={"page_size": "23"}, as_json=True)
+    assert page.row_count == 23 and page.next_cursor is None
 
 
 def test_the_api_passes_the_database_json_through_and_keeps_its_shape(api, people, dataset):
