@@ -35,13 +35,14 @@ def _field_meta(view: EffectiveView, names: tuple[str, ...]) -> list[dict[str, A
     return out
 
 
-def _page_response(dataset_id: int, fields: list[dict[str, Any]], rows_json: str,
+def _page_response(dataset_id: int, fields: list[dict[str, Any]], rows_json: bytes,
                    next_url: str | None) -> HttpResponse:
     """The records page in the shape (and the compact, unescaped JSON) DRF's JSON renderer
-    writes, around the rows' JSON text from the database, which is never parsed here."""
+    writes, around the rows' JSON (UTF-8) from the database, which is never parsed here."""
     head = json.dumps({"dataset": dataset_id, "fields": fields}, ensure_ascii=False, separators=(",", ":"))
-    body = f'{head[:-1]},"results":{rows_json},"next":{json.dumps(next_url, ensure_ascii=False)}}}'
-    return HttpResponse(body.encode("utf-8"), content_type="application/json")
+    tail = json.dumps(next_url, ensure_ascii=False)
+    body = b"".join((head[:-1].encode("utf-8"), b',"results":', rows_json, b',"next":', tail.encode("utf-8"), b"}"))
+    return HttpResponse(body, content_type="application/json")
 
 
 FIELD_META = inline_serializer(

@@ -26,6 +26,8 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.core import signing
 from django.db import connection
+from psycopg.abc import Buffer
+from psycopg.adapt import Loader
 
 from catalog.models import Dataset, DatasetStatus, FieldType
 from config.api.errors import ApplicationError, PermissionDeniedError
@@ -619,9 +621,9 @@ def _normalise(rows: list[tuple[Any, ...]], columns: Sequence[Column]) -> list[l
 class Page:
     rows: list[dict[str, Any]]
     next_cursor: str | None
-    # PostgreSQL, when asked for JSON: the rows as one JSON array, written by the database
-    # (``rows`` is then empty) and the number of rows in it.
-    json: str | None = None
+    # PostgreSQL, when asked for JSON: the rows as one JSON array (UTF-8), written by the
+    # database (``rows`` is then empty) and the number of rows in it.
+    json: bytes | None = None
     json_rows: int = 0
 
     @property
@@ -681,7 +683,15 @@ def _cursor_value(expr: str, field_type: str) -> str:
 # it: ``row_to_json`` escapes every control character inside strings, ``json`` values are
 # checked on the way in (a raw control character is refused there) and ``jsonb`` is written
 # anew. It is checked anyway: the separators must be one fewer than the rows.
-_ROW_SEPARATOR = "\x01"
+_ROW_SEPARATOR = b"\x01"
+
+
+class _TextAsBytes(Loader):
+    """The page's text columns as the bytes that arrived: the JSON goes out as UTF-8 as it
+    came, never decoded into a string and encoded again."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
 
 
 def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
@@ -712,17 +722,18 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) 
     # Bound on the server and prepared (config/postgresql): the text is the same for every page
     # of one view and query, the cursor's values being parameters.
     with prepared_cursor(connection) as cursor:
+        cursor.cursor.adapters.register_loader("text", _TextAsBytes)  # this cursor's only
         cursor.execute(sql, select.params)
         joined, count, last_keys = cursor.fetchone()
     rows = min(count, size)
     if not rows:
-        return Page([], None, json="[]", json_rows=0)
+        return Page([], None, json=b"[]", json_rows=0)
     if count > size:
         joined = joined[:joined.rindex(_ROW_SEPARATOR)]
     if joined.count(_ROW_SEPARATOR) != rows - 1:
         raise RuntimeError("A records page's JSON held a row separator inside a row.")
     next_cursor = encode_cursor(view, json.loads(last_keys)) if count > size else None
-    return Page([], next_cursor, json=f"[{joined.replace(_ROW_SEPARATOR, ',')}]", json_rows=rows)
+    return Page([], next_cursor, json=b"[" + joined.replace(_ROW_SEPARATOR, b",") + b"]", json_rows=rows)
 
 
 def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
