@@ -17,7 +17,6 @@ from knox.settings import CONSTANTS
 from rest_framework import HTTP_HEADER_ENCODING, exceptions
 from rest_framework.authentication import get_authorization_header
 
-from config.postgresql.base import prepared_cursor
 from departments.access_version import VERSION_ATTR, VERSION_SQL
 
 
@@ -56,8 +55,9 @@ def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
     fields' database converters (SQLite's timestamps, for one), then ``Model.from_db``."""
     token_model, user_model = get_token_model(), get_user_model()
     sql, token_columns, user_columns = _token_statement(connection.vendor, token_model, user_model)
-    # PostgreSQL: prepared once per connection (config/postgresql), the text never changing.
-    with prepared_cursor(connection) as cursor:
+    # Not prepared (config/postgresql): a migration that retypes a column of the token or the
+    # user would fail a prepared copy of this statement on every connection that holds one.
+    with connection.cursor() as cursor:
         cursor.execute(sql, [token_key])
         rows = cursor.fetchall()
     found = []
