@@ -138,8 +138,8 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not memory, so that a real worker process can open the test database too.
     _db.setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test-exchange.sqlite3")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# PostgreSQL: statements run through ``connection.prepared_cursor()`` (a records page) are
-# prepared per connection (config/postgresql). Off behind a pooler that cannot.
+# PostgreSQL: statements run through ``connection.prepared_cursor()`` (a records page, a token's
+# lookup) are prepared per connection (config/postgresql). Off behind a pooler that cannot.
 DATABASE_PREPARED_STATEMENTS = env.bool("DATABASE_PREPARED_STATEMENTS", default=True)
 
 # --- Auth -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import weakref
 from hmac import compare_digest
 from typing import Any
@@ -17,6 +18,7 @@ from knox.settings import CONSTANTS
 from rest_framework import HTTP_HEADER_ENCODING, exceptions
 from rest_framework.authentication import get_authorization_header
 
+from config.postgresql.base import prepared_cursor
 from departments.access_version import VERSION_ATTR, VERSION_SQL
 
 
@@ -55,9 +57,10 @@ def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:
     fields' database converters (SQLite's timestamps, for one), then ``Model.from_db``."""
     token_model, user_model = get_token_model(), get_user_model()
     sql, token_columns, user_columns = _token_statement(connection.vendor, token_model, user_model)
-    # Not prepared (config/postgresql): a migration that retypes a column of the token or the
-    # user would fail a prepared copy of this statement on every connection that holds one.
-    with connection.cursor() as cursor:
+    # PostgreSQL: prepared once per connection (config/postgresql); its result's types are
+    # fixed by the statement (see _token_statement), so a migration that retypes a column only
+    # has the server plan it again.
+    with prepared_cursor(connection) as cursor:
         cursor.execute(sql, [token_key])
         rows = cursor.fetchall()
     found = []
@@ -90,16 +93,29 @@ def _token_converters(columns: list[Col]) -> list[tuple[int, Col, Any]]:
     return found
 
 
+_BARE_TYPE = re.compile(r"\s*\([^)]*\)")  # a type's modifier: varchar(150) -> varchar
+
+
 @functools.cache
 def _token_statement(vendor: str, token_model: Any, user_model: Any) -> tuple[str, list[Col], list[Col]]:
-    """The statement (per database vendor, for its quoting) and its columns, token's then user's."""
+    """The statement (per database vendor, for its quoting) and its columns, token's then user's.
+
+    On PostgreSQL every value is cast to its column's type without its modifier (``varchar``
+    for ``varchar(150)``) and the version to ``numeric``: the server will not run a prepared
+    statement whose result's types changed, and a migration that widens a column (or a new
+    Django that does) must not stop every token on every connection that prepared it."""
     qn = connection.ops.quote_name
     token_columns = [Col("t", f) for f in token_model._meta.concrete_fields]
     user_columns = [Col("u", f) for f in user_model._meta.concrete_fields]
     columns = [f"{c.alias}.{qn(str(c.target.column))}" for c in token_columns + user_columns]
+    version = f"({VERSION_SQL})"
+    if vendor == "postgresql":
+        columns = [f"CAST({sql_column} AS {_BARE_TYPE.sub('', str(c.target.db_type(connection)))})"
+                   for sql_column, c in zip(columns, token_columns + user_columns, strict=True)]
+        version = f"CAST({version} AS numeric)"
     token_table, user_table = qn(token_model._meta.db_table), qn(user_model._meta.db_table)
     user_fk, key = token_model._meta.get_field("user"), token_model._meta.get_field("token_key")
-    sql = (f"SELECT {', '.join(columns)}, ({VERSION_SQL}) FROM {token_table} t "  # noqa: S608 - names from the models
+    sql = (f"SELECT {', '.join(columns)}, {version} FROM {token_table} t "  # noqa: S608 - names from the models
            f"JOIN {user_table} u ON u.{qn(str(user_fk.target_field.column))} = t.{qn(user_fk.column)} "
            f"WHERE t.{qn(key.column)} = %s")
     return sql, token_columns, user_columns

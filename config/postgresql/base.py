@@ -10,16 +10,16 @@ taken as usable; anything else gets Django's own ``SELECT 1`` check. The one cas
 longer catches up front (a peer that vanished without a word, e.g. a cut network) fails the
 request's first statement instead, after which Django discards the connection as before.
 
-It also offers :meth:`DatabaseWrapper.prepared_cursor`, for a statement a process runs again
-and again with other values (a records page): bound on the server, and prepared on a
-connection once it has run the same text a few times, so the server parses and plans it once
-instead of on every request. The server plans a prepared statement again by itself when a
-table it reads changes, but refuses to run it if the types of its *result* columns changed:
-a statement run this way must fix its result's types (a records page answers text, bigint,
-text whatever the table). Every other statement is bound in the client as Django does by
-default, and never prepared: with its values in its text, it is rarely the same twice.
-``DATABASE_PREPARED_STATEMENTS=0`` turns preparing off (behind a pooler that cannot keep
-prepared statements per client).
+It also offers :meth:`DatabaseWrapper.prepared_cursor`, for the statements a process runs
+again and again with other values (a records page, a token's lookup): bound on the server,
+and prepared on a connection once it has run the same text a few times, so the server parses
+and plans it once instead of on every request. The server plans a prepared statement again by
+itself when a table it reads changes, but refuses to run it if the types of its *result*
+columns changed: a statement run this way must fix its result's types (a records page answers
+text, bigint, text whatever the table; the token's lookup casts every column). Every other
+statement is bound in the client as Django does by default, and never prepared: with its
+values in its text, it is rarely the same twice. ``DATABASE_PREPARED_STATEMENTS=0`` turns
+preparing off (behind a pooler that cannot keep prepared statements per client).
 """
 
 from __future__ import annotations

@@ -123,3 +123,36 @@ def test_purge_expired_tokens(user):
     AuthToken.objects.create(user=user)
     assert purge_expired_tokens() == 1
     assert AuthToken.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_prepared_token_lookup_outlives_a_migration_that_widens_a_column():
+    """On PostgreSQL the lookup is prepared per connection; the server would refuse a prepared
+    statement whose result's types changed, so the statement fixes them, and a migration (in
+    another process) that widens a column of the user leaves tokens working."""
+    from django.db import connection, connections
+
+    from config.postgresql.base import PREPARE_THRESHOLD
+    from departments.authentication import ExpiringTokenAuthentication
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    user = UserFactory(first_name="Tina")
+    _, token = AuthToken.objects.create(user=user)
+    check = ExpiringTokenAuthentication()
+    for _ in range(PREPARE_THRESHOLD + 1):
+        assert check.authenticate_credentials(token.encode())[0] == user
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%knox_authtoken%'")
+        assert cursor.fetchone()[0] == 1
+    migration = connections.create_connection("default")
+    try:
+        with migration.cursor() as cursor:
+            cursor.execute("ALTER TABLE auth_user ALTER COLUMN first_name TYPE varchar(200), "
+                           "ALTER COLUMN is_staff TYPE boolean")
+        found, _ = check.authenticate_credentials(token.encode())
+        assert found == user and found.first_name == "Tina"
+    finally:
+        with migration.cursor() as cursor:
+            cursor.execute("ALTER TABLE auth_user ALTER COLUMN first_name TYPE varchar(150)")
+        migration.close()
