@@ -896,37 +896,46 @@ def _json_default(value: Any) -> Any:
     return _jsonable(value) if not isinstance(value, decimal.Decimal) else str(value)
 
 
-def _copy_out(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int],
-              fmt: str) -> Iterator[bytes]:
-    """PostgreSQL: the database writes the CSV or the NDJSON itself (COPY … TO STDOUT), at COPY
-    speed; the projection (masking, pseudonymisation, row filters) is already in the SELECT.
+def export_query(view: EffectiveView, table: StoreTable, query: RecordQuery, fmt: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: the SELECT whose ``COPY … TO STDOUT`` is an export (see :func:`_copy_out`),
+    and its parameters. The projection (masking, pseudonymisation, row filters) is already in
+    it, from the same :func:`build_select` as the pages.
 
-    NDJSON is one JSON object per row (``row_to_json`` of the row's visible values), copied as
-    a single-column CSV whose delimiter and quote character are control characters that JSON
-    text never contains raw (PostgreSQL writes them as ``\u0001``): no value is ever quoted, so
-    each line is exactly the object. COPY's text format would double every backslash."""
+    NDJSON is one JSON object per row (``row_to_json`` of the row's visible values). CSV is
+    the visible values, booleans and dates written as the Python path writes them."""
     select = build_select(view, table, query, paginate=False, ordered=bool(query.order))
     if fmt == "ndjson":
         values = ", ".join(f"{_ndjson_value(f'_x.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
                            for c in select.columns)
-        statement = (f"COPY (SELECT row_to_json(_r) FROM ({select.sql}) AS _x CROSS JOIN LATERAL "
-                     f"(SELECT {values}) AS _r) TO STDOUT WITH (FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02')")
-    else:
-        outer = []
-        for column in select.columns:
-            name = ident(column.name)
-            if column.field_type == FieldType.BOOLEAN:
-                outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
-            elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
-                outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
-            else:
-                outer.append(name)
-        statement = (f"COPY (SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}) "
-                     f"TO STDOUT WITH (FORMAT csv, HEADER)")
+        return (f"SELECT row_to_json(_r) FROM ({select.sql}) AS _x CROSS JOIN LATERAL (SELECT {values}) AS _r",
+                select.params)
+    outer = []
+    for column in select.columns:
+        name = ident(column.name)
+        if column.field_type == FieldType.BOOLEAN:
+            outer.append(f"CASE WHEN {name} THEN 'true' WHEN NOT {name} THEN 'false' END AS {name}")
+        elif column.field_type in (FieldType.TIMESTAMP, FieldType.DATE):
+            outer.append(f"to_json({name}) #>> '{{}}' AS {name}")
+        else:
+            outer.append(name)
+    return f"SELECT {', '.join(outer)} FROM ({select.sql}) AS {ident('_x')}", select.params
+
+
+def _copy_out(view: EffectiveView, table: StoreTable, query: RecordQuery, copied: list[int],
+              fmt: str) -> Iterator[bytes]:
+    """PostgreSQL: the database writes the CSV or the NDJSON itself (COPY … TO STDOUT), at COPY
+    speed.
+
+    NDJSON is copied as a single-column CSV whose delimiter and quote character are control
+    characters that JSON text never contains raw (PostgreSQL writes them as ``\u0001``): no
+    value is ever quoted, so each line is exactly the object. COPY's text format would double
+    every backslash."""
+    sql, params = export_query(view, table, query, fmt)
+    options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'" if fmt == "ndjson" else "FORMAT csv, HEADER"
     connection.ensure_connection()
     raw = connection.connection
     with raw.cursor() as cursor:
-        with cursor.copy(statement, select.params) as copy:
+        with cursor.copy(f"COPY ({sql}) TO STDOUT WITH ({options})", params) as copy:
             # COPY hands over about one row per block; send the client fewer, larger chunks.
             buffer = bytearray()
             for block in copy:
