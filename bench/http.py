@@ -9,7 +9,10 @@ ones masked) and a data protection officer approves the grant. Then, on loopback
 - the project under gunicorn (``DEBUG=0``, 2 workers, the production settings), with a token
   per user;
 - ``bench/reference_server.py``: stdlib ``http.server`` and psycopg, ``json_agg`` in SQL, no
-  authentication, policy or audit.
+  authentication, policy or audit;
+- the stack's floor (``bench/floor.py``): the same statement answered by one DRF view under
+  gunicorn with the project's settings, middleware and token authentication, but no rate
+  limits, policy, masking, cursor or audit: the most the records API could reach here.
 
 Each case runs 1 and 4 concurrent keep-alive clients for ``--seconds`` each, every request a
 1,000-row page from a random key (the API through a signed cursor at that key, the reference
@@ -19,7 +22,8 @@ same columns at the same concurrency:
 - analyst: the 5 granted fields (2 masked) vs the reference over the same 5 columns, unmasked
 - steward: all 21 fields (the owner's view) vs the reference over the 21 columns
 
-and the largest RSS of a gunicorn worker seen while the API was under load.
+each with the floor over the same columns just before the API, and the largest RSS of a
+gunicorn worker seen while the API was under load.
 
 Run: ``DATABASE_URL=postgres://… python -m bench http [-- --rows N --seconds S]``.
 """
@@ -301,6 +305,11 @@ def _run(args: argparse.Namespace) -> int:
     api_port, ref_port = _free_port(), _free_port()
     env = production_env(database_url)
     gunicorn = start_gunicorn(api_port, env=env, workers=args.workers, threads=args.threads)
+    floor_port = _free_port()
+    floor = start_gunicorn(floor_port, env={**env, "DJANGO_SETTINGS_MODULE": "bench.floor_settings",
+                                            "BENCH_FLOOR_TABLE": f"{table.schema}.{table.name}",
+                                            "BENCH_FLOOR_KEY": "id"},
+                           workers=args.workers, threads=args.threads)
     reference = subprocess.Popen(
         [sys.executable, "-m", "bench.reference_server", "--dsn", database_url, "--table",
          f"{table.schema}.{table.name}", "--key", "id", "--port", str(ref_port)], cwd=root, env=env)
@@ -309,6 +318,7 @@ def _run(args: argparse.Namespace) -> int:
                        for who, token in tokens.items()}
         _wait_for(api_port, "/api/v1/health/", {})
         _wait_for(ref_port, "/page?columns=id&after=0&size=1", {})
+        _wait_for(floor_port, "/floor/?columns=id&after=0&size=1", api_headers["analyst"])
 
         rng = random.Random(15)
         keys = [rng.randrange(0, args.rows - PAGE) for _ in range(4000)]
@@ -324,6 +334,8 @@ def _run(args: argparse.Namespace) -> int:
         connection.close()
         ref_paths = {who: [f"/page?columns={','.join(cols)}&after={k}&size={PAGE}" for k in keys]
                      for who, cols in cases.items()}
+        floor_paths = {who: [f"/floor/?columns={','.join(cols)}&after={k}&size={PAGE}" for k in keys]
+                       for who, cols in cases.items()}
 
         # Both answer the same page with the same rows (the analyst's two masked fields aside).
         check = http.client.HTTPConnection("127.0.0.1", api_port)
@@ -331,6 +343,8 @@ def _run(args: argparse.Namespace) -> int:
         check = http.client.HTTPConnection("127.0.0.1", ref_port)
         ref_page = json.loads(_get(check, ref_paths["steward"][0], {}))
         assert [r["id"] for r in api_page["results"]] == [r["id"] for r in ref_page["results"]]
+        check = http.client.HTTPConnection("127.0.0.1", floor_port)
+        assert json.loads(_get(check, floor_paths["steward"][0], api_headers["steward"])) == ref_page
         assert len(api_page["results"]) == PAGE and set(api_page["results"][0]) == set(cases["steward"])
         check = http.client.HTTPConnection("127.0.0.1", api_port)
         analyst_page = json.loads(_get(check, api_paths["analyst"][0], api_headers["analyst"]))
@@ -341,6 +355,7 @@ def _run(args: argparse.Namespace) -> int:
         load(api_port, api_paths["analyst"], api_headers["analyst"], 4, 2)
         load(api_port, api_paths["steward"], api_headers["steward"], 4, 2)
         load(ref_port, ref_paths["steward"], {}, 4, 2)
+        load(floor_port, floor_paths["steward"], api_headers["steward"], 4, 2)
 
         print(f"pages of {PAGE:,} rows from random keys, {args.seconds:.0f} s per line, gunicorn "
               f"{args.workers} workers x {args.threads} threads (DEBUG=0) vs the reference (http.server + psycopg, "
@@ -351,6 +366,7 @@ def _run(args: argparse.Namespace) -> int:
         for who, cols in cases.items():
             for clients in (1, 4):
                 ref = load(ref_port, ref_paths[who], {}, clients, args.seconds)
+                stack = load(floor_port, floor_paths[who], api_headers[who], clients, args.seconds)
                 with RssWatch(gunicorn.pid) as watch:
                     api = load(api_port, api_paths[who], api_headers[who], clients, args.seconds)
                 peak = max(peak, watch.peak)
@@ -358,6 +374,9 @@ def _run(args: argparse.Namespace) -> int:
                 label = f"reference, json_agg, {len(cols)} columns"
                 print(f"{label:<44} {clients:>7} {ref.rows_per_s:>10,.0f} {ref.pct(0.5):>7.1f} {ref.pct(0.99):>7.1f}"
                       f" {1:>7.2f}")
+                label = "floor: Django + DRF + token, json_agg"
+                print(f"{label:<44} {clients:>7} {stack.rows_per_s:>10,.0f} {stack.pct(0.5):>7.1f}"
+                      f" {stack.pct(0.99):>7.1f} {stack.rows_per_s / ref.rows_per_s:>7.2f}")
                 label = (f"records API, {who} ({len(cols)} fields"
                          + (", 2 masked)" if who == "analyst" else ")"))
                 print(f"{label:<44} {clients:>7} {api.rows_per_s:>10,.0f} {api.pct(0.5):>7.1f} {api.pct(0.99):>7.1f}"
@@ -370,4 +389,5 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     finally:
         _stop(gunicorn)
+        _stop(floor)
         _stop(reference)
