@@ -962,10 +962,10 @@ def export_settings(raw: Any, fmt: str) -> Iterator[None]:
     mid-way; inside a transaction already open, as in the tests, a savepoint, and the setting
     lasts until that transaction ends), a table big enough for parallel workers
     (``min_parallel_table_scan_size``) has them build the JSON while the leader sends it.
-    Without ``order`` an export promises no order, and a parallel one interleaves the
-    workers' rows; with it, the workers' sorted
-    streams are merged (Gather Merge). The CSV export stays serial: COPY writes CSV about as
-    fast as the leader could collect rows from workers."""
+
+    Without ``order`` an export promises no order, and a parallel one interleaves the workers'
+    rows; with it, the workers' sorted streams are merged (Gather Merge). The CSV export stays
+    serial: COPY writes CSV about as fast as the leader could collect rows from workers."""
     if fmt != "ndjson":
         yield
         return
