@@ -90,6 +90,8 @@ def walk(user: Any, dataset: Any, params: dict[str, str], as_json: bool) -> list
     {"page_size": "4", "order": "-amount,label"},
     {"page_size": "3", "order": "at"},
     {"page_size": "6", "order": "-day", "flag": "true"},
+    {"page_size": "2", "q": "quoted", "order": "-label"},
+    {"page_size": "3", "amount__gte": "10", "order": "flag,-amount"},
     {"page_size": "1000"},
 ])
 def test_owner_pages_are_the_same_either_way(people, dataset, params):
