@@ -367,7 +367,8 @@ OBJECTION_ANSWER_DAYS = _positive_days("OBJECTION_ANSWER_DAYS", 10)
 AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY", default="") or _derived_key("exchange.audit.checkpoint")
 # On PostgreSQL, a web request's read is appended to the audit trail on a connection of its own
 # while the page renders, and the response waits for that append's commit before it leaves
-# (see exchange/audit_writer.py). Off: every read is appended inline, on the request's connection.
+# (see exchange/audit/writer.py). Off: those reads are appended inline, on the request's
+# connection. A records page asked for as JSON is appended by its own statement either way.
 AUDIT_OVERLAP_READS = env.bool("AUDIT_OVERLAP_READS", default=True)
 
 # --- Sync engine (ingest and delivery jobs) ---------------------------------------------------

@@ -310,6 +310,30 @@ def append_statement(values: dict[str, Any]) -> tuple[str, list[Any]]:
     return _APPEND_SQL, [_CHAIN_LOCK_KEY, head, tail, *row]
 
 
+_ROW_COUNT_POSITION = HASHED_FIELDS.index("row_count")
+# The canonical text's tail ends with the row count (the last hashed field after "prev_hash").
+_ROW_COUNT_END = ',"row_count":null}'
+
+
+def append_call(values: dict[str, Any], row_count_sql: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: the append function called as a FROM item of a statement that reads
+    records, for the event of ``values`` with its row count the SQL expression
+    ``row_count_sql`` (over that statement's own result). The statement appends the record of
+    its read and commits both together; outside a transaction its answer arrives only after
+    that commit is flushed, so nothing of the read reaches Python unrecorded. The row count is
+    spelled into the canonical text on the server the way the encoder spells an integer."""
+    head, tail = _canonical_parts({**values, "row_count": None})
+    if not tail.endswith(_ROW_COUNT_END.encode()):
+        raise ValueError("the event's canonical text does not end with its row count")
+    row = _row_for_insert(values, connection.ops.adapt_datetimefield_value, HASHED_FIELDS[:-1])
+    marks = _APPEND_MARKS.split(", ")
+    marks[_ROW_COUNT_POSITION] = f"({row_count_sql})::bigint"
+    del row[_ROW_COUNT_POSITION]
+    count_text = f"convert_to(({row_count_sql})::bigint::text || '}}', 'UTF8')"
+    sql = f"exchange_audit_append(%s, %s, %s || {count_text}, {', '.join(marks)})"
+    return sql, [_CHAIN_LOCK_KEY, head, tail[: -len(b"null}")], *row]
+
+
 def audit_record(
     *,
     actor: User | AnonymousUser | None,

@@ -1,7 +1,9 @@
 """Audit a read without leaving the request idle while its record is made durable.
 
-A records page is audited by one event. On PostgreSQL most of the cost of appending it is
-the wait for the commit's WAL flush, time the request would otherwise spend doing nothing.
+A read is audited by one event. On PostgreSQL most of the cost of appending it is the wait
+for the commit's WAL flush, time the request would otherwise spend doing nothing. (A records
+page asked for as JSON does not come here: its own statement appends its record, see
+``exchange.records.selectors.fetch_page_json``; previews, web pages, exports and CKAN reads do.)
 Inside a web request, :func:`append_read` sends the append (one statement, see
 ``exchange.audit``) on a connection of its own and returns without waiting for the answer;
 the page is serialised and rendered meanwhile, and :class:`AuditBarrierMiddleware` reads the

@@ -36,7 +36,15 @@ from config.postgresql.base import prepared_cursor
 from exchange.access.models import AccessForm
 from exchange.access.policy import EffectiveView, FieldAccess, RowFilter, effective_view
 from exchange.audit.models import AuditOutcome
-from exchange.audit.services import audit_record, current_request_context, reset_request_context, set_request_context
+from exchange.audit.services import (
+    AuditEntry,
+    append_call,
+    audit_record,
+    current_request_context,
+    event_values,
+    reset_request_context,
+    set_request_context,
+)
 from exchange.audit.writer import append_read
 from exchange.records.store import (
     StoreTable,
@@ -695,7 +703,8 @@ class _TextAsBytes(Loader):
         return bytes(data)
 
 
-def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) -> Page:
+def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
+                    audit: dict[str, Any] | None = None) -> Page:
     """PostgreSQL: the page as JSON text written by the database from the projected SELECT
     (the same :func:`build_select` as :func:`fetch_page`, so the same values, rows and order),
     passed on to the client without being parsed. One statement returns the rows' objects
@@ -704,7 +713,11 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) 
 
     The objects come joined by a separator rather than as one ``json_agg`` array so that the
     row past the page can be cut off here: numbering the rows to leave it out of the array
-    cost the statement a window and about a fifth of its time."""
+    cost the statement a window and about a fifth of its time.
+
+    With ``audit`` (the arguments of :func:`exchange.audit.services.audit_record` but the row
+    count), the same statement appends the record of its read, with the number of rows the
+    page holds (:func:`exchange.audit.services.append_call`)."""
     select = build_select(view, table, query)
     size = int(query.page_size)
     values = ", ".join(f"{_json_value(f'_p.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
@@ -719,16 +732,21 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery) 
     # sort the page's JSON once more, about a tenth of the statement. tests/exchange/records/
     # test_json.py walks pages under orders, filters, searches and row filters either way.
     sql = (
-        f"SELECT string_agg(row_to_json(_r)::text, E'\\x01'), count(*), "
-        f"json_build_array({keys})::text "
+        f"SELECT string_agg(row_to_json(_r)::text, E'\\x01') AS _j, count(*) AS _n, "
+        f"json_build_array({keys})::text AS _k "
         f"FROM ({select.sql}) AS _p CROSS JOIN LATERAL (SELECT {values}) AS _r"
     )
+    params = list(select.params)
+    if audit is not None:
+        call, call_params = append_call(event_values(AuditEntry(**audit)), f"least(_page._n, {size})")
+        sql = f"SELECT _page._j, _page._n, _page._k, _a.event_id FROM ({sql}) AS _page CROSS JOIN LATERAL {call} AS _a"
+        params += call_params
     # Bound on the server and prepared (config/postgresql): the text is the same for every page
     # of one view and query, the cursor's values being parameters.
     with prepared_cursor(connection) as cursor:
         cursor.cursor.adapters.register_loader("text", _TextAsBytes)  # this cursor's only
-        cursor.execute(sql, select.params)
-        joined, count, last_keys = cursor.fetchone()
+        cursor.execute(sql, params)
+        joined, count, last_keys = cursor.fetchone()[:3]
     rows = min(count, size)
     if not rows:
         return Page([], None, json=b"[]", json_rows=0)
@@ -778,15 +796,22 @@ def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str,
     return view
 
 
+def _read_event(*, user: User | AnonymousUser, action: str, dataset: Dataset, view: EffectiveView,
+                query: RecordQuery, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The audit event of a read, but its row count."""
+    return {
+        "actor": user, "action": action, "obj": dataset, "dataset_id": dataset.pk,
+        "department_id": dataset.department_id, "fields": list(query.fields), "filters": query.describe(),
+        "purpose": "; ".join(sorted({g.purpose for g in view.grants})) if not view.is_owner else "owner",
+        "details": {"grants": [g.id for g in view.grants], "owner": view.is_owner,
+                    "forms": {f: view.fields[f].form for f in query.fields}, **(details or {})},
+    }
+
+
 def _audit_read(*, user: User | AnonymousUser, action: str, dataset: Dataset, view: EffectiveView,
                 query: RecordQuery, row_count: int | None, details: dict[str, Any] | None = None) -> None:
-    append_read(
-        actor=user, action=action, obj=dataset, dataset_id=dataset.pk, department_id=dataset.department_id,
-        fields=list(query.fields), row_count=row_count, filters=query.describe(),
-        purpose="; ".join(sorted({g.purpose for g in view.grants})) if not view.is_owner else "owner",
-        details={"grants": [g.id for g in view.grants], "owner": view.is_owner,
-                 "forms": {f: view.fields[f].form for f in query.fields}, **(details or {})},
-    )
+    append_read(**_read_event(user=user, action=action, dataset=dataset, view=view, query=query, details=details),
+                row_count=row_count)
 
 
 def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: EffectiveView, action: str,
@@ -815,7 +840,10 @@ def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str,
     if not (store_exists(dataset) if exists is None else exists):
         page = Page([], None)
     elif as_json and is_postgres():
-        page = fetch_page_json(view, table, query)
+        # The page's statement appends the record of its read itself: one round trip, and
+        # nothing to wait for once the page is in hand.
+        event = _read_event(user=user, action=action, dataset=dataset, view=view, query=query)
+        return view, query, fetch_page_json(view, table, query, audit=event)
     else:
         page = fetch_page(view, table, query)
     _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=page.row_count)
