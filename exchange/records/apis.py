@@ -35,13 +35,31 @@ def _field_meta(view: EffectiveView, names: tuple[str, ...]) -> list[dict[str, A
     return out
 
 
-def _page_response(dataset_id: int, fields: list[dict[str, Any]], rows_json: bytes,
-                   next_url: str | None) -> HttpResponse:
+# Page heads remembered per view, at most this many (then forgotten all at once).
+HEADS_PER_VIEW = 64
+
+
+def _page_head(dataset_id: int, view: EffectiveView, names: tuple[str, ...]) -> bytes:
+    """A JSON page's beginning, up to its results: the dataset and the fields' description,
+    which depend on the view and the fields asked for alone, so are written once per view."""
+    heads = view.derived.setdefault("records.api.heads", {})
+    key = (dataset_id, names)
+    head = heads.get(key)
+    if head is None:
+        text = json.dumps({"dataset": dataset_id, "fields": _field_meta(view, names)}, ensure_ascii=False,
+                          separators=(",", ":"))
+        head = text[:-1].encode("utf-8") + b',"results":'
+        if len(heads) >= HEADS_PER_VIEW:
+            heads.clear()
+        heads[key] = head
+    return head
+
+
+def _page_response(head: bytes, rows_json: bytes, next_url: str | None) -> HttpResponse:
     """The records page in the shape (and the compact, unescaped JSON) DRF's JSON renderer
     writes, around the rows' JSON (UTF-8) from the database, which is never parsed here."""
-    head = json.dumps({"dataset": dataset_id, "fields": fields}, ensure_ascii=False, separators=(",", ":"))
     tail = json.dumps(next_url, ensure_ascii=False)
-    body = b"".join((head[:-1].encode("utf-8"), b',"results":', rows_json, b',"next":', tail.encode("utf-8"), b"}"))
+    body = b"".join((head, rows_json, b',"next":', tail.encode("utf-8"), b"}"))
     return HttpResponse(body, content_type="application/json")
 
 
@@ -90,7 +108,7 @@ class RecordListApi(APIView):
             params["cursor"] = page.next_cursor
             next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
         if page.json is not None:
-            return _page_response(dataset.pk, _field_meta(view, query.fields), page.json, next_url)
+            return _page_response(_page_head(dataset.pk, view, query.fields), page.json, next_url)
         return Response({"dataset": dataset.pk, "fields": _field_meta(view, query.fields),
                          "results": page.rows, "next": next_url})
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import decimal
 import hashlib
@@ -20,7 +21,7 @@ import hmac
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
@@ -414,7 +415,28 @@ class Select:
     params: list[Any]
     columns: tuple[Column, ...]
     order: tuple[OrderItem, ...]
-    with_system: bool = False
+    with_system: bool
+    plan: _Plan = field(compare=False, repr=False)  # what it was built from, with what is derived from that
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A :func:`build_select` but for the cursor's condition: the SELECT up to where that goes,
+    its parameters, and what follows it (``ORDER BY`` … ``LIMIT`` …)."""
+
+    sql: str
+    params: tuple[Any, ...]
+    columns: tuple[Column, ...]
+    order: tuple[OrderItem, ...]
+    tail: str
+    with_system: bool
+    # What the readers built on it work out from it alone (fetch_page_json's wrapping).
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+# Plans of pages remembered per view, at most this many (then forgotten all at once): a view
+# from the read cache answers many pages of a few queries, which differ only in their cursor.
+PLANS_PER_VIEW = 64
 
 
 def _order_items(view: EffectiveView, table: StoreTable, query: RecordQuery,
@@ -452,8 +474,35 @@ def build_select(
     With ``paginate``, it returns one page after ``query.cursor`` plus one row (to tell whether
     there is a next page) and the order columns ``_o0…`` after the selected ones; exports and
     deliveries pass ``paginate=False`` (and ``ordered=False`` when order does not matter).
+
+    A page's plan (everything but the cursor's condition) is remembered with the view, for
+    the next page of the same query: it depends on nothing but the view, the table and the
+    query, and a view lives no longer than the access it describes.
     """
     query = query or RecordQuery(fields=tuple(view.fields))
+    if paginate and since_seq is None:
+        key = (table, dataclasses.replace(query, cursor=""), include_deleted, with_system, ordered,
+               settings.PSEUDONYM_KEY)
+        plans = view.derived.setdefault("records.plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            plan = _plan(view, table, query, since_seq=since_seq, include_deleted=include_deleted,
+                         with_system=with_system, paginate=paginate, ordered=ordered)
+            if len(plans) >= PLANS_PER_VIEW:
+                plans.clear()
+            plans[key] = plan
+    else:
+        plan = _plan(view, table, query, since_seq=since_seq, include_deleted=include_deleted,
+                     with_system=with_system, paginate=paginate, ordered=ordered)
+    sql = plan.sql
+    params = list(plan.params)
+    if paginate and query.cursor:
+        sql += " WHERE " + _after_cursor(plan.order, decode_cursor(query.cursor, view, len(plan.order)), params)
+    return Select(sql + plan.tail, params, plan.columns, plan.order, with_system, plan)
+
+
+def _plan(view: EffectiveView, table: StoreTable, query: RecordQuery, *, since_seq: int | None,
+          include_deleted: bool, with_system: bool, paginate: bool, ordered: bool) -> _Plan:
     columns = projections(view)
     selected = tuple(columns[name] for name in query.fields)
     order = _order_items(view, table, query, columns) if ordered or paginate else []
@@ -498,13 +547,12 @@ def build_select(
     if with_system:
         outer_names += [ident(c) for c in SELECT_SYSTEM]
     sql = f"SELECT {', '.join(outer_names)} FROM ({sql}) AS {ident('_v')}"
-    if paginate and query.cursor:
-        sql += " WHERE " + _after_cursor(order, decode_cursor(query.cursor, view, len(order)), params)
+    tail = ""
     if order:
-        sql += " ORDER BY " + _order_by(order)
+        tail += " ORDER BY " + _order_by(order)
     if paginate:
-        sql += f" LIMIT {int(query.page_size) + 1}"
-    return Select(sql, params, selected, tuple(order), with_system)
+        tail += f" LIMIT {int(query.page_size) + 1}"
+    return _Plan(sql, tuple(params), selected, tuple(order), tail, with_system)
 
 
 def _order_by(order: Sequence[OrderItem]) -> str:
@@ -703,6 +751,17 @@ class _TextAsBytes(Loader):
         return bytes(data)
 
 
+def _json_wrap(select: Select, size: int) -> tuple[str, str]:
+    """What :func:`fetch_page_json` writes before and after a page's SELECT."""
+    values = ", ".join(f"{_json_value(f'_p.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
+                       for c in select.columns)
+    keys = ", ".join(_cursor_value(f"(array_agg(_p.{ident(i.alias)}))[{size}]", i.field_type)
+                     for i in select.order)
+    return (f"SELECT string_agg(row_to_json(_r)::text, E'\\x01') AS _j, count(*) AS _n, "
+            f"json_build_array({keys})::text AS _k FROM (",
+            f") AS _p CROSS JOIN LATERAL (SELECT {values}) AS _r")
+
+
 def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
                     audit: dict[str, Any] | None = None) -> Page:
     """PostgreSQL: the page as JSON text written by the database from the projected SELECT
@@ -720,10 +779,10 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
     page holds (:func:`exchange.audit.services.append_call`)."""
     select = build_select(view, table, query)
     size = int(query.page_size)
-    values = ", ".join(f"{_json_value(f'_p.{ident(c.name)}', c.field_type)} AS {ident(c.name)}"
-                       for c in select.columns)
-    keys = ", ".join(_cursor_value(f"(array_agg(_p.{ident(i.alias)}))[{size}]", i.field_type)
-                     for i in select.order)
+    wrap = select.plan.derived.get("json")
+    if wrap is None:
+        wrap = select.plan.derived["json"] = _json_wrap(select, size)
+    head, tail = wrap
     # Field names start with a letter, so the aliases _p, _r and the order's _o<n> never meet
     # one. The aggregates take the rows in the order the subquery gives them: a plain
     # aggregate straight over an ordered, limited subquery (the lateral SELECT only computes
@@ -731,12 +790,8 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
     # reference server's json_agg does. Naming the order in each aggregate again made PostgreSQL
     # sort the page's JSON once more, about a tenth of the statement. tests/exchange/records/
     # test_json.py walks pages under orders, filters, searches and row filters either way.
-    sql = (
-        f"SELECT string_agg(row_to_json(_r)::text, E'\\x01') AS _j, count(*) AS _n, "
-        f"json_build_array({keys})::text AS _k "
-        f"FROM ({select.sql}) AS _p CROSS JOIN LATERAL (SELECT {values}) AS _r"
-    )
-    params = list(select.params)
+    sql = head + select.sql + tail
+    params = select.params
     if audit is not None:
         call, call_params = append_call(event_values(AuditEntry(**audit)), f"least(_page._n, {size})")
         sql = f"SELECT _page._j, _page._n, _page._k, _a.event_id FROM ({sql}) AS _page CROSS JOIN LATERAL {call} AS _a"
@@ -778,6 +833,14 @@ def iterate_rows(view: EffectiveView, table: StoreTable, query: RecordQuery, *,
 
 
 # --- Entry points for people (API, UI, CKAN): view, validate, read, audit -------------------
+
+def view_table(view: EffectiveView, dataset: Dataset) -> StoreTable:
+    """The dataset's store table as the view's schema describes it, worked out once per view."""
+    table = view.derived.get("records.table")
+    if table is None or table.dataset_id != dataset.pk:
+        table = view.derived["records.table"] = store_table(dataset, fields=list(view.schema_fields.values()))
+    return table
+
 
 def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str,
                   view: EffectiveView | None = None) -> EffectiveView:
@@ -836,7 +899,7 @@ def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str,
     view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
                             default_page_size=page_size)
-    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    table = view_table(view, dataset)
     if not (store_exists(dataset) if exists is None else exists):
         page = Page([], None)
     elif as_json and is_postgres():
@@ -862,7 +925,7 @@ def export_rows(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     view = readable_view(user=user, dataset=dataset, action="records.export", view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action="records.export",
                             params={k: v for k, v in params.items() if k not in {"page_size", "cursor"}})
-    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    table = view_table(view, dataset)
     exists = store_exists(dataset) if exists is None else exists
     # Inside a request, committed before the response (and so the first row) leaves.
     _audit_read(user=user, action="records.export_started", dataset=dataset, view=view, query=query,
@@ -1018,7 +1081,7 @@ def read_offset(*, user: User | AnonymousUser, dataset: Dataset, params: dict[st
     and the total number of rows of the view, through the same projection and audit."""
     view = readable_view(user=user, dataset=dataset, action=action)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params)
-    table = store_table(dataset, fields=list(view.schema_fields.values()))
+    table = view_table(view, dataset)
     rows: list[dict[str, Any]] = []
     total = 0
     if store_exists(dataset):
