@@ -206,11 +206,19 @@ def test_user_and_token_are_counted_in_one_round_trip_to_redis(settings, own_cou
     client = _with_token(_token(people["steward"]))
     client.get("/api/v1/me/")  # connections made
     redis = caches["default"]._cache.get_client(write=True)
-    before = redis.info("stats")["total_commands_processed"]
+    before = redis.info("all")
     assert client.get("/api/v1/me/").status_code == 200
-    after = redis.info("stats")["total_commands_processed"]
-    # INCR, EXPIRE and GET per scope, pipelined; and the INFO that read the figure.
-    assert after - before == 2 * 3 + 1
+    after = redis.info("all")
+
+    def calls(command: str) -> int:
+        return int(after.get(f"cmdstat_{command}", {}).get("calls", 0)) - int(
+            before.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+    # One command from the client (the counting script, by its digest), which ran INCR,
+    # EXPIRE and GET for each scope; and nothing else but the INFO that read the figures.
+    assert calls("evalsha") == 1 and calls("eval") == 0
+    assert (calls("incr"), calls("expire"), calls("get")) == (2, 2, 2)
+    assert after["total_commands_processed"] - before["total_commands_processed"] == 1 + 2 * 3 + 1
 
     # On a client made once per connection pool, not on a new one per request.
     def no_new_client(**kwargs: object) -> None:

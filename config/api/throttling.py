@@ -21,7 +21,7 @@ integer per period-long window; a request adds one to the current window's count
 That is the usual approximation of a sliding log (it assumes the previous window's requests
 were spread evenly); it never lets more than the rate through in any one window, and it
 forgets a burst smoothly instead of all at once at a window's edge. All the scopes of one
-request (user and token) are counted in a single round trip to Redis. A refused request takes
+request (user and token) are counted by a single command to Redis (a short Lua script). A refused request takes
 its count back, so being refused does not use up allowance (as with DRF's throttles).
 """
 
@@ -85,9 +85,24 @@ class Window:
         return max(0.0, needed - elapsed)
 
 
+# Counts a request in each window and reads the window before it, all in one command
+# (``EVALSHA``, run atomically by Redis): KEYS are (current, previous) per window, ARGV the
+# current window's expiry in seconds per window; the answer is (current, previous) per window.
+_COUNT_SCRIPT = """
+local answer = {}
+for i = 1, #ARGV do
+  local current = KEYS[2 * i - 1]
+  answer[2 * i - 1] = redis.call('INCR', current)
+  redis.call('EXPIRE', current, ARGV[i])
+  answer[2 * i] = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+end
+return answer
+"""
+
+
 class _Counter:
     """Counts a request in several windows at once and reads their previous windows: one
-    pipelined round trip on Redis, the cache API elsewhere."""
+    script, so one command and one round trip, on Redis; the cache API elsewhere."""
 
     def count(self, windows: list[Window], now: float) -> list[tuple[int, int]]:
         keys = [w.keys(now) for w in windows]
@@ -105,32 +120,27 @@ class _Counter:
             except ValueError:  # expired meanwhile: nothing left to take back
                 pass
 
-    # One client per connection pool. Django's cache builds a new ``redis.Redis`` for every call,
-    # and building one (its table of reply parsers) cost more than the round trip; a client is
-    # safe to share between threads, taking a connection from the pool for each command.
+    # One client per connection pool, with the counting script registered on it. Django's cache
+    # builds a new ``redis.Redis`` for every call, and building one (its table of reply
+    # parsers) cost more than the round trip; a client is safe to share between threads,
+    # taking a connection from the pool for each command.
     _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def _client(cls, backend: RedisCache) -> Any:
+    def _script(cls, backend: RedisCache) -> Any:
         cache_client: Any = backend._cache
         pool = cache_client._get_connection_pool(write=True)
-        client = cls._clients.get(pool)
-        if client is None:
-            client = cls._clients[pool] = cache_client._client(connection_pool=pool)
-        return client
+        script = cls._clients.get(pool)
+        if script is None:
+            script = cls._clients[pool] = cache_client._client(connection_pool=pool).register_script(_COUNT_SCRIPT)
+        return script
 
     @classmethod
     def _count_redis(cls, backend: RedisCache, windows: list[Window],
                      keys: list[tuple[str, str]]) -> list[tuple[int, int]]:
-        client = cls._client(backend)
-        pipe = client.pipeline(transaction=False)
-        for window, (current, previous) in zip(windows, keys, strict=True):
-            current_key = backend.make_and_validate_key(current)
-            pipe.incr(current_key)
-            pipe.expire(current_key, 2 * window.period)
-            pipe.get(backend.make_and_validate_key(previous))
-        answers = pipe.execute()
-        return [(int(answers[3 * i]), int(answers[3 * i + 2] or 0)) for i in range(len(windows))]
+        flat = [backend.make_and_validate_key(key) for pair in keys for key in pair]
+        answers = cls._script(backend)(keys=flat, args=[2 * w.period for w in windows])
+        return [(int(answers[2 * i]), int(answers[2 * i + 1])) for i in range(len(windows))]
 
     @staticmethod
     def _count_cache(backend: Any, windows: list[Window], keys: list[tuple[str, str]]) -> list[tuple[int, int]]:
