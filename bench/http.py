@@ -17,7 +17,9 @@ ones masked) and a data protection officer approves the grant. Then, on loopback
 Each case runs 1 and 4 concurrent keep-alive clients for ``--seconds`` each, every request a
 1,000-row page from a random key (the API through a signed cursor at that key, the reference
 through ``after=``), and prints rows/s, p50 and p99 and the ratio to the reference over the
-same columns at the same concurrency:
+same columns at the same concurrency. A line's seconds are split into ``--rounds`` rounds in
+which the reference, the floor and the API take turns, so that a slow spell of the machine
+(a neighbour on the same host) falls on all three rather than on whichever ran then:
 
 - analyst: the 5 granted fields (2 masked) vs the reference over the same 5 columns, unmasked
 - steward: all 21 fields (the owner's view) vs the reference over the 21 columns
@@ -25,7 +27,7 @@ same columns at the same concurrency:
 each with the floor over the same columns just before the API, and the largest RSS of a
 gunicorn worker seen while the API was under load.
 
-Run: ``DATABASE_URL=postgres://… python -m bench http [-- --rows N --seconds S]``.
+Run: ``DATABASE_URL=postgres://… python -m bench http [-- --rows N --seconds S --rounds R]``.
 """
 
 from __future__ import annotations
@@ -137,6 +139,12 @@ class Result:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
+    def add(self, other: Result) -> None:
+        """Count ``other``'s requests, rows and time in this one (one line made of rounds)."""
+        self.latencies += other.latencies
+        self.rows += other.rows
+        self.seconds += other.seconds
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -168,8 +176,10 @@ def _get(conn: http.client.HTTPConnection, path: str, headers: dict[str, str]) -
     return body
 
 
-def load(port: int, paths: list[str], headers: dict[str, str], clients: int, seconds: float) -> Result:
-    """``clients`` threads, each on its own connection, requesting random pages for ``seconds``."""
+def load(port: int, paths: list[str], headers: dict[str, str], clients: int, seconds: float,
+         seed: int = 0) -> Result:
+    """``clients`` threads, each on its own connection, requesting random pages for ``seconds``
+    (client ``i`` picks them with the random seed ``seed + i``)."""
     result = Result()
     lock = threading.Lock()
     stop = time.monotonic() + seconds
@@ -186,7 +196,7 @@ def load(port: int, paths: list[str], headers: dict[str, str], clients: int, sec
         with lock:
             result.latencies += mine
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(seed + i,)) for i in range(clients)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -279,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=float, default=10.0, help="per case and concurrency")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="each line's seconds are split into this many rounds, taken in turn with the "
+                             "other servers' at that concurrency")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4, help="per worker, as in the Dockerfile")
     args = parser.parse_args(argv)
@@ -357,7 +370,8 @@ def _run(args: argparse.Namespace) -> int:
         load(ref_port, ref_paths["steward"], {}, 4, 2)
         load(floor_port, floor_paths["steward"], api_headers["steward"], 4, 2)
 
-        print(f"pages of {PAGE:,} rows from random keys, {args.seconds:.0f} s per line, gunicorn "
+        print(f"pages of {PAGE:,} rows from random keys, {args.seconds:.0f} s per line in {args.rounds} rounds "
+              f"taken in turn, gunicorn "
               f"{args.workers} workers x {args.threads} threads (DEBUG=0) vs the reference (http.server + psycopg, "
               f"json_agg)")
         print(f"{'case':<44} {'clients':>7} {'rows/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'vs ref':>7}")
@@ -365,11 +379,16 @@ def _run(args: argparse.Namespace) -> int:
         status = 0
         for who, cols in cases.items():
             for clients in (1, 4):
-                ref = load(ref_port, ref_paths[who], {}, clients, args.seconds)
-                stack = load(floor_port, floor_paths[who], api_headers[who], clients, args.seconds)
-                with RssWatch(gunicorn.pid) as watch:
-                    api = load(api_port, api_paths[who], api_headers[who], clients, args.seconds)
-                peak = max(peak, watch.peak)
+                # The three servers take turns, a round each, so that whatever else the machine
+                # does meanwhile weighs on all three alike.
+                ref, stack, api = Result(), Result(), Result()
+                for r in range(args.rounds):
+                    seconds, seed = args.seconds / args.rounds, 100 * r
+                    ref.add(load(ref_port, ref_paths[who], {}, clients, seconds, seed))
+                    stack.add(load(floor_port, floor_paths[who], api_headers[who], clients, seconds, seed))
+                    with RssWatch(gunicorn.pid) as watch:
+                        api.add(load(api_port, api_paths[who], api_headers[who], clients, seconds, seed))
+                    peak = max(peak, watch.peak)
                 ratio = api.rows_per_s / ref.rows_per_s
                 label = f"reference, json_agg, {len(cols)} columns"
                 print(f"{label:<44} {clients:>7} {ref.rows_per_s:>10,.0f} {ref.pct(0.5):>7.1f} {ref.pct(0.99):>7.1f}"
