@@ -36,7 +36,7 @@ def _field_meta(view: EffectiveView, names: tuple[str, ...]) -> list[dict[str, A
 
 
 # Page heads remembered per view, at most this many (then forgotten all at once).
-HEADS_PER_VIEW = 64
+HEADS_PER_VIEW = 16
 
 
 def _page_head(dataset_id: int, view: EffectiveView, names: tuple[str, ...]) -> bytes:

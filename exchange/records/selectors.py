@@ -436,7 +436,9 @@ class _Plan:
 
 # Plans of pages remembered per view, at most this many (then forgotten all at once): a view
 # from the read cache answers many pages of a few queries, which differ only in their cursor.
-PLANS_PER_VIEW = 64
+# Few, since a plan holds its SQL (some kilobytes) and the read cache holds up to
+# read_cache.MAX_ENTRIES views.
+PLANS_PER_VIEW = 8
 
 
 def _order_items(view: EffectiveView, table: StoreTable, query: RecordQuery,
