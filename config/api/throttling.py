@@ -21,8 +21,9 @@ integer per period-long window; a request adds one to the current window's count
 That is the usual approximation of a sliding log (it assumes the previous window's requests
 were spread evenly); it never lets more than the rate through in any one window, and it
 forgets a burst smoothly instead of all at once at a window's edge. All the scopes of one
-request (user and token) are counted by a single command to Redis (a short Lua script). A refused request takes
-its count back, so being refused does not use up allowance (as with DRF's throttles).
+request (user and token) are counted by a single command to Redis (a short Lua script). A
+refused request takes its count back, so being refused does not use up allowance (as with
+DRF's throttles).
 """
 
 from __future__ import annotations

@@ -781,9 +781,9 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
     page holds (:func:`exchange.audit.services.append_call`)."""
     select = build_select(view, table, query)
     size = int(query.page_size)
-    wrap = select.plan.derived.get("json")
+    wrap = select.plan.derived.get(("json", size))
     if wrap is None:
-        wrap = select.plan.derived["json"] = _json_wrap(select, size)
+        wrap = select.plan.derived[("json", size)] = _json_wrap(select, size)
     head, tail = wrap
     # Field names start with a letter, so the aliases _p, _r and the order's _o<n> never meet
     # one. The aggregates take the rows in the order the subquery gives them: a plain

@@ -42,14 +42,15 @@ def plans_built(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return built
 
 
-def walk(user: Any, dataset: Any, params: dict[str, str], view: Any = None) -> list[list[dict[str, Any]]]:
-    """Every page of the query, read through ``view`` (a fresh view per page when None)."""
+def walk(user: Any, dataset: Any, params: dict[str, str], view: Any = None, as_json: bool = False) -> list[Any]:
+    """Every page of the query, read through ``view`` (a fresh view per page when None): the
+    rows, or with ``as_json`` the page's JSON (written by PostgreSQL there)."""
     pages, cursor = [], ""
     while True:
         page_view = view if view is not None else effective_view(dataset=dataset, user=user)
-        _, _, page = records.read_page(user=user, dataset=dataset, view=page_view,
+        _, _, page = records.read_page(user=user, dataset=dataset, view=page_view, as_json=as_json,
                                        params={**params, **({"cursor": cursor} if cursor else {})})
-        pages.append(page.rows)
+        pages.append(page.json if page.json is not None else page.rows)
         if not page.next_cursor:
             return pages
         cursor = page.next_cursor
@@ -88,6 +89,17 @@ def test_pages_through_a_remembered_plan_are_those_of_a_fresh_view(people, permi
     remembered = walk(user, permits, params, view=view)
     assert remembered == walk(user, permits, params)
     assert sum(len(p) for p in remembered) > 0
+
+
+@pytest.mark.parametrize("params", QUERIES)
+def test_json_pages_through_a_remembered_plan_are_those_of_a_fresh_view(people, permits, params):
+    user = people["outsider"]
+    view = effective_view(dataset=permits, user=user)
+    for other in QUERIES:
+        walk(user, permits, other, view=view, as_json=True)
+    remembered = walk(user, permits, params, view=view, as_json=True)
+    assert remembered == walk(user, permits, params, as_json=True)
+    assert len(remembered) > 1
 
 
 def test_queries_that_differ_in_a_value_get_plans_of_their_own(people, permits):
