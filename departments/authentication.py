@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import copy
 import functools
 import re
+import threading
 import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
 from hmac import compare_digest
 from typing import Any
 
@@ -30,12 +35,7 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     context (``exchange/records/read_cache.py``): one round trip fewer per request."""
 
     def authenticate_credentials(self, token: bytes) -> Any:
-        try:
-            text = token.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token") from exc
-        if not text.isalnum() or not CONSTANTS.TOKEN_KEY_LENGTH <= len(text) <= 128:
-            raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token")
+        text = _token_text(token)
         digest = hash_token(text)
         for auth_token, version in _tokens_with_version(text[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if not compare_digest(digest, auth_token.digest):
@@ -45,8 +45,139 @@ class ExpiringTokenAuthentication(TokenAuthentication):
                     "This token has expired; sign in again to get a new one.", code="token_expired"
                 )
             setattr(auth_token.user, VERSION_ATTR, version)
-            return self.validate_user(auth_token)
+            user, auth = self.validate_user(auth_token)
+            _remember(digest, auth_token, user, int(version))
+            return user, auth
+        _forget(digest)
         raise exceptions.AuthenticationFailed("Invalid token.", code="invalid_token")
+
+
+def _token_text(token: bytes) -> str:
+    try:
+        text = token.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token") from exc
+    if not text.isalnum() or not CONSTANTS.TOKEN_KEY_LENGTH <= len(text) <= 128:
+        raise exceptions.AuthenticationFailed("Malformed token.", code="malformed_token")
+    return text
+
+
+# --- Tokens taken on trust until the page's own statement checks them -----------------------
+#
+# On PostgreSQL, a token that authenticated in this process is remembered with its user and
+# the access version read with it. The records list (``RememberedTokenAuthentication``) takes
+# such a token without a statement of its own: the statement that reads the page checks,
+# before it reads a row or appends its audit event, that the version is still the one
+# remembered and that the token still exists, has not expired, and belongs to the same active
+# user with the same staff and superuser flags (``Unconfirmed.guard``). If anything changed,
+# that statement reads and appends nothing, and the request is authenticated the usual way
+# (a 401 for a revoked, expired or disowned token) and served afresh.
+
+TOKENS_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class _Known:
+    expiry: datetime | None  # the token's
+    user: Any  # a copy of its user when it last authenticated, never handed out itself
+    version: int
+
+
+_known: OrderedDict[str, _Known] = OrderedDict()
+_known_lock = threading.Lock()
+
+
+def _remember(digest: str, auth_token: Any, user: Any, version: int) -> None:
+    if connection.vendor != "postgresql":
+        return
+    snapshot = copy.copy(user)
+    for attr in list(snapshot.__dict__):
+        if attr.startswith("_exchange_"):  # what requests cache on their user: never shared
+            del snapshot.__dict__[attr]
+    with _known_lock:
+        _known[digest] = _Known(auth_token.expiry, snapshot, version)
+        _known.move_to_end(digest)
+        while len(_known) > TOKENS_KEPT:
+            _known.popitem(last=False)
+
+
+def _forget(digest: str) -> None:
+    with _known_lock:
+        _known.pop(digest, None)
+
+
+def forget_all_tokens() -> None:
+    with _known_lock:
+        _known.clear()
+
+
+@dataclass(frozen=True)
+class Unconfirmed:
+    """``request.auth`` of a remembered token, until the page's statement has checked it."""
+
+    digest: str
+    user_id: int
+    username: str
+    is_staff: bool
+    is_superuser: bool
+    version: int
+
+    def guard(self) -> tuple[str, list[Any]]:
+        """A query that returns one row if, and only if, nothing this request was taken on
+        trust for has changed."""
+        token_model, user_model = get_token_model(), get_user_model()
+        qn = connection.ops.quote_name
+        user_fk = token_model._meta.get_field("user")
+        expiry = qn(token_model._meta.get_field("expiry").column)
+        sql = (
+            f"SELECT 1 WHERE ({VERSION_SQL}) = CAST(%s AS numeric) AND EXISTS ("  # noqa: S608 - names from the models
+            f"SELECT 1 FROM {qn(token_model._meta.db_table)} t JOIN {qn(user_model._meta.db_table)} u "
+            f"ON u.{qn(str(user_fk.target_field.column))} = t.{qn(user_fk.column)} "
+            f"WHERE t.{qn(token_model._meta.get_field('digest').column)} = CAST(%s AS text) "
+            f"AND u.{qn(str(user_fk.target_field.column))} = CAST(%s AS bigint) "
+            f"AND (t.{expiry} IS NULL OR t.{expiry} > statement_timestamp()) AND u.{qn('is_active')} "
+            f"AND u.{qn('is_staff')} = CAST(%s AS boolean) AND u.{qn('is_superuser')} = CAST(%s AS boolean) "
+            f"AND u.{qn(user_model.USERNAME_FIELD)} = CAST(%s AS text))"
+        )
+        return sql, [self.version, self.digest, self.user_id, self.is_staff, self.is_superuser, self.username]
+
+
+class RememberedTokenAuthentication(ExpiringTokenAuthentication):
+    """Token authentication for the records list: a token remembered in this process (and not
+    past its expiry) is taken without a statement, as an :class:`Unconfirmed` that the page's
+    statement checks; any other is authenticated as usual. Only a view that runs the guard in
+    the statement that reads for it, and authenticates afresh (:func:`confirm`) before it
+    answers anything else, may use it."""
+
+    def authenticate_credentials(self, token: bytes) -> Any:
+        if connection.vendor == "postgresql":
+            digest = hash_token(_token_text(token))
+            with _known_lock:
+                known = _known.get(digest)
+            if known is not None and (known.expiry is None or known.expiry >= timezone.now()):
+                user = copy.copy(known.user)
+                setattr(user, VERSION_ATTR, known.version)
+                return user, Unconfirmed(digest, user.pk, user.get_username(), bool(user.is_staff),
+                                         bool(user.is_superuser), known.version)
+        return super().authenticate_credentials(token)
+
+
+def is_unconfirmed(auth: Any) -> bool:
+    return isinstance(auth, Unconfirmed)
+
+
+def confirm(request: Any) -> None:
+    """Authenticate the request's token the usual way, in place of the remembered one: a 401
+    (``AuthenticationFailed``) if it was revoked, has expired or its user may no longer sign
+    in; else the request's user and token are the database's current ones."""
+    auth = request.auth
+    if not isinstance(auth, Unconfirmed):
+        return
+    _forget(auth.digest)
+    authenticated = ExpiringTokenAuthentication().authenticate(request)
+    if authenticated is None:  # the header that carried the token cannot have gone
+        raise exceptions.NotAuthenticated()
+    request.user, request.auth = authenticated
 
 
 def _tokens_with_version(token_key: str) -> list[tuple[Any, int]]:

@@ -764,8 +764,14 @@ def _json_wrap(select: Select, size: int) -> tuple[str, str]:
             f") AS _p CROSS JOIN LATERAL (SELECT {values}) AS _r")
 
 
+class GuardFailed(Exception):
+    """The page's statement read nothing: its guard found that what the request was taken on
+    trust for has changed (see ``departments.authentication.Unconfirmed``)."""
+
+
 def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
-                    audit: dict[str, Any] | None = None) -> Page:
+                    audit: dict[str, Any] | None = None,
+                    guard: tuple[str, list[Any]] | None = None) -> Page:
     """PostgreSQL: the page as JSON text written by the database from the projected SELECT
     (the same :func:`build_select` as :func:`fetch_page`, so the same values, rows and order),
     passed on to the client without being parsed. One statement returns the rows' objects
@@ -778,7 +784,13 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
 
     With ``audit`` (the arguments of :func:`exchange.audit.services.audit_record` but the row
     count), the same statement appends the record of its read, with the number of rows the
-    page holds (:func:`exchange.audit.services.append_call`)."""
+    page holds (:func:`exchange.audit.services.append_call`).
+
+    With ``guard`` (a query and its parameters, and ``audit``), the statement reads the page
+    and appends its record only if the guard returns a row; else it returns nothing, and
+    :class:`GuardFailed` is raised."""
+    if guard is not None and audit is None:
+        raise ValueError("a guarded page appends the record of its read")
     select = build_select(view, table, query)
     size = int(query.page_size)
     wrap = select.plan.derived.get(("json", size))
@@ -798,12 +810,22 @@ def fetch_page_json(view: EffectiveView, table: StoreTable, query: RecordQuery,
         call, call_params = append_call(event_values(AuditEntry(**audit)), f"least(_page._n, {size})")
         sql = f"SELECT _page._j, _page._n, _page._k, _a.event_id FROM ({sql}) AS _page CROSS JOIN LATERAL {call} AS _a"
         params += call_params
+    if guard is not None:
+        # The guard's row set comes first and the page and its append laterally after it: with
+        # no row there, PostgreSQL runs neither (a one-time filter above them; tested).
+        guard_sql, guard_params = guard
+        sql = (f"SELECT _page._j, _page._n, _page._k, _page.event_id FROM ({guard_sql}) AS _g "
+               f"CROSS JOIN LATERAL ({sql}) AS _page")
+        params = [*guard_params, *params]
     # Bound on the server and prepared (config/postgresql): the text is the same for every page
     # of one view and query, the cursor's values being parameters.
     with prepared_cursor(connection) as cursor:
         cursor.cursor.adapters.register_loader("text", _TextAsBytes)  # this cursor's only
         cursor.execute(sql, params)
-        joined, count, last_keys = cursor.fetchone()[:3]
+        answer = cursor.fetchone()
+    if answer is None:
+        raise GuardFailed()
+    joined, count, last_keys = answer[:3]
     rows = min(count, size)
     if not rows:
         return Page([], None, json=b"[]", json_rows=0)
@@ -844,13 +866,18 @@ def view_table(view: EffectiveView, dataset: Dataset) -> StoreTable:
     return table
 
 
+def is_readable(view: EffectiveView, dataset: Dataset) -> bool:
+    """Whether the view shows a field of the dataset in its current status (else a 403)."""
+    return view.can_read and (view.is_owner or dataset.status in READABLE_STATUSES)
+
+
 def readable_view(*, user: User | AnonymousUser, dataset: Dataset, action: str,
                   view: EffectiveView | None = None) -> EffectiveView:
     """The user's effective view (``view`` when the caller has it already, from
     ``exchange.records.read_cache``), or a 403 (audited) when it shows no field at all. The caller has
     already checked that the user may know the dataset (404 otherwise)."""
     view = view if view is not None else effective_view(dataset=dataset, user=user)
-    if not view.can_read or (not view.is_owner and dataset.status not in READABLE_STATUSES):
+    if not is_readable(view, dataset):
         audit_record(actor=user, action=action, outcome=AuditOutcome.DENIED, obj=dataset,
                      dataset_id=dataset.pk, department_id=dataset.department_id,
                      details={"reason": "no active grant"})
@@ -894,10 +921,14 @@ def _parse_or_audit(*, user: User | AnonymousUser, dataset: Dataset, view: Effec
 
 def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str, Any],
               action: str = "records.read", page_size: int | None = None, view: EffectiveView | None = None,
-              exists: bool | None = None, as_json: bool = False) -> tuple[EffectiveView, RecordQuery, Page]:
+              exists: bool | None = None, as_json: bool = False,
+              guard: tuple[str, list[Any]] | None = None) -> tuple[EffectiveView, RecordQuery, Page]:
     """One page of the user's view. ``view`` and ``exists`` (whether the store table exists)
     may come from ``exchange.records.read_cache``; they are computed here otherwise. With
-    ``as_json`` on PostgreSQL the page comes as JSON text (:func:`fetch_page_json`)."""
+    ``as_json`` on PostgreSQL the page comes as JSON text (:func:`fetch_page_json`), read only
+    if ``guard`` returns a row when one is given (:class:`GuardFailed` otherwise)."""
+    if guard is not None and not (as_json and is_postgres() and (store_exists(dataset) if exists is None else exists)):
+        raise ValueError("only a JSON page read from the store on PostgreSQL can be guarded")
     view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,
                             default_page_size=page_size)
@@ -908,7 +939,7 @@ def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str,
         # The page's statement appends the record of its read itself: one round trip, and
         # nothing to wait for once the page is in hand.
         event = _read_event(user=user, action=action, dataset=dataset, view=view, query=query)
-        return view, query, fetch_page_json(view, table, query, audit=event)
+        return view, query, fetch_page_json(view, table, query, audit=event, guard=guard)
     else:
         page = fetch_page(view, table, query)
     _audit_read(user=user, action=action, dataset=dataset, view=view, query=query, row_count=page.row_count)
