@@ -32,7 +32,9 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     revocable one by one. Unlike knox's own check, a malformed token is a clean 401 rather
     than a decoding error, and an expired token says so instead of "invalid". The statement
     that finds the token also reads the access version, for the records request's cached
-    context (``exchange/records/read_cache.py``): one round trip fewer per request."""
+    context (``exchange/records/read_cache.py``): one round trip fewer per request. On
+    PostgreSQL a token that authenticates is remembered, for the records list to take on
+    trust (see below)."""
 
     def authenticate_credentials(self, token: bytes) -> Any:
         text = _token_text(token)
@@ -69,9 +71,9 @@ def _token_text(token: bytes) -> str:
 # such a token without a statement of its own: the statement that reads the page checks,
 # before it reads a row or appends its audit event, that the version is still the one
 # remembered and that the token still exists, has not expired, and belongs to the same active
-# user with the same staff and superuser flags (``Unconfirmed.guard``). If anything changed,
-# that statement reads and appends nothing, and the request is authenticated the usual way
-# (a 401 for a revoked, expired or disowned token) and served afresh.
+# user with the same username and staff and superuser flags (``Unconfirmed.guard``). If
+# anything changed, that statement reads and appends nothing, and the request is authenticated
+# the usual way (a 401 for a revoked, expired or disowned token) and served afresh.
 
 TOKENS_KEPT = 4096
 
@@ -104,11 +106,6 @@ def _remember(digest: str, auth_token: Any, user: Any, version: int) -> None:
 def _forget(digest: str) -> None:
     with _known_lock:
         _known.pop(digest, None)
-
-
-def forget_all_tokens() -> None:
-    with _known_lock:
-        _known.clear()
 
 
 @dataclass(frozen=True)
