@@ -36,9 +36,25 @@ class ExpiringTokenAuthentication(TokenAuthentication):
     PostgreSQL a token that authenticates is remembered, for the records list to take on
     trust (see below)."""
 
+    def __init__(self, *, on_trust: bool = True) -> None:
+        self._may_trust = on_trust
+        self._on_trust = False
+
+    def authenticate(self, request: Any) -> Any:
+        # A view that checks a remembered token in the statement that reads for it (the
+        # records list) takes one on trust; see "Tokens taken on trust" below.
+        view = (getattr(request, "parser_context", None) or {}).get("view")
+        self._on_trust = (self._may_trust and bool(getattr(view, "takes_remembered_tokens", False))
+                          and connection.vendor == "postgresql")
+        return super().authenticate(request)
+
     def authenticate_credentials(self, token: bytes) -> Any:
         text = _token_text(token)
         digest = hash_token(text)
+        if getattr(self, "_on_trust", False):
+            remembered = _taken_on_trust(digest)
+            if remembered is not None:
+                return remembered
         for auth_token, version in _tokens_with_version(text[: CONSTANTS.TOKEN_KEY_LENGTH]):
             if not compare_digest(digest, auth_token.digest):
                 continue
@@ -67,13 +83,14 @@ def _token_text(token: bytes) -> str:
 # --- Tokens taken on trust until the page's own statement checks them -----------------------
 #
 # On PostgreSQL, a token that authenticated in this process is remembered with its user and
-# the access version read with it. The records list (``RememberedTokenAuthentication``) takes
-# such a token without a statement of its own: the statement that reads the page checks,
-# before it reads a row or appends its audit event, that the version is still the one
-# remembered and that the token still exists, has not expired, and belongs to the same active
-# user with the same username and staff and superuser flags (``Unconfirmed.guard``). If
-# anything changed, that statement reads and appends nothing, and the request is authenticated
-# the usual way (a 401 for a revoked, expired or disowned token) and served afresh.
+# the access version read with it. A view that says ``takes_remembered_tokens`` (the records
+# list, which alone runs the guard) takes such a token without a statement of its own: the
+# statement that reads the page checks, before it reads a row or appends its audit event, that
+# the version is still the one remembered and that the token still exists, has not expired,
+# and belongs to the same active user with the same username and staff and superuser flags
+# (``Unconfirmed.guard``). If anything changed, that statement reads and appends nothing, and
+# the request is authenticated the usual way (a 401 for a revoked, expired or disowned token)
+# and served afresh.
 
 TOKENS_KEPT = 4096
 
@@ -139,24 +156,18 @@ class Unconfirmed:
         return sql, [self.version, self.digest, self.user_id, self.is_staff, self.is_superuser, self.username]
 
 
-class RememberedTokenAuthentication(ExpiringTokenAuthentication):
-    """Token authentication for the records list: a token remembered in this process (and not
-    past its expiry) is taken without a statement, as an :class:`Unconfirmed` that the page's
-    statement checks; any other is authenticated as usual. Only a view that runs the guard in
-    the statement that reads for it, and authenticates afresh (:func:`confirm`) before it
-    answers anything else, may use it."""
-
-    def authenticate_credentials(self, token: bytes) -> Any:
-        if connection.vendor == "postgresql":
-            digest = hash_token(_token_text(token))
-            with _known_lock:
-                known = _known.get(digest)
-            if known is not None and (known.expiry is None or known.expiry >= timezone.now()):
-                user = copy.copy(known.user)
-                setattr(user, VERSION_ATTR, known.version)
-                return user, Unconfirmed(digest, user.pk, user.get_username(), bool(user.is_staff),
-                                         bool(user.is_superuser), known.version)
-        return super().authenticate_credentials(token)
+def _taken_on_trust(digest: str) -> tuple[Any, Unconfirmed] | None:
+    """The remembered user of the token of ``digest`` (a copy of it, for this request alone)
+    and the :class:`Unconfirmed` that the page's statement checks; None for a token not
+    remembered or past its expiry."""
+    with _known_lock:
+        known = _known.get(digest)
+    if known is None or (known.expiry is not None and known.expiry < timezone.now()):
+        return None
+    user = copy.copy(known.user)
+    setattr(user, VERSION_ATTR, known.version)
+    return user, Unconfirmed(digest, user.pk, user.get_username(), bool(user.is_staff), bool(user.is_superuser),
+                             known.version)
 
 
 def is_unconfirmed(auth: Any) -> bool:
@@ -171,7 +182,7 @@ def confirm(request: Any) -> None:
     if not isinstance(auth, Unconfirmed):
         return
     _forget(auth.digest)
-    authenticated = ExpiringTokenAuthentication().authenticate(request)
+    authenticated = ExpiringTokenAuthentication(on_trust=False).authenticate(request)
     if authenticated is None:  # the header that carried the token cannot have gone
         raise exceptions.NotAuthenticated()
     request.user, request.auth = authenticated

@@ -10,21 +10,13 @@ from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.authentication import BaseAuthentication
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from config.api.throttling import export_throttles
-from departments.authentication import (
-    ExpiringTokenAuthentication,
-    RememberedTokenAuthentication,
-    Unconfirmed,
-    confirm,
-    is_unconfirmed,
-)
+from departments.authentication import Unconfirmed, confirm, is_unconfirmed
 from exchange.access.policy import EffectiveView
 from exchange.records import read_cache
 from exchange.records import selectors as records
@@ -97,11 +89,7 @@ QUERY_PARAMETERS = [
 class RecordListApi(APIView):
     # A token this process authenticated before is taken on trust (no statement of its own) and
     # checked by the statement that reads the page: see departments.authentication.Unconfirmed.
-    authentication_classes = [
-        RememberedTokenAuthentication,
-        *(c for c in cast(list[type[BaseAuthentication]], api_settings.DEFAULT_AUTHENTICATION_CLASSES)
-          if c is not ExpiringTokenAuthentication),
-    ]
+    takes_remembered_tokens = True
 
     @extend_schema(
         parameters=[*QUERY_PARAMETERS, OpenApiParameter("cursor", str), OpenApiParameter("page_size", int)],

@@ -1,5 +1,5 @@
 """The records list takes a token this process authenticated before on trust, and the page's
-own statement checks it (departments.authentication.RememberedTokenAuthentication): whatever
+own statement checks it (``takes_remembered_tokens``, departments/authentication.py): whatever
 changed since (the token revoked or expired, its user deactivated, renamed or demoted, any
 access change), nothing is read or appended on the remembered word, and the request is
 answered as if the token had been looked up first: a 401 for a token that is no longer good,
