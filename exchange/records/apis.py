@@ -137,7 +137,9 @@ class RecordListApi(APIView):
             confirm(request)
             return None
         except Exception:
-            confirm(request)  # nothing was read or appended: a 401 first, if the token is no longer good
+            # A 401 first if the token is no longer good; else the error itself (an error raised
+            # after the guard let the page through comes with a token that was good).
+            confirm(request)
             raise
         return self._respond(request, context.dataset, view, query, page)
 
