@@ -15,9 +15,10 @@ covers it. A grant with no row filter covers every row.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Prefetch, Q
@@ -27,6 +28,8 @@ from catalog.models import Dataset, Field
 from departments.models import Department, Role
 from departments.selectors import principal_of
 from exchange.access.models import FORM_ORDER, AccessForm, Grant, GrantField, GrantStatus, PrincipalKind
+
+T = TypeVar("T")
 
 # Department grants reach the members who work with data; administrators and auditors of
 # the department do not read records through them (auditors read evidence, not values).
@@ -124,6 +127,19 @@ class EffectiveView:
 
     def visible(self, name: str) -> bool:
         return name in self.fields
+
+    def remembered(self, name: str, key: Any, limit: int, build: Callable[[], T]) -> T:
+        """``build()``, worked out once per ``key`` and kept in ``derived[name]``: at most
+        ``limit`` keys, then all forgotten at once (so a few hot keys never pay for a lock or
+        an order of use)."""
+        kept = self.derived.setdefault(name, {})
+        value = kept.get(key)
+        if value is None:
+            value = build()
+            if len(kept) >= limit:
+                kept.clear()
+            kept[key] = value
+        return value
 
 
 def active_grants_q(at: datetime) -> Q:

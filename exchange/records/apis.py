@@ -43,17 +43,12 @@ HEADS_PER_VIEW = 16
 def _page_head(dataset_id: int, view: EffectiveView, names: tuple[str, ...]) -> bytes:
     """A JSON page's beginning, up to its results: the dataset and the fields' description,
     which depend on the view and the fields asked for alone, so are written once per view."""
-    heads = view.derived.setdefault("records.api.heads", {})
-    key = (dataset_id, names)
-    head = heads.get(key)
-    if head is None:
+    def build() -> bytes:
         text = json.dumps({"dataset": dataset_id, "fields": _field_meta(view, names)}, ensure_ascii=False,
                           separators=(",", ":"))
-        head = text[:-1].encode("utf-8") + b',"results":'
-        if len(heads) >= HEADS_PER_VIEW:
-            heads.clear()
-        heads[key] = head
-    return head
+        return text[:-1].encode("utf-8") + b',"results":'
+
+    return view.remembered("records.api.heads", (dataset_id, names), HEADS_PER_VIEW, build)
 
 
 def _page_response(head: bytes, rows_json: bytes, next_url: str | None) -> HttpResponse:

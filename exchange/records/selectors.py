@@ -482,20 +482,17 @@ def build_select(
     query, and a view lives no longer than the access it describes.
     """
     query = query or RecordQuery(fields=tuple(view.fields))
+
+    def build() -> _Plan:
+        return _plan(view, table, query, since_seq=since_seq, include_deleted=include_deleted,
+                     with_system=with_system, paginate=paginate, ordered=ordered)
+
     if paginate and since_seq is None:
         key = (table, dataclasses.replace(query, cursor=""), include_deleted, with_system, ordered,
                settings.PSEUDONYM_KEY)
-        plans = view.derived.setdefault("records.plans", {})
-        plan = plans.get(key)
-        if plan is None:
-            plan = _plan(view, table, query, since_seq=since_seq, include_deleted=include_deleted,
-                         with_system=with_system, paginate=paginate, ordered=ordered)
-            if len(plans) >= PLANS_PER_VIEW:
-                plans.clear()
-            plans[key] = plan
+        plan = view.remembered("records.plans", key, PLANS_PER_VIEW, build)
     else:
-        plan = _plan(view, table, query, since_seq=since_seq, include_deleted=include_deleted,
-                     with_system=with_system, paginate=paginate, ordered=ordered)
+        plan = build()
     sql = plan.sql
     params = list(plan.params)
     if paginate and query.cursor:
@@ -927,7 +924,9 @@ def read_page(*, user: User | AnonymousUser, dataset: Dataset, params: dict[str,
     may come from ``exchange.records.read_cache``; they are computed here otherwise. With
     ``as_json`` on PostgreSQL the page comes as JSON text (:func:`fetch_page_json`), read only
     if ``guard`` returns a row when one is given (:class:`GuardFailed` otherwise)."""
-    if guard is not None and not (as_json and is_postgres() and (store_exists(dataset) if exists is None else exists)):
+    if guard is not None and not (as_json and is_postgres() and exists):
+        # The caller says the store table exists (from its cached context): no statement
+        # may come before the guarded one.
         raise ValueError("only a JSON page read from the store on PostgreSQL can be guarded")
     view = readable_view(user=user, dataset=dataset, action=action, view=view)
     query = _parse_or_audit(user=user, dataset=dataset, view=view, action=action, params=params,

@@ -192,10 +192,10 @@ def test_a_guard_without_a_row_reads_and_appends_nothing(people, permits):
     view = effective_view(dataset=permits, user=user)
     before = AuditEvent.objects.count()
     with pytest.raises(records.GuardFailed):
-        records.read_page(user=user, dataset=permits, params={}, view=view, as_json=True,
+        records.read_page(user=user, dataset=permits, params={}, view=view, exists=True, as_json=True,
                           guard=("SELECT 1 WHERE CAST(%s AS boolean)", [False]))
     assert AuditEvent.objects.count() == before
-    _, _, page = records.read_page(user=user, dataset=permits, params={}, view=view, as_json=True,
+    _, _, page = records.read_page(user=user, dataset=permits, params={}, view=view, exists=True, as_json=True,
                                    guard=("SELECT 1 WHERE CAST(%s AS boolean)", [True]))
     assert page.json_rows == len(rows()) and AuditEvent.objects.count() == before + 1
     assert audit_verify().intact
